@@ -1,0 +1,182 @@
+//! The agent's shared state and the handle the binary and tests hold.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use hearth_proto::{GuestInfo, Hello, PROTOCOL_VERSION};
+use tokio::sync::watch;
+
+use crate::cgroup::Cgroups;
+use crate::error::{GuestError, Result};
+use crate::exec::ExecRegistry;
+use crate::reaper::{ReapScope, Reaper};
+use crate::{sys, usage};
+
+/// Least memory the workload may be left with by `agent_reserve_mib`.
+const MIN_WORKLOAD_MEMORY: u64 = 16 * 1024 * 1024;
+
+/// How the agent runs.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// PID-1 mode: reap every process, move the agent into its own cgroup,
+    /// and let the hello set the clock and hostname. Off in host mode, where
+    /// the agent must not touch the machine it runs on.
+    pub pid1: bool,
+    /// A cgroup v2 directory the agent may manage (`/sys/fs/cgroup` as PID
+    /// 1). `None`, or a root that cannot be set up, degrades gracefully:
+    /// kills via process groups, no OOM detection, usage from `/proc` only.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// State shared by every connection and request.
+#[derive(Debug)]
+pub struct AgentState {
+    /// How the agent was started.
+    pub options: AgentOptions,
+    /// The child reaper.
+    pub reaper: Reaper,
+    /// The workload cgroup tree, when cgroups are usable.
+    pub cgroups: Option<Cgroups>,
+    /// Running execs.
+    pub execs: ExecRegistry,
+    /// Memory limit applied to the workload by the last hello, bytes (0
+    /// before any hello).
+    pub workload_memory_limit: AtomicU64,
+    /// Milliseconds from kernel start to the first request served.
+    pub boot_ms: OnceLock<u64>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Cloneable handle to a running agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub(crate) state: Arc<AgentState>,
+}
+
+impl Agent {
+    /// Start the agent (its reaper and cgroup tree). Must be called inside a
+    /// Tokio runtime.
+    pub fn start(options: AgentOptions) -> Result<Self> {
+        let scope = if options.pid1 {
+            ReapScope::All
+        } else {
+            ReapScope::Registered
+        };
+        let reaper = Reaper::start(scope)
+            .map_err(|e| GuestError::Internal(format!("cannot watch SIGCHLD: {e}")))?;
+        let cgroups = match &options.cgroup_root {
+            None => {
+                crate::info!("no cgroup root: kills use process groups, no OOM detection, usage from /proc only");
+                None
+            }
+            Some(root) => match Cgroups::setup(root, options.pid1) {
+                Ok(cgroups) => Some(cgroups),
+                Err(e) => {
+                    crate::info!("cgroups unavailable ({e}): kills use process groups, no OOM detection, usage from /proc only");
+                    None
+                }
+            },
+        };
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            state: Arc::new(AgentState {
+                options,
+                reaper,
+                cgroups,
+                execs: ExecRegistry::default(),
+                workload_memory_limit: AtomicU64::new(0),
+                boot_ms: OnceLock::new(),
+                shutdown,
+            }),
+        })
+    }
+
+    /// Whether the workload cgroup tree is in use.
+    pub fn has_cgroups(&self) -> bool {
+        self.state.cgroups.is_some()
+    }
+
+    /// Resolves once `POST /v1/shutdown` was answered.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.state.shutdown.subscribe();
+        let _ = rx.wait_for(|requested| *requested).await;
+    }
+
+    /// Kill every running exec and, with cgroups, every workload process.
+    pub fn kill_workloads(&self) {
+        self.state.execs.kill_all();
+        if let Some(cgroups) = &self.state.cgroups {
+            cgroups.kill_workload();
+        }
+    }
+}
+
+impl AgentState {
+    /// Record that shutdown was requested.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Apply a hello: check the version, set clock and hostname (PID-1 mode)
+    /// and the workload limits, and describe the guest. Blocking.
+    pub fn hello(&self, hello: &Hello) -> Result<GuestInfo> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(GuestError::VersionMismatch {
+                host: hello.protocol_version,
+                guest: PROTOCOL_VERSION,
+            });
+        }
+        if hello.hostname.is_empty()
+            || hello.hostname.len() > 64
+            || !hello.hostname.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(GuestError::InvalidArgument(format!(
+                "invalid hostname {:?}: use 1 to 64 printable ASCII characters without spaces",
+                hello.hostname
+            )));
+        }
+        let mem = usage::meminfo();
+        let reserve = u64::from(hello.agent_reserve_mib) * 1024 * 1024;
+        let limit = mem.total.saturating_sub(reserve);
+        if limit < MIN_WORKLOAD_MEMORY {
+            return Err(GuestError::InvalidArgument(format!(
+                "agent_reserve_mib {} leaves the workload {} MiB of {} MiB total; at least {} MiB are needed",
+                hello.agent_reserve_mib,
+                limit / (1024 * 1024),
+                mem.total / (1024 * 1024),
+                MIN_WORKLOAD_MEMORY / (1024 * 1024)
+            )));
+        }
+        if self.options.pid1 {
+            sys::set_realtime_ms(hello.unix_time_ms).map_err(|e| {
+                GuestError::io("set the clock to", hello.unix_time_ms.to_string(), e)
+            })?;
+            sys::sethostname(&hello.hostname)
+                .map_err(|e| GuestError::io("set hostname", hello.hostname.clone(), e))?;
+        }
+        let applied_limit = match &self.cgroups {
+            Some(cgroups) => {
+                cgroups.set_memory_max(limit)?;
+                cgroups.set_pids_max(hello.pids_max)?;
+                limit
+            }
+            None => mem.total,
+        };
+        self.workload_memory_limit
+            .store(applied_limit, Ordering::Relaxed);
+        let (disk_total, _) = sys::statvfs("/").unwrap_or((0, 0));
+        Ok(GuestInfo {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            vcpus: sys::online_cpus(),
+            mem_total_bytes: mem.total,
+            workload_memory_limit_bytes: applied_limit,
+            disk_total_bytes: disk_total,
+            boot_ms: *self.boot_ms.get_or_init(usage::uptime_ms),
+        })
+    }
+}

@@ -1,0 +1,312 @@
+//! The files routes: write, read, stat, list, remove, mkdir.
+//!
+//! All filesystem work runs on blocking threads or through `tokio::fs`, so a
+//! slow disk never stalls the agent. Paths come from the query string (a
+//! [`PathQuery`]) and are checked by [`parse_query`] first.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use hearth_proto::limits::{MAX_LIST_ENTRIES, MAX_PATH, STREAM_CHUNK};
+use hearth_proto::{FileStat, FileType, PathQuery, WriteResult};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::body::{self, ResponseBody};
+use crate::error::{GuestError, Result};
+
+/// Default mode of a written file.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+/// Parse and check the query string of a files route: the path must be
+/// absolute, at most `MAX_PATH` bytes, without NUL, and valid UTF-8 (the
+/// decoder turns invalid UTF-8 into U+FFFD, which is rejected).
+pub fn parse_query(query: Option<&str>) -> Result<PathQuery> {
+    let query: PathQuery = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| GuestError::InvalidArgument(format!("invalid query string: {e}")))?;
+    check_path(&query.path)?;
+    Ok(query)
+}
+
+/// Check a path from the host (see [`parse_query`]).
+pub fn check_path(path: &str) -> Result<()> {
+    let invalid = |why: &str| {
+        Err(GuestError::InvalidArgument(format!(
+            "invalid path {path:?}: {why}"
+        )))
+    };
+    if path.len() > MAX_PATH {
+        return Err(GuestError::TooLarge(format!(
+            "path of {} bytes exceeds the {MAX_PATH}-byte limit",
+            path.len()
+        )));
+    }
+    if !path.starts_with('/') {
+        return invalid("must be absolute");
+    }
+    if path.contains('\0') {
+        return invalid("contains a NUL byte");
+    }
+    if path.contains('\u{FFFD}') {
+        return invalid("is not valid UTF-8");
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(GuestError::Internal(format!("file task failed: {e}"))))
+}
+
+/// `PUT /v1/files`: stream the request body into the file.
+pub async fn write(query: PathQuery, mut body: Incoming) -> Result<Response<ResponseBody>> {
+    let path = query.path.clone();
+    let mode = query.mode.unwrap_or(DEFAULT_FILE_MODE);
+    if mode > 0o7777 {
+        return Err(GuestError::InvalidArgument(format!(
+            "invalid mode {mode:o} for {path}"
+        )));
+    }
+    if query.parents {
+        if let Some(parent) = Path::new(&path).parent() {
+            let parent = parent.to_path_buf();
+            tokio::fs::create_dir_all(&parent)
+                .await
+                .map_err(|e| GuestError::io("create parent directories of", path.clone(), e))?;
+        }
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&path)
+        .await
+        .map_err(|e| GuestError::io("open for writing", path.clone(), e))?;
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            GuestError::InvalidArgument(format!("request body for {path} failed: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data)
+                .await
+                .map_err(|e| GuestError::io("write", path.clone(), e))?;
+            written += data.len() as u64;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| GuestError::io("write", path.clone(), e))?;
+    // The umask may have masked bits the host asked for explicitly.
+    if query.mode.is_some() {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .await
+            .map_err(|e| GuestError::io("chmod", path.clone(), e))?;
+    }
+    Ok(body::json(&WriteResult { bytes: written }))
+}
+
+/// `GET /v1/files`: stream a regular file's contents.
+pub async fn read(query: PathQuery) -> Result<Response<ResponseBody>> {
+    let path = query.path;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| GuestError::io("open", path.clone(), e))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| GuestError::io("stat", path.clone(), e))?;
+    if meta.is_dir() {
+        return Err(GuestError::io(
+            "read",
+            path,
+            io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(GuestError::InvalidArgument(format!(
+            "read {path}: not a regular file"
+        )));
+    }
+    let (tx, body) = body::channel(4);
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; STREAM_CHUNK];
+        loop {
+            let chunk = match file.read(&mut buffer).await {
+                Ok(0) => return,
+                Ok(n) => Ok(Bytes::copy_from_slice(&buffer[..n])),
+                Err(e) => Err(io::Error::new(e.kind(), format!("read {path}: {e}"))),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(body::streamed(body, "application/octet-stream"))
+}
+
+/// Metadata of `path` (not following a final symlink), named `name`.
+pub fn stat_entry(path: &Path, name: String) -> io::Result<FileStat> {
+    let meta = fs::symlink_metadata(path)?;
+    let file_type = meta.file_type();
+    let file_type = if file_type.is_file() {
+        FileType::File
+    } else if file_type.is_dir() {
+        FileType::Dir
+    } else if file_type.is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::Other
+    };
+    let modified_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).ok(),
+            Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+        })
+        .unwrap_or(0);
+    Ok(FileStat {
+        name,
+        file_type,
+        size: meta.size(),
+        mode: meta.mode() & 0o7777,
+        modified_ms,
+    })
+}
+
+/// `GET /v1/files/stat`.
+pub async fn stat(query: PathQuery) -> Result<Response<ResponseBody>> {
+    let stat = blocking(move || {
+        stat_entry(Path::new(&query.path), query.path.clone())
+            .map_err(|e| GuestError::io("stat", query.path.clone(), e))
+    })
+    .await?;
+    Ok(body::json(&stat))
+}
+
+/// `GET /v1/files/list`: the entries of a directory, sorted by name.
+pub async fn list(query: PathQuery) -> Result<Response<ResponseBody>> {
+    let entries = blocking(move || {
+        let path = query.path;
+        let dir = fs::read_dir(&path).map_err(|e| GuestError::io("list", path.clone(), e))?;
+        let mut entries = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| GuestError::io("list", path.clone(), e))?;
+            if entries.len() == MAX_LIST_ENTRIES {
+                return Err(GuestError::TooLarge(format!(
+                    "{path} has more than {MAX_LIST_ENTRIES} entries"
+                )));
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match stat_entry(&entry.path(), name) {
+                Ok(stat) => entries.push(stat),
+                // Removed while listing: skip it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(GuestError::io(
+                        "stat",
+                        entry.path().display().to_string(),
+                        e,
+                    ))
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    })
+    .await?;
+    Ok(body::json(&entries))
+}
+
+/// `DELETE /v1/files`: a file, symlink or empty directory; a whole tree
+/// with `recursive`.
+pub async fn remove(query: PathQuery) -> Result<Response<ResponseBody>> {
+    blocking(move || {
+        let path = query.path;
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| GuestError::io("remove", path.clone(), e))?;
+        let result = if meta.is_dir() {
+            if query.recursive {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_dir(&path)
+            }
+        } else {
+            fs::remove_file(&path)
+        };
+        result.map_err(|e| GuestError::io("remove", path, e))
+    })
+    .await?;
+    Ok(body::empty(StatusCode::NO_CONTENT))
+}
+
+/// `POST /v1/files/mkdir`: with `parents` like `mkdir -p`, else an existing
+/// path is `AlreadyExists`.
+pub async fn mkdir(query: PathQuery) -> Result<Response<ResponseBody>> {
+    blocking(move || {
+        let path = query.path;
+        let result = if query.parents {
+            fs::create_dir_all(&path).and_then(|()| {
+                if Path::new(&path).is_dir() {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(libc::ENOTDIR))
+                }
+            })
+        } else {
+            fs::create_dir(&path)
+        };
+        result.map_err(|e| GuestError::io("mkdir", path, e))
+    })
+    .await?;
+    Ok(body::empty(StatusCode::NO_CONTENT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_proto::ErrorCode;
+
+    #[test]
+    fn queries_are_checked() {
+        let q = parse_query(Some("path=%2Ftmp%2Fa+b&parents=true")).unwrap();
+        assert_eq!(q.path, "/tmp/a b");
+        assert!(q.parents);
+        let code = |q: &str| parse_query(Some(q)).unwrap_err().code();
+        assert_eq!(code("path=relative"), ErrorCode::InvalidArgument);
+        assert_eq!(code("path=%2Fa%00b"), ErrorCode::InvalidArgument);
+        assert_eq!(code("path=%2F%FF"), ErrorCode::InvalidArgument);
+        assert_eq!(code("nopath=1"), ErrorCode::InvalidArgument);
+        let long = format!("path=/{}", "a".repeat(MAX_PATH));
+        assert_eq!(code(&long), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn stat_entry_reports_kind_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"hello").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+        let stat = stat_entry(&file, "f".into()).unwrap();
+        assert_eq!(stat.file_type, FileType::File);
+        assert_eq!(stat.size, 5);
+        assert_eq!(stat.mode, 0o640);
+        assert!(stat.modified_ms > 0);
+        assert_eq!(
+            stat_entry(dir.path(), "d".into()).unwrap().file_type,
+            FileType::Dir
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! `hearth-guest`: the agent that runs as PID 1 inside every Hearth microVM.
+//!
+//! It boots the VM ([`init`]), then serves the host over HTTP/2 on a
+//! virtio-serial port ([`channel`], [`server`]): commands ([`exec`]),
+//! files ([`files`]) and resource usage ([`usage`]), with workloads confined
+//! to cgroups ([`cgroup`]) and every child reaped by one task ([`reaper`]).
+//! The wire contract is the `hearth-proto` crate.
+//!
+//! For tests and host-side development, [`Agent::serve_connection`] serves
+//! any byte stream and [`Agent::serve_unix`] a Unix socket, without touching
+//! the machine the agent runs on.
+
+pub mod log;
+
+pub mod agent;
+pub mod body;
+pub mod cgroup;
+pub mod channel;
+pub mod error;
+pub mod exec;
+pub mod files;
+pub mod init;
+pub mod reaper;
+pub mod server;
+pub mod spawn;
+pub mod sys;
+pub mod usage;
+
+pub use agent::{Agent, AgentOptions};
+pub use error::{GuestError, Result};

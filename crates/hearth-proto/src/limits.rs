@@ -1,0 +1,34 @@
+//! Size limits on everything that crosses the host↔guest channel.
+//!
+//! The host enforces these on bytes coming from the guest (which may be
+//! hostile); the guest enforces them on bytes from the host (which may be
+//! buggy). Both sides use the same numbers so a well-behaved peer never trips
+//! them.
+
+/// Largest payload of one [`crate::Frame`]. Output is sent in chunks of at most
+/// [`STREAM_CHUNK`], so a larger frame means a misbehaving peer.
+pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+
+/// Size of the chunks in which the guest streams output and file contents.
+pub const STREAM_CHUNK: usize = 64 * 1024;
+
+/// Largest JSON body (request or response) either side accepts.
+pub const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+/// Largest HTTP/2 header list either side accepts.
+pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// Largest HTTP/2 frame either side accepts (the HTTP/2 maximum is 16 MiB).
+pub const MAX_H2_FRAME: u32 = 256 * 1024;
+
+/// Most arguments in one exec's argv.
+pub const MAX_ARGV: usize = 4096;
+
+/// Most environment variables in one exec.
+pub const MAX_ENV: usize = 4096;
+
+/// Longest path accepted by the files API, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+
+/// Most entries returned by one directory listing.
+pub const MAX_LIST_ENTRIES: usize = 100_000;

@@ -1,0 +1,251 @@
+//! JSON messages of the host↔guest protocol.
+//!
+//! Every struct here is part of the wire format: renaming a field or changing
+//! its meaning is a protocol change (see `VERSIONING.md`). New optional fields
+//! use `#[serde(default)]` so older peers keep working.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Host → guest, first call on every (re)connection: who the host is, what the
+/// time is, and the limits the guest must apply to workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The host's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Host wall-clock time in milliseconds since the Unix epoch; the guest
+    /// sets its clock from it (a TCG guest has no reliable clock of its own).
+    pub unix_time_ms: u64,
+    /// Hostname to give the guest.
+    pub hostname: String,
+    /// Most processes the workload may have at once (fork-bomb guard).
+    pub pids_max: u32,
+    /// Memory, in MiB, kept back from the workload for the guest agent and
+    /// kernel: the workload's cgroup limit is total memory minus this.
+    pub agent_reserve_mib: u32,
+}
+
+/// Guest → host, answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    /// The guest's [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// Version of the `hearth-guest` binary.
+    pub agent_version: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: String,
+    /// Online vCPUs.
+    pub vcpus: u32,
+    /// `MemTotal` of the guest, bytes.
+    pub mem_total_bytes: u64,
+    /// Memory limit applied to the workload cgroup, bytes.
+    pub workload_memory_limit_bytes: u64,
+    /// Size of the writable layer's filesystem, bytes.
+    pub disk_total_bytes: u64,
+    /// Milliseconds from kernel start to the agent serving its first request.
+    pub boot_ms: u64,
+}
+
+/// Host → guest: run a command. Sent as the first frame of `POST /v1/exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Host-chosen identifier, unique within the sandbox, used to kill it.
+    pub id: String,
+    /// Program and arguments; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Environment added to (and overriding) the guest's default environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the guest's default (`/root`) when absent.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the command (its whole process tree) after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Whether the host will send stdin frames. When false the process reads
+    /// from `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// Guest → host: the command started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStarted {
+    /// Guest PID of the command's main process.
+    pub pid: u32,
+}
+
+/// Why a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The process exited on its own; see `code`.
+    Exited,
+    /// The process was ended by a signal it did not get from Hearth.
+    Signaled,
+    /// The guest's out-of-memory killer ended a process of this command.
+    OomKilled,
+    /// The command ran past its timeout and was killed.
+    TimedOut,
+    /// The command was killed on request.
+    Killed,
+    /// The program could not be started (not found, not executable, bad cwd).
+    SpawnFailed,
+}
+
+/// Guest → host: how a command ended. Last frame of an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitReport {
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// Exit code, shell-style: the process's code, `128 + signal` when killed
+    /// by a signal, 127 when not found, 126 when not executable.
+    pub code: i32,
+    /// The terminating signal, if a signal ended it.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// A human-readable explanation when the end was not a plain exit.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Wall time from spawn to exit, milliseconds.
+    pub duration_ms: u64,
+    /// Bytes of stdout sent.
+    pub stdout_bytes: u64,
+    /// Bytes of stderr sent.
+    pub stderr_bytes: u64,
+}
+
+/// Host → guest: `POST /v1/exec/kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    /// The [`ExecRequest::id`] to kill.
+    pub id: String,
+}
+
+/// Query of the file routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathQuery {
+    /// Absolute path inside the guest.
+    pub path: String,
+    /// For writes: file mode (octal digits as a number, e.g. 420 = 0o644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// For writes and mkdir: create missing parent directories.
+    #[serde(default)]
+    pub parents: bool,
+    /// For removes: remove directories and their contents.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// Kind of a filesystem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (not followed).
+    Symlink,
+    /// Anything else (device, socket, fifo).
+    Other,
+}
+
+/// Metadata of one filesystem entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// Entry name (last path component); the full path for `stat`.
+    pub name: String,
+    /// Kind of entry.
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
+
+/// Guest → host: result of a file write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Guest → host: resource usage, for `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time used by workloads (the workload cgroup), microseconds.
+    pub workload_cpu_usec: u64,
+    /// CPU time used by the whole guest (all CPUs, non-idle), microseconds.
+    pub guest_cpu_usec: u64,
+    /// Memory charged to workloads now, bytes.
+    pub workload_memory_bytes: u64,
+    /// Highest memory charged to workloads, bytes.
+    pub workload_memory_peak_bytes: u64,
+    /// Workload memory limit, bytes.
+    pub workload_memory_limit_bytes: u64,
+    /// Guest `MemTotal`, bytes.
+    pub mem_total_bytes: u64,
+    /// Guest `MemAvailable`, bytes.
+    pub mem_available_bytes: u64,
+    /// Bytes used on the writable layer.
+    pub disk_used_bytes: u64,
+    /// Size of the writable layer, bytes.
+    pub disk_total_bytes: u64,
+    /// Processes in the workload cgroup now.
+    pub pids: u64,
+    /// Out-of-memory kills in the workload so far.
+    pub oom_kills: u64,
+}
+
+/// Machine-readable class of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid.
+    InvalidArgument,
+    /// The path or exec id does not exist.
+    NotFound,
+    /// The path exists and the operation needs it not to.
+    AlreadyExists,
+    /// A file operation on a directory (or vice versa).
+    IsADirectory,
+    /// A directory operation on a non-directory.
+    NotADirectory,
+    /// A directory that must be empty is not.
+    NotEmpty,
+    /// Permission denied.
+    PermissionDenied,
+    /// The writable layer is full.
+    NoSpace,
+    /// A limit in [`crate::limits`] was exceeded.
+    TooLarge,
+    /// The peers speak different protocol versions.
+    VersionMismatch,
+    /// Any other failure.
+    Internal,
+}
+
+/// Body of every error response (and of an exec's [`crate::FrameKind::Error`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Class of error.
+    pub code: ErrorCode,
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error of `code` saying `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! HTTP/2 routes the guest agent serves.
+//!
+//! | route | request | response |
+//! |---|---|---|
+//! | `POST /v1/hello` | JSON [`crate::Hello`] | JSON [`crate::GuestInfo`] |
+//! | `POST /v1/exec` | frames: `Request`, then `Stdin`*/`StdinEof` | frames: `Started`, `Stdout`/`Stderr`*, then `Exit` or `Error` |
+//! | `POST /v1/exec/kill` | JSON [`crate::KillRequest`] | 204 |
+//! | `PUT /v1/files?path=` | raw bytes | JSON [`crate::WriteResult`] |
+//! | `GET /v1/files?path=` | – | raw bytes |
+//! | `GET /v1/files/stat?path=` | – | JSON [`crate::FileStat`] |
+//! | `GET /v1/files/list?path=` | – | JSON `Vec<FileStat>` |
+//! | `DELETE /v1/files?path=&recursive=` | – | 204 |
+//! | `POST /v1/files/mkdir?path=&parents=` | – | 204 |
+//! | `GET /v1/usage` | – | JSON [`crate::Usage`] |
+//! | `POST /v1/shutdown` | – | 204, then the guest powers off |
+//!
+//! Query strings are `application/x-www-form-urlencoded` encodings of
+//! [`crate::PathQuery`]. Errors are a non-2xx status with a JSON
+//! [`crate::ErrorBody`].
+
+/// `POST`: handshake.
+pub const HELLO: &str = "/v1/hello";
+/// `POST`: run a command (framed bodies).
+pub const EXEC: &str = "/v1/exec";
+/// `POST`: kill a running command.
+pub const EXEC_KILL: &str = "/v1/exec/kill";
+/// `PUT` write, `GET` read, `DELETE` remove.
+pub const FILES: &str = "/v1/files";
+/// `GET`: metadata of one path.
+pub const FILES_STAT: &str = "/v1/files/stat";
+/// `GET`: directory listing.
+pub const FILES_LIST: &str = "/v1/files/list";
+/// `POST`: create a directory.
+pub const FILES_MKDIR: &str = "/v1/files/mkdir";
+/// `GET`: resource usage.
+pub const USAGE: &str = "/v1/usage";
+/// `POST`: power the guest off.
+pub const SHUTDOWN: &str = "/v1/shutdown";
+
+/// Header carrying the HTTP status's [`crate::ErrorCode`] redundantly, so a
+/// client can classify an error without parsing the body.
+pub const ERROR_CODE_HEADER: &str = "hearth-error-code";

@@ -1,0 +1,123 @@
+//! Files in a sandbox: streamed, binary-safe transfers and directory
+//! operations.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use hearth_proto::{limits, FileStat, PathQuery, Usage, WriteResult};
+
+use crate::client::{chunks, FileReader};
+use crate::error::{Result, SandboxError};
+use crate::lifecycle::Sandbox;
+
+impl Sandbox {
+    /// Write `data` to `path` (created with its parent directories,
+    /// truncated if it exists).
+    pub async fn write_file(&self, path: &str, data: Bytes) -> Result<WriteResult> {
+        let (tx, rx) = mpsc::channel(4);
+        let feeder = tokio::spawn(async move {
+            for chunk in chunks(data, limits::STREAM_CHUNK) {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = self.write_file_stream(path, None, rx).await;
+        feeder.abort();
+        result
+    }
+
+    /// Write everything `reader` yields to `path`, streaming (memory use does
+    /// not grow with the file).
+    pub async fn write_file_from<R>(&self, path: &str, mut reader: R) -> Result<WriteResult>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4);
+        let feeder = tokio::spawn(async move {
+            loop {
+                let mut buf = vec![0u8; limits::STREAM_CHUNK];
+                match reader.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Bytes::from(buf)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let result = self.write_file_stream(path, None, rx).await;
+        match feeder.await {
+            Ok(Err(e)) => Err(SandboxError::io(format!("reading the data for {path}"))(e)),
+            _ => result,
+        }
+    }
+
+    /// Write the chunks received on `chunks` to `path` with `mode`.
+    pub async fn write_file_stream(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        chunks: mpsc::Receiver<Bytes>,
+    ) -> Result<WriteResult> {
+        let query = PathQuery {
+            path: path.to_string(),
+            mode,
+            parents: true,
+            recursive: false,
+        };
+        match self.client().write_file_stream(&query, chunks).await {
+            Ok(result) => Ok(result),
+            Err(error) => Err(self.explain(error).await),
+        }
+    }
+
+    /// Open `path` for a streamed read.
+    pub async fn read_file(&self, path: &str) -> Result<FileReader> {
+        match self.client().read_file(path).await {
+            Ok(reader) => Ok(reader),
+            Err(error) => Err(self.explain(error).await),
+        }
+    }
+
+    /// Read all of `path` (at most `limit` bytes).
+    pub async fn read_file_to_vec(&self, path: &str, limit: usize) -> Result<Vec<u8>> {
+        let reader = self.read_file(path).await?;
+        match reader.read_to_end(limit).await {
+            Ok(data) => Ok(data),
+            Err(error) => Err(self.explain(error).await),
+        }
+    }
+
+    /// Metadata of `path`.
+    pub async fn stat(&self, path: &str) -> Result<FileStat> {
+        self.client().stat(path).await
+    }
+
+    /// Entries of the directory `path`.
+    pub async fn list(&self, path: &str) -> Result<Vec<FileStat>> {
+        self.client().list(path).await
+    }
+
+    /// Remove `path`; with `recursive`, a whole tree.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        self.client().remove(path, recursive).await
+    }
+
+    /// Create the directory `path`; with `parents`, like `mkdir -p`.
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<()> {
+        self.client().mkdir(path, parents).await
+    }
+
+    /// Resource usage of the sandbox.
+    pub async fn usage(&self) -> Result<Usage> {
+        match self.client().usage().await {
+            Ok(usage) => Ok(usage),
+            Err(error) => Err(self.explain(error).await),
+        }
+    }
+}

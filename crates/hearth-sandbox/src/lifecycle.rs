@@ -1,0 +1,728 @@
+//! A sandbox's life: boot, serve, end with a recorded reason, leave nothing.
+//!
+//! A [`Sandbox`] owns one VM. A monitor task watches the VM process and the
+//! sandbox's deadline; whatever ends the VM (a destroy, the timeout, a guest
+//! panic, a VMM crash, the host shutting down), the monitor records one
+//! [`SandboxEnd`] with the reason, keeps the console log if the end was
+//! abnormal, and removes the state directory. Dropping the last handle
+//! destroys the sandbox.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use hearth_proto::{GuestInfo, Hello, PROTOCOL_VERSION};
+use hearth_vm::console::{self, ConsoleVerdict};
+use hearth_vm::procfs::ProcessId;
+use hearth_vm::{AccelChoice, Driver, Vm, VmExit, VmSpec};
+
+use crate::client::GuestClient;
+use crate::error::{Result, SandboxError};
+use crate::home::HearthHome;
+use crate::options::SandboxOptions;
+use crate::registry::{keep_console_log, OwnerRecord};
+
+/// Why a sandbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The guest powered off (on request or by itself).
+    Exited,
+    /// Destroyed on request.
+    Destroyed,
+    /// Ran past its timeout and was killed.
+    TimedOut,
+    /// The guest kernel ran out of memory and panicked.
+    OutOfMemory,
+    /// The guest kernel panicked.
+    GuestKernelPanic,
+    /// The guest agent (PID 1) crashed or failed fatally.
+    GuestAgentCrashed,
+    /// The VMM process died unexpectedly.
+    VmCrashed,
+    /// The guest did not come up.
+    BootFailed,
+    /// The host process shut down and took its sandboxes with it.
+    HostShutdown,
+}
+
+impl EndReason {
+    /// Whether this end means something went wrong in or with the VM (as
+    /// opposed to an ordinary destroy, power-off or timeout).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Self::OutOfMemory
+                | Self::GuestKernelPanic
+                | Self::GuestAgentCrashed
+                | Self::VmCrashed
+                | Self::BootFailed
+        )
+    }
+
+    /// Short name, as in the JSON form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Destroyed => "destroyed",
+            Self::TimedOut => "timed_out",
+            Self::OutOfMemory => "out_of_memory",
+            Self::GuestKernelPanic => "guest_kernel_panic",
+            Self::GuestAgentCrashed => "guest_agent_crashed",
+            Self::VmCrashed => "vm_crashed",
+            Self::BootFailed => "boot_failed",
+            Self::HostShutdown => "host_shutdown",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How and why a sandbox ended: recorded exactly once per sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxEnd {
+    /// Why.
+    pub reason: EndReason,
+    /// Details for a human.
+    pub message: String,
+    /// Last guest console lines, when the end was a failure.
+    pub console_tail: Vec<String>,
+    /// Where the full console log was kept, when the end was a failure.
+    pub console_log: Option<PathBuf>,
+    /// How long the sandbox lived, milliseconds.
+    pub lifetime_ms: u64,
+}
+
+impl fmt::Display for SandboxEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.reason)?;
+        if !self.console_tail.is_empty() {
+            let shown = &self.console_tail[self.console_tail.len().saturating_sub(5)..];
+            write!(f, "; last console lines: {}", shown.join(" | "))?;
+        }
+        if let Some(log) = &self.console_log {
+            write!(f, "; full console log: {}", log.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Facts about a running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// Sandbox id.
+    pub id: String,
+    /// Accelerator and why.
+    pub accel: AccelChoice,
+    /// What the guest agent reported at boot.
+    pub guest: GuestInfo,
+    /// Milliseconds from the create call to the guest answering.
+    pub boot_ms: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// State shared between the handles and the monitor task.
+struct Shared {
+    /// What the host asked for, recorded before it kills the VM, so the
+    /// monitor reports the cause instead of "VM crashed".
+    requested_end: Mutex<Option<(EndReason, String)>>,
+    deadline: watch::Sender<Option<Instant>>,
+    end: watch::Sender<Option<SandboxEnd>>,
+}
+
+struct Inner {
+    id: String,
+    options: SandboxOptions,
+    info: SandboxInfo,
+    vm: Arc<dyn Vm>,
+    client: GuestClient,
+    shared: Arc<Shared>,
+    exec_counter: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: nobody can use this VM any more.
+        request_end(
+            &self.shared,
+            EndReason::Destroyed,
+            "the last handle was dropped",
+        );
+        self.vm.kill();
+    }
+}
+
+/// A running sandbox: one microVM with a guest agent. Cheap to clone; all
+/// clones share the VM, which is destroyed when the last clone is dropped.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+fn request_end(shared: &Shared, reason: EndReason, message: &str) {
+    let mut requested = shared.requested_end.lock().expect("requested_end lock");
+    if requested.is_none() {
+        *requested = Some((reason, message.to_string()));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh sandbox id: `sb-` and 12 random hex digits.
+pub fn new_sandbox_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sb-{hex}")
+}
+
+impl Sandbox {
+    /// Boot a sandbox and wait until its guest agent answers.
+    pub async fn create(
+        home: &HearthHome,
+        driver: &dyn Driver,
+        options: SandboxOptions,
+    ) -> Result<Sandbox> {
+        options.validate()?;
+        let started = Instant::now();
+        let image = {
+            let dir = home.images_dir().to_path_buf();
+            let name = options.image.clone();
+            tokio::task::spawn_blocking(move || hearth_vm::image::open(&dir, &name))
+                .await
+                .map_err(|e| SandboxError::InvalidOption(format!("image lookup failed: {e}")))??
+        };
+        let accel = hearth_vm::accel::detect(options.accel)?;
+        let id = new_sandbox_id();
+        let span = tracing::info_span!("sandbox", id = %id);
+        Self::boot(home, driver, options, image, accel, id, started)
+            .instrument(span)
+            .await
+    }
+
+    async fn boot(
+        home: &HearthHome,
+        driver: &dyn Driver,
+        options: SandboxOptions,
+        image: hearth_vm::image::Image,
+        accel: AccelChoice,
+        id: String,
+        started: Instant,
+    ) -> Result<Sandbox> {
+        tracing::info!(accel = %accel.accel, vcpus = options.vcpus, memory = %options.memory, disk = %options.disk, "creating sandbox");
+
+        let state_dir = home.sandboxes_dir().join(&id);
+        std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
+            "creating {}",
+            state_dir.display()
+        )))?;
+        let mut record = OwnerRecord::new(&id);
+        if let Err(e) = record.save(&state_dir) {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e);
+        }
+
+        let spec = VmSpec {
+            name: id.clone(),
+            state_dir: state_dir.clone(),
+            kernel: image.kernel(),
+            initramfs: image.initramfs(),
+            rootfs: image.rootfs(),
+            disk_bytes: options.disk.bytes(),
+            vcpus: options.vcpus,
+            memory_mib: options.memory.as_mib(),
+            accel: accel.accel,
+            kernel_args: Vec::new(),
+        };
+        let vm: Arc<dyn Vm> = match driver.launch(spec).await {
+            Ok(vm) => Arc::from(vm),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(e.into());
+            }
+        };
+        record.vmm = vm.pid().and_then(ProcessId::of);
+        if let Err(error) = record.save(&state_dir) {
+            tracing::warn!(%error, "could not record the VMM process");
+        }
+
+        let shared = Arc::new(Shared {
+            requested_end: Mutex::new(None),
+            deadline: watch::channel(options.timeout.map(|t| started + t)).0,
+            end: watch::channel(None).0,
+        });
+        tokio::spawn(
+            monitor(
+                vm.clone(),
+                shared.clone(),
+                home.clone(),
+                id.clone(),
+                state_dir,
+                started,
+            )
+            .in_current_span(),
+        );
+
+        let guard = BootGuard {
+            vm: vm.clone(),
+            shared: shared.clone(),
+            armed: true,
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            unix_time_ms: now_ms(),
+            hostname: id.clone(),
+            pids_max: options.pids_max,
+            agent_reserve_mib: options.agent_reserve_mib(),
+        };
+        let boot = async {
+            let stream = vm.connect().await?;
+            let client = GuestClient::connect(stream).await?;
+            let guest = client.hello(&hello).await?;
+            Ok::<_, SandboxError>((client, guest))
+        };
+        let mut end_rx = shared.end.subscribe();
+        let outcome = tokio::select! {
+            result = tokio::time::timeout(options.boot_timeout, boot) => match result {
+                Ok(Ok(ok)) => Ok(ok),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("the guest agent did not answer within {}s", options.boot_timeout.as_secs())),
+            },
+            end = wait_end(&mut end_rx) => Err(format!("the VM stopped during boot: {}", end.message)),
+        };
+        let (client, guest) = match outcome {
+            Ok(ok) => ok,
+            Err(message) => {
+                request_end(&shared, EndReason::BootFailed, &message);
+                vm.kill();
+                let end = wait_end(&mut end_rx).await;
+                return Err(SandboxError::BootFailed {
+                    id,
+                    message: match &end.console_log {
+                        Some(log) => format!("{message} (console log: {})", log.display()),
+                        None => message,
+                    },
+                    console_tail: end.console_tail,
+                });
+            }
+        };
+        if guest.protocol_version != PROTOCOL_VERSION {
+            let message = format!(
+                "guest agent speaks protocol {} but this host speaks {PROTOCOL_VERSION}; rebuild the image with `hearth image build`",
+                guest.protocol_version
+            );
+            request_end(&shared, EndReason::BootFailed, &message);
+            vm.kill();
+            let end = wait_end(&mut end_rx).await;
+            return Err(SandboxError::BootFailed {
+                id,
+                message,
+                console_tail: end.console_tail,
+            });
+        }
+        let boot_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(boot_ms, kernel = %guest.kernel_release, "sandbox ready");
+        let info = SandboxInfo {
+            id: id.clone(),
+            accel,
+            guest,
+            boot_ms,
+            created_unix_ms: record.created_unix_ms,
+        };
+        let mut guard = guard;
+        guard.armed = false;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                id,
+                options,
+                info,
+                vm,
+                client,
+                shared,
+                exec_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Facts about the sandbox.
+    pub fn info(&self) -> &SandboxInfo {
+        &self.inner.info
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> &SandboxOptions {
+        &self.inner.options
+    }
+
+    /// PID of the VMM process, while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.inner.vm.pid()
+    }
+
+    pub(crate) fn client(&self) -> &GuestClient {
+        &self.inner.client
+    }
+
+    pub(crate) fn next_exec_id(&self) -> String {
+        format!(
+            "x{}",
+            self.inner.exec_counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// How the sandbox ended, if it has.
+    pub fn end(&self) -> Option<SandboxEnd> {
+        self.inner.shared.end.borrow().clone()
+    }
+
+    /// Wait until the sandbox has ended (and its files are removed).
+    pub async fn wait(&self) -> SandboxEnd {
+        wait_end(&mut self.inner.shared.end.subscribe()).await
+    }
+
+    /// Move the deadline to `timeout` from now (or remove it with `None`).
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.inner.shared.deadline.send_replace(deadline);
+    }
+
+    /// Kill the VM, record `reason`, remove every file the sandbox created,
+    /// and return how it ended. Idempotent: later calls return the first end.
+    pub async fn terminate(&self, reason: EndReason, message: &str) -> SandboxEnd {
+        request_end(&self.inner.shared, reason, message);
+        self.inner.vm.kill();
+        self.wait().await
+    }
+
+    /// Destroy the sandbox on request.
+    pub async fn destroy(&self) -> SandboxEnd {
+        self.terminate(EndReason::Destroyed, "destroyed on request")
+            .await
+    }
+
+    /// Ask the guest to power off cleanly; kill it if it has not within
+    /// `grace`.
+    pub async fn shutdown(&self, grace: Duration) -> SandboxEnd {
+        request_end(
+            &self.inner.shared,
+            EndReason::Exited,
+            "shut down on request",
+        );
+        if self.inner.client.shutdown().await.is_ok() {
+            if let Ok(end) = tokio::time::timeout(grace, self.wait()).await {
+                return end;
+            }
+        }
+        self.inner.vm.kill();
+        self.wait().await
+    }
+
+    /// Turn a broken-stream error into [`SandboxError::Ended`] when the cause
+    /// is that the sandbox ended.
+    pub(crate) async fn explain(&self, error: SandboxError) -> SandboxError {
+        if !matches!(
+            error,
+            SandboxError::Protocol(_) | SandboxError::Timeout { .. }
+        ) {
+            return error;
+        }
+        if self.inner.vm.try_exit().is_none() && self.end().is_none() {
+            // The VM still runs: give the monitor a moment in case it is
+            // just being killed.
+            let quick = tokio::time::timeout(Duration::from_millis(300), self.wait()).await;
+            return match quick {
+                Ok(end) => SandboxError::Ended(end),
+                Err(_) => error,
+            };
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.wait()).await {
+            Ok(end) => SandboxError::Ended(end),
+            Err(_) => error,
+        }
+    }
+}
+
+/// Kills the VM if `create` fails or is cancelled before it returns.
+struct BootGuard {
+    vm: Arc<dyn Vm>,
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for BootGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            request_end(
+                &self.shared,
+                EndReason::BootFailed,
+                "creation was cancelled",
+            );
+            self.vm.kill();
+        }
+    }
+}
+
+async fn wait_end(rx: &mut watch::Receiver<Option<SandboxEnd>>) -> SandboxEnd {
+    loop {
+        if let Some(end) = rx.borrow_and_update().clone() {
+            return end;
+        }
+        if rx.changed().await.is_err() {
+            return rx.borrow().clone().unwrap_or_else(|| SandboxEnd {
+                reason: EndReason::VmCrashed,
+                message: "the sandbox monitor stopped unexpectedly".into(),
+                console_tail: Vec::new(),
+                console_log: None,
+                lifetime_ms: 0,
+            });
+        }
+    }
+}
+
+/// Watch the VM and the deadline; record the end; clean up.
+async fn monitor(
+    vm: Arc<dyn Vm>,
+    shared: Arc<Shared>,
+    home: HearthHome,
+    id: String,
+    state_dir: PathBuf,
+    started: Instant,
+) {
+    let mut deadline_rx = shared.deadline.subscribe();
+    let exit = loop {
+        let deadline = *deadline_rx.borrow_and_update();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            exit = vm.wait() => break exit,
+            _ = sleep => {
+                let limit = deadline.map(|d| d.saturating_duration_since(started)).unwrap_or_default();
+                request_end(&shared, EndReason::TimedOut, &format!(
+                    "the sandbox ran past its {} timeout and was killed",
+                    human_duration(limit)
+                ));
+                vm.kill();
+                break vm.wait().await;
+            }
+            changed = deadline_rx.changed() => {
+                if changed.is_err() {
+                    break vm.wait().await;
+                }
+            }
+        }
+    };
+    let requested = shared
+        .requested_end
+        .lock()
+        .expect("requested_end lock")
+        .clone();
+    let mut end = classify(&exit, requested);
+    end.lifetime_ms = started.elapsed().as_millis() as u64;
+    if end.reason.is_failure() {
+        end.console_tail = exit.console_tail.clone();
+        end.console_log = keep_console_log(&home, &id, &state_dir);
+    }
+    if let Err(error) = std::fs::remove_dir_all(&state_dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(sandbox = %id, %error, "could not remove sandbox state directory");
+        }
+    }
+    match end.reason {
+        reason if reason.is_failure() => {
+            tracing::warn!(sandbox = %id, reason = %end.reason, message = %end.message, "sandbox ended")
+        }
+        _ => {
+            tracing::info!(sandbox = %id, reason = %end.reason, message = %end.message, "sandbox ended")
+        }
+    }
+    shared.end.send_replace(Some(end));
+}
+
+/// Decide why the VM ended from what the host asked for and what the guest
+/// console says.
+fn classify(exit: &VmExit, requested: Option<(EndReason, String)>) -> SandboxEnd {
+    let make = |reason, message: String| SandboxEnd {
+        reason,
+        message,
+        console_tail: Vec::new(),
+        console_log: None,
+        lifetime_ms: 0,
+    };
+    // A boot failure keeps the console's explanation when it has one.
+    let verdict = console::verdict(&exit.console_tail);
+    if let Some((reason, message)) = requested {
+        if reason != EndReason::BootFailed || verdict == ConsoleVerdict::Nothing {
+            return make(reason, message);
+        }
+    }
+    match verdict {
+        ConsoleVerdict::AgentFatal(message) => make(
+            EndReason::GuestAgentCrashed,
+            format!("the guest agent failed: {message}"),
+        ),
+        ConsoleVerdict::AgentCrashed => make(
+            EndReason::GuestAgentCrashed,
+            "the guest agent (PID 1) died and the guest kernel panicked".into(),
+        ),
+        ConsoleVerdict::KernelPanic(message) if message.contains("Out of memory") => make(
+            EndReason::OutOfMemory,
+            format!("the guest kernel ran out of memory: {message}"),
+        ),
+        ConsoleVerdict::KernelPanic(message) => make(
+            EndReason::GuestKernelPanic,
+            format!("the guest kernel panicked: {message}"),
+        ),
+        ConsoleVerdict::Nothing => match exit.status {
+            Some(status) if status.success() => {
+                make(EndReason::Exited, "the guest powered off".into())
+            }
+            status => {
+                let how = match status {
+                    Some(s) => s.to_string(),
+                    None => "an unknown status".into(),
+                };
+                let stderr = exit.vmm_stderr_tail.join(" | ");
+                make(
+                    EndReason::VmCrashed,
+                    if stderr.is_empty() {
+                        format!("the VM process exited with {how}")
+                    } else {
+                        format!("the VM process exited with {how}: {stderr}")
+                    },
+                )
+            }
+        },
+    }
+}
+
+/// `3s`, `5m`, `1h30m`, `1.5s`.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_millis() != 0 && secs < 60 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s < 3600 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    fn exit(code: i32, console: &[&str]) -> VmExit {
+        VmExit {
+            status: Some(ExitStatus::from_raw(code << 8)),
+            console_tail: console.iter().map(|s| s.to_string()).collect(),
+            vmm_stderr_tail: vec!["qemu: something".into()],
+        }
+    }
+
+    #[test]
+    fn requested_reason_wins() {
+        let end = classify(&exit(0, &[]), Some((EndReason::TimedOut, "late".into())));
+        assert_eq!(end.reason, EndReason::TimedOut);
+    }
+
+    #[test]
+    fn console_explains_crashes() {
+        let end = classify(
+            &exit(
+                0,
+                &["Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b"],
+            ),
+            None,
+        );
+        assert_eq!(end.reason, EndReason::GuestAgentCrashed);
+        let end = classify(
+            &exit(0, &["Kernel panic - not syncing: sysrq triggered crash"]),
+            None,
+        );
+        assert_eq!(end.reason, EndReason::GuestKernelPanic);
+        assert!(end.message.contains("sysrq"), "{}", end.message);
+        let end = classify(
+            &exit(
+                0,
+                &["Kernel panic - not syncing: Out of memory and no killable processes..."],
+            ),
+            None,
+        );
+        assert_eq!(end.reason, EndReason::OutOfMemory);
+    }
+
+    #[test]
+    fn boot_failure_keeps_console_cause() {
+        let end = classify(
+            &exit(
+                0,
+                &["hearth-guest: fatal: mounting /dev/vda: no such device"],
+            ),
+            Some((EndReason::BootFailed, "stopped".into())),
+        );
+        assert_eq!(end.reason, EndReason::GuestAgentCrashed);
+    }
+
+    #[test]
+    fn vmm_failure_is_a_crash_with_stderr() {
+        let end = classify(&exit(1, &[]), None);
+        assert_eq!(end.reason, EndReason::VmCrashed);
+        assert!(end.message.contains("qemu: something"), "{}", end.message);
+        assert_eq!(classify(&exit(0, &[]), None).reason, EndReason::Exited);
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(human_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        assert_ne!(new_sandbox_id(), new_sandbox_id());
+        assert_eq!(new_sandbox_id().len(), 15);
+    }
+}

@@ -1,0 +1,106 @@
+//! Shared set-up for tests that boot real VMs: a throwaway `HEARTH_HOME` per
+//! test over the one shared, prebuilt guest image, and a leak check.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_sandbox::{ExecOptions, ExecOutput, HearthHome, Sandbox, SandboxOptions};
+use hearth_vm::qemu::QemuDriver;
+
+/// A per-test home; on drop, checks that nothing was left behind.
+pub struct TestHome {
+    pub home: HearthHome,
+    pub driver: QemuDriver,
+    dir: tempfile::TempDir,
+}
+
+/// The shared image directory: `$HEARTH_IMAGES`, or the default home's.
+pub fn images_dir() -> PathBuf {
+    HearthHome::from_env().images_dir().to_path_buf()
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hh")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let images = images_dir();
+        if hearth_vm::image::open(&images, "default").is_err() {
+            panic!(
+                "no guest image in {}: run scripts/test.sh (it builds the image) or `hearth image build`",
+                images.display()
+            );
+        }
+        Self {
+            home: HearthHome::new(dir.path(), images),
+            driver: QemuDriver::locate().expect("qemu-system-x86_64 installed"),
+            dir,
+        }
+    }
+
+    pub async fn sandbox(&self, options: SandboxOptions) -> Sandbox {
+        let options = SandboxOptions {
+            accel: hearth_vm::AccelPreference::Auto,
+            ..options
+        };
+        Sandbox::create(&self.home, &self.driver, options)
+            .await
+            .expect("sandbox boots")
+    }
+
+    pub async fn small(&self) -> Sandbox {
+        self.sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            ..SandboxOptions::default()
+        })
+        .await
+    }
+
+    /// Files left in the sandboxes directory (should be none after destroy).
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.home.sandboxes_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// QEMU processes whose command line names this home.
+    pub fn live_vmms(&self) -> Vec<u32> {
+        let needle = self.dir.path().display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// Assert nothing of any sandbox remains (allowing the VMM a moment to
+    /// be reaped).
+    pub fn assert_clean(&self) {
+        for _ in 0..100 {
+            if self.live_vmms().is_empty() && self.leftovers().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "leaked: VMM pids {:?}, files {:?}",
+            self.live_vmms(),
+            self.leftovers()
+        );
+    }
+}
+
+/// Run `sh -c script` and collect the result.
+pub async fn sh(sandbox: &Sandbox, script: &str) -> ExecOutput {
+    sandbox
+        .run(ExecOptions::new(["sh", "-c", script]), None)
+        .await
+        .expect("exec runs")
+}

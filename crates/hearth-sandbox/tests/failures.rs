@@ -1,0 +1,135 @@
+//! Bad input and guest failures: clear errors, nothing left running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestHome;
+use hearth_sandbox::{EndReason, ExecOptions, Sandbox, SandboxError, SandboxOptions};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_options_are_refused_before_anything_starts() {
+    let t = TestHome::new();
+    let err = Sandbox::create(
+        &t.home,
+        &t.driver,
+        SandboxOptions {
+            vcpus: 0,
+            ..SandboxOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("vcpus"), "{err}");
+
+    let err = Sandbox::create(
+        &t.home,
+        &t.driver,
+        SandboxOptions {
+            image: "no-such-image".into(),
+            ..SandboxOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("no-such-image") && text.contains("hearth image build"),
+        "{text}"
+    );
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_kernel_panic_is_reported_with_the_console() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    let _ = sandbox
+        .run(
+            ExecOptions::new(["sh", "-c", "echo c > /proc/sysrq-trigger"]),
+            None,
+        )
+        .await;
+    let end = tokio::time::timeout(Duration::from_secs(60), sandbox.wait())
+        .await
+        .expect("the panicked VM ends");
+    assert_eq!(end.reason, EndReason::GuestKernelPanic, "{end}");
+    assert!(end.to_string().contains("sysrq"), "{end}");
+    let log = end
+        .console_log
+        .clone()
+        .expect("console log kept on failure");
+    assert!(std::fs::read_to_string(log)
+        .unwrap()
+        .contains("Kernel panic"));
+    // Later calls say the sandbox ended, and why.
+    let err = sandbox
+        .run(ExecOptions::new(["true"]), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SandboxError::Ended(_)) || err.to_string().contains("connection"),
+        "{err}"
+    );
+    t.assert_clean();
+}
+
+/// Crash the guest agent (PID 1) from a workload: attach with ptrace and
+/// point its instruction pointer at address 0.
+const CRASH_PID1: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_POKEUSER, PTRACE_ATTACH, PTRACE_DETACH = 6, 16, 17
+assert libc.ptrace(PTRACE_ATTACH, 1, None, None) == 0, ctypes.get_errno()
+os.waitpid(1, 0x40000000)
+RIP = 16 * 8
+assert libc.ptrace(PTRACE_POKEUSER, 1, ctypes.c_void_p(RIP), None) == 0, ctypes.get_errno()
+libc.ptrace(PTRACE_DETACH, 1, None, None)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_agent_crash_is_reported() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    let _ = sandbox
+        .run(ExecOptions::new(["python3", "-c", CRASH_PID1]), None)
+        .await;
+    let end = tokio::time::timeout(Duration::from_secs(60), sandbox.wait())
+        .await
+        .expect("the VM ends when its agent dies");
+    assert_eq!(end.reason, EndReason::GuestAgentCrashed, "{end}");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmm_killed_from_outside_is_a_vm_crash() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    let pid = sandbox.vmm_pid().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(30), sandbox.wait())
+        .await
+        .unwrap();
+    assert_eq!(end.reason, EndReason::VmCrashed, "{end}");
+    assert!(end.message.contains("signal"), "{end}");
+    t.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_every_handle_destroys_the_sandbox() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    let pid = sandbox.vmm_pid().unwrap();
+    drop(sandbox);
+    for _ in 0..200 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() && t.leftovers().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.assert_clean();
+}

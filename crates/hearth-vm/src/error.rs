@@ -1,0 +1,69 @@
+//! Errors of the VM layer.
+
+use std::path::PathBuf;
+
+/// Result alias of this crate.
+pub type Result<T, E = VmError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong starting, talking to or stopping a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The VMM binary is not installed.
+    #[error("{binary} not found on PATH: install it with `apt-get install qemu-system-x86` (or run scripts/setup.sh)")]
+    VmmMissing {
+        /// Binary looked for.
+        binary: String,
+    },
+    /// KVM was asked for but cannot be used here.
+    #[error("KVM requested but not usable here: {reason}; use --accel tcg (or auto)")]
+    KvmUnavailable {
+        /// Why KVM is unusable.
+        reason: String,
+    },
+    /// A VM setting is out of range.
+    #[error("invalid VM setting: {0}")]
+    InvalidSpec(String),
+    /// Creating the writable layer failed.
+    #[error("could not create the writable disk {path}: {message}")]
+    ScratchDisk {
+        /// Disk image path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The VMM process could not be started.
+    #[error("could not start {binary}: {source}")]
+    Spawn {
+        /// Binary started.
+        binary: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to the guest channel failed.
+    #[error("could not connect to the guest channel {path}: {source}")]
+    Channel {
+        /// Socket path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other I/O failure, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmError {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}

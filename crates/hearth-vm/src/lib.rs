@@ -1,0 +1,21 @@
+//! VM drivers, accelerator detection and the guest image builder.
+//!
+//! The [`Driver`] / [`Vm`] traits hide which VMM runs a sandbox; the one
+//! backend today is [`qemu::QemuDriver`] (QEMU's `microvm` machine, KVM where
+//! usable, TCG otherwise). The [`image`] module builds the kernel, initramfs
+//! and root filesystem every VM boots from.
+
+pub mod accel;
+pub mod console;
+pub mod driver;
+pub mod error;
+pub mod image;
+pub mod procfs;
+pub mod qemu;
+pub mod scratch;
+#[allow(unsafe_code)] // pre_exec hook; see the SAFETY comment there.
+mod spawn;
+
+pub use accel::{Accel, AccelChoice, AccelPreference};
+pub use driver::{Driver, GuestStream, Vm, VmExit, VmSpec};
+pub use error::{Result, VmError};

@@ -1,0 +1,427 @@
+//! QEMU `microvm` backend.
+//!
+//! One QEMU process per VM: the kernel and initramfs boot directly (no
+//! firmware), the base root filesystem is a read-only virtio-blk disk, the
+//! writable layer a second virtio-blk disk, and the guest agent is reached
+//! through a virtio-serial port whose host end is a Unix socket. The socket
+//! is bound by us and handed to QEMU as an inherited listening fd, so a
+//! connect never races QEMU's startup.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UnixStream;
+use tokio::sync::{watch, Notify};
+
+use crate::accel::Accel;
+use crate::console;
+use crate::driver::{BoxFuture, Driver, GuestStream, Vm, VmExit, VmSpec};
+use crate::error::{Result, VmError};
+use crate::scratch;
+use crate::spawn::spawn_owned;
+
+/// Binary name of the x86-64 system emulator.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Kernel command line every VM gets (extra arguments are appended).
+pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuDriver {
+    binary: PathBuf,
+}
+
+impl QemuDriver {
+    /// Use `qemu-system-x86_64` from `PATH`.
+    pub fn locate() -> Result<Self> {
+        find_on_path(QEMU_BINARY)
+            .map(|binary| Self { binary })
+            .ok_or_else(|| VmError::VmmMissing {
+                binary: QEMU_BINARY.into(),
+            })
+    }
+
+    /// Path of the QEMU binary in use.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// `qemu-system-x86_64 --version`, first line.
+    pub fn version(&self) -> Result<String> {
+        let output = std::process::Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .map_err(|source| VmError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    async fn boot(&self, spec: VmSpec) -> Result<QemuVm> {
+        validate(&spec)?;
+        std::fs::create_dir_all(&spec.state_dir).map_err(VmError::io(format!(
+            "creating {}",
+            spec.state_dir.display()
+        )))?;
+        let scratch_path = spec.state_dir.join("scratch.ext4");
+        let disk_bytes = spec.disk_bytes;
+        let scratch_for_mkfs = scratch_path.clone();
+        tokio::task::spawn_blocking(move || scratch::create_ext4(&scratch_for_mkfs, disk_bytes))
+            .await
+            .map_err(|e| VmError::InvalidSpec(format!("mkfs task failed: {e}")))??;
+
+        let socket_path = spec.state_dir.join("guest.sock");
+        if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(VmError::InvalidSpec(format!(
+                "state directory path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): {}; use a shorter HEARTH_HOME",
+                socket_path.as_os_str().len(),
+                socket_path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+            .map_err(VmError::io(format!("binding {}", socket_path.display())))?;
+        let listener_fd = listener.as_raw_fd();
+
+        let stderr_path = spec.state_dir.join("qemu.log");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(VmError::io(format!("creating {}", stderr_path.display())))?;
+
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(qemu_args(&spec, &scratch_path, listener_fd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        let mut child = spawn_owned(command, Some(listener_fd))
+            .await
+            .map_err(|source| VmError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        // QEMU holds its own copy of the listening socket now.
+        drop(listener);
+        let pid = child.id();
+        tracing::debug!(vm = %spec.name, pid, accel = %spec.accel, "qemu started");
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let kill = Arc::new(Notify::new());
+        let kill_signal = kill.clone();
+        let console_path = spec.console_log();
+        let name = spec.name.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status.ok(),
+                _ = kill_signal.notified() => {
+                    let _ = child.start_kill();
+                    child.wait().await.ok()
+                }
+            };
+            let exit = VmExit {
+                status,
+                console_tail: console::tail(&console_path, 40),
+                vmm_stderr_tail: console::tail(&stderr_path, 10),
+            };
+            tracing::debug!(vm = %name, ?exit.status, "qemu exited");
+            let _ = exit_tx.send(Some(exit));
+        });
+
+        Ok(QemuVm {
+            console_log: spec.console_log(),
+            spec,
+            pid: Mutex::new(pid),
+            socket_path,
+            exit: exit_rx,
+            kill,
+        })
+    }
+}
+
+impl Driver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, spec: VmSpec) -> BoxFuture<'_, Result<Box<dyn Vm>>> {
+        Box::pin(async move { Ok(Box::new(self.boot(spec).await?) as Box<dyn Vm>) })
+    }
+}
+
+fn validate(spec: &VmSpec) -> Result<()> {
+    if spec.vcpus == 0 {
+        return Err(VmError::InvalidSpec("vcpus must be at least 1".into()));
+    }
+    if spec.vcpus > 64 {
+        return Err(VmError::InvalidSpec(format!(
+            "vcpus {} exceeds the maximum of 64",
+            spec.vcpus
+        )));
+    }
+    if spec.memory_mib < 128 {
+        return Err(VmError::InvalidSpec(format!(
+            "memory {} MiB is below the 128 MiB minimum the guest needs",
+            spec.memory_mib
+        )));
+    }
+    for (what, path) in [
+        ("kernel", &spec.kernel),
+        ("initramfs", &spec.initramfs),
+        ("root filesystem", &spec.rootfs),
+    ] {
+        if !path.is_file() {
+            return Err(VmError::InvalidSpec(format!(
+                "{what} {} does not exist; run `hearth image build`",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's command line for `spec`, with the guest channel served on the
+/// inherited listening socket `listener_fd`.
+pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String> {
+    let mut append = BASE_KERNEL_ARGS.to_string();
+    if spec.accel == Accel::Tcg {
+        // Under TCG the guest finds no PIT/HPET to calibrate its TSC against
+        // and hangs in early boot; tell it the (host-derived) TSC rate.
+        append.push_str(&format!(" tsc_early_khz={}", host_tsc_khz()));
+    }
+    for arg in &spec.kernel_args {
+        append.push(' ');
+        append.push_str(arg);
+    }
+    let accel = match spec.accel {
+        Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
+        Accel::Tcg => vec!["-accel".into(), "tcg,thread=multi".into()],
+    };
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("hearth-{},process=hearth-{}", spec.name, spec.name),
+        "-M".into(),
+        "microvm,acpi=on".into(),
+    ];
+    args.extend(accel);
+    args.extend([
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", spec.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-chardev".into(),
+        format!("file,id=console,path={}", spec.console_log().display()),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initramfs.display().to_string(),
+        "-append".into(),
+        append,
+        // Base image first: the guest sees it as /dev/vda.
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=none,id=root,readonly=on",
+            spec.rootfs.display()
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=root,serial=hearth-root".into(),
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=none,id=scratch,cache=unsafe,discard=unmap",
+            scratch.display()
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=scratch,serial=hearth-scratch".into(),
+        "-device".into(),
+        "virtio-serial-device,max_ports=2".into(),
+        "-chardev".into(),
+        format!("socket,id=guest,fd={listener_fd},server=on,wait=off"),
+        "-device".into(),
+        format!(
+            "virtserialport,chardev=guest,name={}",
+            hearth_proto::GUEST_PORT_NAME
+        ),
+        "-object".into(),
+        "rng-random,id=rng,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-device,rng=rng".into(),
+    ]);
+    args
+}
+
+/// The host's TSC rate in kHz (TCG's guest TSC runs at the host's rate), from
+/// `/proc/cpuinfo`; 2 GHz when unknown.
+pub fn host_tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| parse_cpu_mhz(&text))
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .filter(|&khz| khz > 100_000)
+        .unwrap_or(2_000_000)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn find_on_path(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A VM run by a QEMU process.
+pub struct QemuVm {
+    spec: VmSpec,
+    pid: Mutex<Option<u32>>,
+    socket_path: PathBuf,
+    console_log: PathBuf,
+    exit: watch::Receiver<Option<VmExit>>,
+    kill: Arc<Notify>,
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> Option<u32> {
+        if self.exit.borrow().is_some() {
+            return None;
+        }
+        *self.pid.lock().expect("pid lock")
+    }
+
+    fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<GuestStream>> {
+        Box::pin(async move {
+            UnixStream::connect(&self.socket_path)
+                .await
+                .map_err(|source| VmError::Channel {
+                    path: self.socket_path.clone(),
+                    source,
+                })
+        })
+    }
+
+    fn wait(&self) -> BoxFuture<'_, VmExit> {
+        let mut exit = self.exit.clone();
+        Box::pin(async move {
+            loop {
+                if let Some(done) = exit.borrow_and_update().clone() {
+                    return done;
+                }
+                if exit.changed().await.is_err() {
+                    // The monitor task is gone without reporting: treat as dead.
+                    return exit.borrow().clone().unwrap_or(VmExit {
+                        status: None,
+                        console_tail: Vec::new(),
+                        vmm_stderr_tail: Vec::new(),
+                    });
+                }
+            }
+        })
+    }
+
+    fn try_exit(&self) -> Option<VmExit> {
+        self.exit.borrow().clone()
+    }
+
+    fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.kill.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            name: "sb-1".into(),
+            state_dir: "/state".into(),
+            kernel: "/img/vmlinuz".into(),
+            initramfs: "/img/initramfs.cpio.gz".into(),
+            rootfs: "/img/rootfs.ext4".into(),
+            disk_bytes: 1 << 30,
+            vcpus: 2,
+            memory_mib: 256,
+            accel,
+            kernel_args: vec!["hearth.debug=1".into()],
+        }
+    }
+
+    #[test]
+    fn command_line_has_read_only_base_and_inherited_channel() {
+        let args = qemu_args(&spec(Accel::Tcg), Path::new("/state/scratch.ext4"), 7).join(" ");
+        assert!(
+            args.contains("file=/img/rootfs.ext4,format=raw,if=none,id=root,readonly=on"),
+            "{args}"
+        );
+        assert!(
+            args.contains("socket,id=guest,fd=7,server=on,wait=off"),
+            "{args}"
+        );
+        assert!(args.contains("-smp 2 -m 256M"), "{args}");
+        assert!(args.contains("tcg,thread=multi"), "{args}");
+        assert!(args.contains("tsc_early_khz="), "{args}");
+        assert!(args.contains("hearth.debug=1"), "{args}");
+        let kvm = qemu_args(&spec(Accel::Kvm), Path::new("/s"), 7).join(" ");
+        assert!(
+            kvm.contains("-accel kvm -cpu host") && !kvm.contains("tsc_early_khz"),
+            "{kvm}"
+        );
+    }
+
+    #[test]
+    fn parses_cpu_mhz() {
+        assert_eq!(
+            parse_cpu_mhz("processor : 0\ncpu MHz\t\t: 2445.426\n"),
+            Some(2445.426)
+        );
+        assert_eq!(parse_cpu_mhz("nothing"), None);
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        let mut s = spec(Accel::Tcg);
+        s.vcpus = 0;
+        assert!(validate(&s).unwrap_err().to_string().contains("vcpus"));
+        let mut s = spec(Accel::Tcg);
+        s.memory_mib = 64;
+        assert!(validate(&s).unwrap_err().to_string().contains("128 MiB"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Command-line grammar and dispatch.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hearth_proto::ByteSize;
+use hearth_sandbox::options::parse_duration;
+use hearth_sandbox::HearthHome;
+use hearth_vm::AccelPreference;
+
+/// Run untrusted code in microVMs that boot, run and die.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// Hearth's data directory [default: $HEARTH_HOME or ~/.local/share/hearth].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); HEARTH_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check this host: accelerator, QEMU, tools and the guest image.
+    Doctor(DoctorArgs),
+    /// Build and inspect guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run commands in sandboxes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Kill VMs and remove files left behind by Hearth processes that died.
+    Gc,
+}
+
+/// `hearth doctor` options.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also verify the image's digests (reads every byte).
+    #[arg(long)]
+    pub verify: bool,
+    /// Accelerator preference to evaluate.
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    pub accel: AccelPreference,
+}
+
+/// `hearth image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build (or reuse) a guest image: kernel, initramfs and root filesystem.
+    Build(ImageBuildArgs),
+}
+
+/// `hearth image build` options.
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Image name.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Rebuild every part even if the cache is valid.
+    #[arg(long)]
+    pub force: bool,
+    /// Debian mirror for debootstrap [default: from the host's apt sources].
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Debian suite of the root filesystem.
+    #[arg(long, default_value = "bookworm")]
+    pub suite: String,
+    /// Extra Debian packages for the root filesystem (repeatable).
+    #[arg(long = "package", value_name = "PKG")]
+    pub packages: Vec<String>,
+    /// The static guest agent binary [default: found next to hearth or in target/guest].
+    #[arg(long, value_name = "PATH", env = "HEARTH_GUEST_AGENT")]
+    pub guest_agent: Option<PathBuf>,
+}
+
+/// `hearth sandbox ...`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run one command in a fresh sandbox, stream its output, pass its exit
+    /// code through, and destroy the sandbox.
+    Run(RunArgs),
+}
+
+/// `hearth sandbox run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest image name.
+    #[arg(long, default_value = "default")]
+    pub image: String,
+    /// Guest memory (e.g. 256M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub memory: ByteSize,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Writable disk space for the sandbox (e.g. 256M, 1G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub disk: ByteSize,
+    /// Kill the sandbox after this long (e.g. 30s, 5m, 1h).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Environment variable for the command (KEY=VALUE, repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    pub accel: AccelPreference,
+    /// Don't forward stdin (by default it is forwarded unless it is a terminal).
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_size(s: &str) -> Result<ByteSize, String> {
+    s.parse::<ByteSize>().map_err(|e| e.to_string())
+}
+
+fn parse_accel(s: &str) -> Result<AccelPreference, String> {
+    s.parse()
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!(
+            "invalid environment variable {s:?}: expected KEY=VALUE"
+        )),
+    }
+}
+
+/// The home directory from `--home` or the environment.
+pub fn home(cli_home: &Option<PathBuf>) -> HearthHome {
+    let env = HearthHome::from_env();
+    match cli_home {
+        Some(root) => match std::env::var_os("HEARTH_IMAGES") {
+            Some(images) if !images.is_empty() => HearthHome::new(root, images),
+            _ => HearthHome::at(root),
+        },
+        None => env,
+    }
+}
+
+/// Run the parsed command; the result is the process exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let home = home(&cli.home);
+    // Clean up after any Hearth process that died without doing so.
+    let reaped = hearth_sandbox::reap_orphans(&home);
+    for sandbox in &reaped {
+        tracing::info!(sandbox = %sandbox.id, killed_vmm = sandbox.killed_vmm, "reaped an orphaned sandbox");
+    }
+    match cli.command {
+        Command::Doctor(args) => crate::doctor::run(&home, args).await,
+        Command::Image(ImageCommand::Build(args)) => crate::image_cmd::build(&home, args).await,
+        Command::Sandbox(SandboxCommand::Run(args)) => crate::run::run(&home, args).await,
+        Command::Gc => {
+            // Orphans were reaped above; report what was done.
+            for sandbox in &reaped {
+                let vm = if sandbox.killed_vmm {
+                    "killed its VM, "
+                } else {
+                    ""
+                };
+                println!("reaped {}: {vm}removed its files", sandbox.id);
+            }
+            let dir = home.sandboxes_dir();
+            let live = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+            println!(
+                "gc: reaped {} orphaned sandbox(es); {live} live sandbox(es) remain",
+                reaped.len()
+            );
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, builds the guest image
+# (cached across runs), checks formatting and lints, runs every test (real
+# VMs included), and fails if any QEMU process or sandbox file is left over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+export HEARTH_IMAGES="${HEARTH_IMAGES:-${HEARTH_HOME:-$HOME/.local/share/hearth}/images}"
+export HEARTH_GUEST_AGENT="$PWD/target/release/hearth-guest"
+
+echo "test: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test: cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "test: running the test suite" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --workspace --doc
+else
+  echo "test: cargo-nextest not found; using cargo test" >&2
+  cargo test --workspace --no-fail-fast
+fi
+
+echo "test: checking for leaked VMs" >&2
+if pgrep -af 'qemu-system-x86_64.*hearth-sb-' ; then
+  echo "test: FAILED: QEMU processes left running after the tests" >&2
+  exit 1
+fi
+echo "test: no QEMU process left over" >&2
