@@ -11,7 +11,7 @@ use crate::cgroup::Cgroups;
 use crate::error::{GuestError, Result};
 use crate::exec::ExecRegistry;
 use crate::reaper::{ReapScope, Reaper};
-use crate::{sys, usage};
+use crate::{memguard, sys, usage};
 
 /// Least memory the workload may be left with by `agent_reserve_mib`.
 const MIN_WORKLOAD_MEMORY: u64 = 16 * 1024 * 1024;
@@ -79,17 +79,17 @@ impl Agent {
             },
         };
         let (shutdown, _) = watch::channel(false);
-        Ok(Self {
-            state: Arc::new(AgentState {
-                options,
-                reaper,
-                cgroups,
-                execs: ExecRegistry::default(),
-                workload_memory_limit: AtomicU64::new(0),
-                boot_ms: OnceLock::new(),
-                shutdown,
-            }),
-        })
+        let state = Arc::new(AgentState {
+            options,
+            reaper,
+            cgroups,
+            execs: ExecRegistry::default(),
+            workload_memory_limit: AtomicU64::new(0),
+            boot_ms: OnceLock::new(),
+            shutdown,
+        });
+        memguard::spawn(&state);
+        Ok(Self { state })
     }
 
     /// Whether the workload cgroup tree is in use.

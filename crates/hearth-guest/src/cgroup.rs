@@ -9,11 +9,12 @@
 //! Without a usable cgroup root (host test mode) [`Cgroups`] is simply absent
 //! and callers fall back to process groups.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{GuestError, Result};
 
@@ -27,12 +28,25 @@ pub struct Cgroups {
     next_leaf: AtomicU64,
     /// Leaves that were still busy when their exec ended; retried later.
     stale_leaves: Mutex<Vec<PathBuf>>,
+    /// Leaves of running execs, with the slot where the memory guard leaves
+    /// its message when it kills one.
+    live_leaves: Mutex<HashMap<PathBuf, GuardMark>>,
+    /// Leaves the memory guard killed (reported as OOM kills).
+    guard_kills: AtomicU64,
+}
+
+/// Set by the memory guard when it kills a leaf: why it did.
+type GuardMark = Arc<Mutex<Option<String>>>;
+
+fn lock_mark(mark: &GuardMark) -> std::sync::MutexGuard<'_, Option<String>> {
+    mark.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One exec's leaf cgroup.
 #[derive(Debug)]
 pub struct ExecCgroup {
     path: PathBuf,
+    guard: GuardMark,
 }
 
 impl Cgroups {
@@ -67,6 +81,8 @@ impl Cgroups {
             workload,
             next_leaf: AtomicU64::new(1),
             stale_leaves: Mutex::new(Vec::new()),
+            live_leaves: Mutex::new(HashMap::new()),
+            guard_kills: AtomicU64::new(0),
         })
     }
 
@@ -110,7 +126,9 @@ impl Cgroups {
             match fs::create_dir(&path) {
                 Ok(()) => {
                     let _ = write_file(&path.join("memory.oom.group"), "1");
-                    return Ok(ExecCgroup { path });
+                    let guard = GuardMark::default();
+                    self.live().insert(path.clone(), guard.clone());
+                    return Ok(ExecCgroup { path, guard });
                 }
                 // Left over from before a snapshot/clone: pick another name.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -121,6 +139,7 @@ impl Cgroups {
 
     /// Remove `leaf` if it is empty, else remember it for later.
     pub fn release(&self, leaf: ExecCgroup) {
+        self.live().remove(&leaf.path);
         if fs::remove_dir(&leaf.path).is_err() {
             if let Ok(mut stale) = self.stale_leaves.lock() {
                 stale.push(leaf.path);
@@ -139,6 +158,72 @@ impl Cgroups {
     pub fn kill_workload(&self) {
         let _ = write_file(&self.workload.join("cgroup.kill"), "1");
     }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, GuardMark>> {
+        self.live_leaves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exec leaves (`workload/exec-*`) that still hold processes, with
+    /// their name and `memory.current`: the memory guard's candidates. This
+    /// includes leaves of finished execs whose background processes linger.
+    pub fn populated_leaves(&self) -> Vec<LeafUsage> {
+        let Ok(entries) = fs::read_dir(&self.workload) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().into_string().ok()?;
+                if !name.starts_with("exec-") {
+                    return None;
+                }
+                let path = entry.path();
+                let events = fs::read_to_string(path.join("cgroup.events")).ok()?;
+                if parse_keyed(&events, "populated") != Some(1) {
+                    return None;
+                }
+                let memory = fs::read_to_string(path.join("memory.current"))
+                    .ok()
+                    .and_then(|t| parse_single(&t))?;
+                Some(LeafUsage { name, memory })
+            })
+            .collect()
+    }
+
+    /// Memory guard: kill every process of the leaf `name` (`cgroup.kill`)
+    /// and count the kill. If the leaf belongs to a running exec, `message`
+    /// is recorded first so that exec reports an OOM kill with it.
+    pub fn guard_kill(&self, name: &str, message: String) -> Result<()> {
+        let path = self.workload.join(name);
+        // Marked before the kill, so the exec cannot see its process die
+        // without the reason; unmarked again if the kill did not happen.
+        let mark = self.live().get(&path).cloned();
+        if let Some(mark) = &mark {
+            *lock_mark(mark) = Some(message);
+        }
+        if let Err(e) = write_file(&path.join("cgroup.kill"), "1") {
+            if let Some(mark) = &mark {
+                *lock_mark(mark) = None;
+            }
+            return Err(e);
+        }
+        self.guard_kills.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many leaves the memory guard killed since the agent started.
+    pub fn guard_kills(&self) -> u64 {
+        self.guard_kills.load(Ordering::Relaxed)
+    }
+}
+
+/// One exec leaf and the memory charged to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafUsage {
+    /// Directory name under the workload cgroup (`exec-<n>`).
+    pub name: String,
+    /// Its `memory.current`, bytes.
+    pub memory: u64,
 }
 
 impl ExecCgroup {
@@ -160,6 +245,11 @@ impl ExecCgroup {
     /// Kill every process in the leaf at once (`cgroup.kill`).
     pub fn kill(&self) -> Result<()> {
         write_file(&self.path.join("cgroup.kill"), "1")
+    }
+
+    /// The memory guard's message, if it killed this leaf.
+    pub fn guard_kill(&self) -> Option<String> {
+        lock_mark(&self.guard).clone()
     }
 
     /// How many processes of this leaf the OOM killer ended.
@@ -216,6 +306,93 @@ mod tests {
     fn parses_single_values() {
         assert_eq!(parse_single("1048576\n"), Some(1_048_576));
         assert_eq!(parse_single("max\n"), None);
+    }
+
+    #[test]
+    fn guard_kills_mark_running_execs_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let cgroups = Cgroups::setup(dir.path(), false).unwrap();
+        let leaf = |name: &str, populated: u8, memory: u64| {
+            let path = cgroups.workload().join(name);
+            let _ = fs::create_dir(&path);
+            fs::write(
+                path.join("cgroup.events"),
+                format!("populated {populated}\nfrozen 0\n"),
+            )
+            .unwrap();
+            fs::write(path.join("memory.current"), format!("{memory}\n")).unwrap();
+        };
+        let running = cgroups.create_exec().unwrap();
+        let running_name = running
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        leaf(&running_name, 1, 150 << 20);
+        leaf("exec-90", 1, 20 << 20); // a finished exec's background process
+        leaf("exec-91", 0, 500 << 20); // empty: killing it frees nothing
+        fs::create_dir(cgroups.workload().join("other")).unwrap();
+
+        let mut candidates = cgroups.populated_leaves();
+        candidates.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(
+            candidates,
+            vec![
+                LeafUsage {
+                    name: running_name.clone(),
+                    memory: 150 << 20
+                },
+                LeafUsage {
+                    name: "exec-90".into(),
+                    memory: 20 << 20
+                },
+            ]
+        );
+
+        assert_eq!(running.guard_kill(), None);
+        cgroups.guard_kill(&running_name, "why".into()).unwrap();
+        assert_eq!(running.guard_kill().as_deref(), Some("why"));
+        let kill = fs::read_to_string(running.path().join("cgroup.kill")).unwrap();
+        assert_eq!(kill, "1");
+        cgroups
+            .guard_kill("exec-90", "nobody reads this".into())
+            .unwrap();
+        assert!(cgroups.guard_kill("exec-404", "gone".into()).is_err());
+        assert_eq!(cgroups.guard_kills(), 2);
+
+        // Usage reports kernel and guard kills together.
+        fs::write(
+            cgroups.workload().join("memory.events"),
+            "oom 3\noom_kill 3\n",
+        )
+        .unwrap();
+        assert_eq!(crate::usage::collect(Some(&cgroups), 0).oom_kills, 5);
+
+        cgroups.release(running);
+        assert!(cgroups.live().is_empty());
+    }
+
+    #[test]
+    fn a_failed_guard_kill_leaves_no_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "memory\n").unwrap();
+        let cgroups = Cgroups::setup(dir.path(), false).unwrap();
+        let running = cgroups.create_exec().unwrap();
+        let name = running
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        // A directory where cgroup.kill should be makes the write fail.
+        fs::create_dir(running.path().join("cgroup.kill")).unwrap();
+        assert!(cgroups.guard_kill(&name, "why".into()).is_err());
+        assert_eq!(running.guard_kill(), None);
+        assert_eq!(cgroups.guard_kills(), 0);
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub enum EndCause {
     HostGone,
     /// The request body broke the frame protocol.
     Protocol(GuestError),
+    /// The memory guard killed the command's cgroup because the workload
+    /// was thrashing at its memory limit; the message says why.
+    MemoryGuard(String),
 }
 
 /// Handle `POST /v1/exec`: answer at once with a streamed body of frames and
@@ -304,6 +307,13 @@ async fn supervise(
         stdout_pump.abort();
         stderr_pump.abort();
     }
+    // A SIGKILL the agent did not send on the exec's behalf may be the
+    // memory guard's.
+    if cause.is_none() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+        cause = leaf
+            .and_then(ExecCgroup::guard_kill)
+            .map(EndCause::MemoryGuard);
+    }
     let oom_kills = leaf.map_or(0, ExecCgroup::oom_kills);
     let limit = state.workload_memory_limit.load(Ordering::Relaxed);
     let mut report = exit_report(status, cause.as_ref(), oom_kills, limit);
@@ -495,6 +505,7 @@ pub fn exit_report(
             ExitReason::Killed,
             Some("killed because the host closed the exec stream".into()),
         ),
+        Some(EndCause::MemoryGuard(message)) => (ExitReason::OomKilled, Some(message.clone())),
         None if oom_kills > 0 => {
             let limit = if memory_limit_bytes > 0 {
                 format!(
@@ -593,5 +604,16 @@ mod tests {
         assert!(report.message.unwrap().contains("500 ms"));
         let report = exit_report(libc::SIGKILL, Some(&EndCause::KillRequested), 0, 0);
         assert_eq!(report.reason, ExitReason::Killed);
+    }
+
+    #[test]
+    fn memory_guard_kills_are_oom_kills_with_the_guards_message() {
+        let message = "killed by the guest's memory guard: thrashing";
+        let cause = EndCause::MemoryGuard(message.into());
+        let report = exit_report(libc::SIGKILL, Some(&cause), 0, 180 << 20);
+        assert_eq!(report.reason, ExitReason::OomKilled);
+        assert_eq!(report.code, 137);
+        assert_eq!(report.signal, Some(libc::SIGKILL));
+        assert_eq!(report.message.as_deref(), Some(message));
     }
 }

@@ -3,7 +3,8 @@
 //! It boots the VM ([`init`]), then serves the host over HTTP/2 on a
 //! virtio-serial port ([`channel`], [`server`]): commands ([`exec`]),
 //! files ([`files`]) and resource usage ([`usage`]), with workloads confined
-//! to cgroups ([`cgroup`]) and every child reaped by one task ([`reaper`]).
+//! to cgroups ([`cgroup`]) and guarded against thrashing ([`memguard`]),
+//! and every child reaped by one task ([`reaper`]).
 //! The wire contract is the `hearth-proto` crate.
 //!
 //! For tests and host-side development, [`Agent::serve_connection`] serves
@@ -20,6 +21,7 @@ pub mod error;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod memguard;
 pub mod reaper;
 pub mod server;
 pub mod spawn;

@@ -105,7 +105,10 @@ pub fn collect(cgroups: Option<&Cgroups>, memory_limit_bytes: u64) -> Usage {
         disk_used_bytes: disk_total.saturating_sub(disk_available),
         disk_total_bytes: disk_total,
         pids: single("pids.current").unwrap_or(0),
-        oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
+        // Kernel OOM kills plus the memory guard's, which end a command the
+        // same way and are reported the same way.
+        oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0)
+            + cgroups.map_or(0, Cgroups::guard_kills),
     }
 }
 

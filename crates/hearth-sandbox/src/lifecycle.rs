@@ -138,7 +138,8 @@ struct Shared {
     /// What the host asked for, recorded before it kills the VM, so the
     /// monitor reports the cause instead of "VM crashed".
     requested_end: Mutex<Option<(EndReason, String)>>,
-    deadline: watch::Sender<Option<Instant>>,
+    /// When the sandbox times out, and the timeout it was given.
+    deadline: watch::Sender<Option<(Instant, Duration)>>,
     end: watch::Sender<Option<SandboxEnd>>,
 }
 
@@ -276,7 +277,9 @@ impl Sandbox {
 
         let shared = Arc::new(Shared {
             requested_end: Mutex::new(None),
-            deadline: watch::channel(options.timeout.map(|t| started + t)).0,
+            // The lifetime counts from when the sandbox is ready, not from
+            // the start of a (slow, under TCG) boot.
+            deadline: watch::channel(None).0,
             end: watch::channel(None).0,
         });
         tokio::spawn(
@@ -359,6 +362,9 @@ impl Sandbox {
         };
         let mut guard = guard;
         guard.armed = false;
+        shared
+            .deadline
+            .send_replace(options.timeout.map(|t| (Instant::now() + t, t)));
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 id,
@@ -415,7 +421,7 @@ impl Sandbox {
 
     /// Move the deadline to `timeout` from now (or remove it with `None`).
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| (Instant::now() + t, t));
         self.inner.shared.deadline.send_replace(deadline);
     }
 
@@ -526,14 +532,14 @@ async fn monitor(
         let deadline = *deadline_rx.borrow_and_update();
         let sleep = async {
             match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some((at, _)) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             exit = vm.wait() => break exit,
             _ = sleep => {
-                let limit = deadline.map(|d| d.saturating_duration_since(started)).unwrap_or_default();
+                let limit = deadline.map(|(_, limit)| limit).unwrap_or_default();
                 request_end(&shared, EndReason::TimedOut, &format!(
                     "the sandbox ran past its {} timeout and was killed",
                     human_duration(limit)

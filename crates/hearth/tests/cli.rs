@@ -73,11 +73,21 @@ fn pids_mentioning(path: &Path) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| {
                     let c = String::from_utf8_lossy(&c);
-                    c.starts_with("qemu") && c.contains(&needle)
+                    c.contains("qemu-system") && c.contains(&needle)
                 })
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// Kills the child if the test fails before it is reaped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
