@@ -242,18 +242,19 @@ fn wait_until_running(env: &Env) -> PathBuf {
 #[test]
 fn sigint_tears_the_vm_down() {
     let env = Env::new();
-    let mut child = env
-        .hearth()
-        .args(["sandbox", "run", "--memory", "256M", "--", "sleep", "300"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard(
+        env.hearth()
+            .args(["sandbox", "run", "--memory", "256M", "--", "sleep", "300"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     wait_until_running(&env);
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     env.assert_clean();
 }
@@ -261,17 +262,18 @@ fn sigint_tears_the_vm_down() {
 #[test]
 fn after_a_sigkill_the_next_command_reaps_the_orphan() {
     let env = Env::new();
-    let mut child = env
-        .hearth()
-        .args(["sandbox", "run", "--memory", "256M", "--", "sleep", "300"])
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard(
+        env.hearth()
+            .args(["sandbox", "run", "--memory", "256M", "--", "sleep", "300"])
+            .spawn()
+            .unwrap(),
+    );
     let dir = wait_until_running(&env);
     Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
+        .args(["-KILL", &child.0.id().to_string()])
         .status()
         .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
     // The VM dies with its owner (parent-death signal); its files remain
     // until the next hearth command reaps them.
     let start = Instant::now();
