@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 
+# VMs that were running before the tests (another user's) are not ours.
+qemu_before=$(pgrep -f 'qemu-system-x86_64.*hearth-' || true)
+
 echo "test: running the test suite" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
@@ -25,8 +28,13 @@ else
 fi
 
 echo "test: checking for leaked VMs" >&2
-if pgrep -af 'qemu-system-x86_64.*hearth-sb-' ; then
-  echo "test: FAILED: QEMU processes left running after the tests" >&2
+leaked=""
+for pid in $(pgrep -f 'qemu-system-x86_64.*hearth-' || true); do
+  grep -qx "$pid" <<<"$qemu_before" || leaked="$leaked $pid"
+done
+if [ -n "$leaked" ]; then
+  ps -o pid,args -p $leaked >&2 || true
+  echo "test: FAILED: QEMU processes left running after the tests:$leaked" >&2
   exit 1
 fi
 echo "test: no QEMU process left over" >&2

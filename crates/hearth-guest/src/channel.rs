@@ -132,6 +132,9 @@ impl AsyncWrite for PortStream {
 pub async fn serve_port(agent: Agent, port: OwnedFd) {
     let mut first = true;
     loop {
+        if sys::poll_hangup(port.as_fd()).unwrap_or(false) {
+            crate::debug!("host end closed; waiting for it to reopen");
+        }
         while sys::poll_hangup(port.as_fd()).unwrap_or(false) {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
@@ -143,6 +146,17 @@ pub async fn serve_port(agent: Agent, port: OwnedFd) {
                 continue;
             }
         };
+        // Agree with the host on where its connection starts, skipping any
+        // stale bytes of the previous one (see hearth_proto::handshake).
+        crate::debug!("waiting for the host's handshake");
+        let stream = match hearth_proto::handshake::guest(stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                crate::debug!("handshake ended: {e}");
+                tokio::time::sleep(RECONNECT_POLL).await;
+                continue;
+            }
+        };
         if first {
             crate::debug!("host connected");
             first = false;
@@ -150,7 +164,7 @@ pub async fn serve_port(agent: Agent, port: OwnedFd) {
             crate::debug!("host reconnected");
         }
         if let Err(e) = agent.serve_connection(stream).await {
-            crate::debug!("connection ended: {e}");
+            crate::debug!("connection ended: {e:?}");
         }
         // Give a flapping or confused peer no chance to make us spin.
         tokio::time::sleep(RECONNECT_POLL).await;

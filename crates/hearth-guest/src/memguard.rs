@@ -283,7 +283,7 @@ fn relieve(cgroups: &Cgroups, trigger: &Trigger) {
     };
     match cgroups.guard_kill(&victim.name, kill_message(trigger, victim)) {
         Ok(()) => crate::info!(
-            "memory guard killed {} ({} MiB; {})",
+            "memory guard killed {} ({} MiB): {}",
             victim.name,
             victim.memory / MIB,
             why(trigger)

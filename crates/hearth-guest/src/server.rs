@@ -69,6 +69,10 @@ impl Agent {
                         .map_err(|e| GuestError::io("accept on", path.display().to_string(), e))?;
                     let agent = self.clone();
                     tokio::spawn(async move {
+                        let stream = match hearth_proto::handshake::guest(stream).await {
+                            Ok(stream) => stream,
+                            Err(e) => return crate::debug!("handshake ended: {e}"),
+                        };
                         if let Err(e) = agent.serve_connection(stream).await {
                             crate::debug!("connection ended: {e}");
                         }

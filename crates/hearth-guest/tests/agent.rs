@@ -665,6 +665,7 @@ async fn serve_unix_binary_answers_and_shuts_down() {
             Err(e) => panic!("agent did not listen: {e}"),
         }
     };
+    let stream = hearth_proto::handshake::host(stream, "t1").await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await

@@ -11,6 +11,7 @@
 //! protocol may change.
 
 pub mod frame;
+pub mod handshake;
 pub mod limits;
 pub mod messages;
 pub mod routes;

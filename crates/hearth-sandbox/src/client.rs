@@ -56,9 +56,13 @@ pub enum ExecEvent {
 }
 
 impl GuestClient {
-    /// Run the HTTP/2 handshake over `stream`. The connection is driven by a
-    /// background task that ends when the stream closes.
+    /// Start a connection over `stream`: the channel handshake (which skips
+    /// stale bytes of any previous connection), then HTTP/2. The connection
+    /// is driven by a background task that ends when the stream closes.
     pub async fn connect(stream: GuestStream) -> Result<Self> {
+        let stream = hearth_proto::handshake::host(stream, &nonce())
+            .await
+            .map_err(|e| SandboxError::Protocol(format!("channel handshake failed: {e}")))?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
@@ -394,6 +398,16 @@ impl FileReader {
         }
         Ok(out)
     }
+}
+
+/// A random nonce for the channel handshake.
+fn nonce() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn uri(path_and_query: &str) -> String {

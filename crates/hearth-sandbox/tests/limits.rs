@@ -175,6 +175,22 @@ async fn the_agent_stays_responsive_under_cpu_fork_and_memory_pressure() {
         .expect("usage answered")
         .unwrap();
     assert!(usage.pids <= 1024, "{usage:?}");
+    // The memory hog was stopped by the guest (kernel OOM killer or the
+    // agent's memory-pressure guard), and says so.
+    let mut memory_hog = hogs.pop().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match memory_hog.next_event().await {
+                Ok(Some(hearth_sandbox::ExecEvent::Exit(report))) => break report,
+                Ok(Some(_)) => continue,
+                other => panic!("memory hog stream ended without a report: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the memory hog was stopped");
+    assert_eq!(report.reason, ExitReason::OomKilled, "{report:?}");
+    assert!(report.message.unwrap_or_default().contains("memory"));
     drop(hogs);
     let end = tokio::time::timeout(Duration::from_secs(30), sandbox.destroy())
         .await
