@@ -136,6 +136,14 @@ impl GuestClient {
         tx.try_send(first).expect("fresh channel has room");
         let send_eof = request.stdin;
         let body = frame_body(rx, send_eof);
+        // Without stdin the request body ends after the first frame; the
+        // guest may wait for that before it answers.
+        let stdin = if request.stdin {
+            Some(StdinWriter { tx })
+        } else {
+            drop(tx);
+            None
+        };
         let http_request = Request::builder()
             .method(Method::POST)
             .uri(uri(routes::EXEC))
@@ -145,7 +153,6 @@ impl GuestClient {
             check_status(self.send(http_request).await?).await
         })
         .await?;
-        let stdin = request.stdin.then_some(StdinWriter { tx });
         Ok((
             stdin,
             ExecStream {

@@ -2,7 +2,7 @@
 
 use hearth_proto::ErrorCode;
 
-use crate::lifecycle::SandboxEnd;
+use crate::end::SandboxEnd;
 
 /// Result alias of this crate.
 pub type Result<T, E = SandboxError> = std::result::Result<T, E>;

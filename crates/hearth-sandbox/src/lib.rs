@@ -15,6 +15,7 @@
 //! ```
 
 pub mod client;
+pub mod end;
 pub mod error;
 pub mod exec;
 pub mod files;
@@ -24,9 +25,10 @@ pub mod options;
 pub mod registry;
 
 pub use client::{ExecEvent, FileReader, StdinWriter};
+pub use end::{EndReason, SandboxEnd};
 pub use error::{Result, SandboxError};
 pub use exec::{ExecOptions, ExecOutput, Execution};
 pub use home::HearthHome;
-pub use lifecycle::{EndReason, Sandbox, SandboxEnd, SandboxInfo};
+pub use lifecycle::{Sandbox, SandboxInfo};
 pub use options::SandboxOptions;
 pub use registry::{reap_orphans, ReapedSandbox};

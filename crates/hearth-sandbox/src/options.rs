@@ -15,6 +15,8 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MIN_MEMORY: ByteSize = ByteSize::mib(128);
 /// Most memory a sandbox may have.
 pub const MAX_MEMORY: ByteSize = ByteSize::gib(256);
+/// Default sandbox lifetime.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Smallest writable layer.
 pub const MIN_DISK: ByteSize = ByteSize::mib(32);
 /// Largest writable layer.
@@ -31,7 +33,9 @@ pub struct SandboxOptions {
     pub memory: ByteSize,
     /// Size of the writable layer: the most the workload can write to disk.
     pub disk: ByteSize,
-    /// Lifetime after which the sandbox is killed and reported as timed out.
+    /// Lifetime after which the sandbox is killed and reported as timed out,
+    /// counted from when it is ready. Defaults to [`DEFAULT_TIMEOUT`] so that
+    /// nothing runs unbounded by accident; `None` means no limit.
     pub timeout: Option<Duration>,
     /// KVM, TCG or automatic.
     pub accel: AccelPreference,
@@ -53,7 +57,7 @@ impl Default for SandboxOptions {
             vcpus: 1,
             memory: ByteSize::mib(512),
             disk: ByteSize::gib(1),
-            timeout: None,
+            timeout: Some(DEFAULT_TIMEOUT),
             accel: AccelPreference::Auto,
             boot_timeout: Duration::from_secs(60),
             pids_max: 1024,

@@ -44,7 +44,7 @@ async fn invalid_options_are_refused_before_anything_starts() {
 async fn a_guest_kernel_panic_is_reported_with_the_console() {
     let t = TestHome::new();
     let sandbox = t.small().await;
-    let _ = sandbox
+    let run = sandbox
         .run(
             ExecOptions::new(["sh", "-c", "echo c > /proc/sysrq-trigger"]),
             None,
@@ -53,7 +53,11 @@ async fn a_guest_kernel_panic_is_reported_with_the_console() {
     let end = tokio::time::timeout(Duration::from_secs(60), sandbox.wait())
         .await
         .expect("the panicked VM ends");
-    assert_eq!(end.reason, EndReason::GuestKernelPanic, "{end}");
+    assert_eq!(
+        end.reason,
+        EndReason::GuestKernelPanic,
+        "{end}; run output: {run:?}"
+    );
     assert!(end.to_string().contains("sysrq"), "{end}");
     let log = end
         .console_log

@@ -56,7 +56,8 @@ impl VmSpec {
 pub struct VmExit {
     /// Exit status of the VMM process.
     pub status: Option<ExitStatus>,
-    /// Last lines of the guest console at exit.
+    /// Last lines of the guest console at exit (up to 400, read from at most
+    /// the last 64 KiB).
     pub console_tail: Vec<String>,
     /// Last lines the VMM itself printed to stderr.
     pub vmm_stderr_tail: Vec<String>,

@@ -130,7 +130,9 @@ impl QemuDriver {
             };
             let exit = VmExit {
                 status,
-                console_tail: console::tail(&console_path, 40),
+                // Enough lines that a panic message followed by a long call
+                // trace and register dump is still in view.
+                console_tail: console::tail(&console_path, 400),
                 vmm_stderr_tail: console::tail(&stderr_path, 10),
             };
             tracing::debug!(vm = %name, ?exit.status, "qemu exited");
