@@ -232,6 +232,14 @@ impl ExecCgroup {
         &self.path
     }
 
+    /// The leaf's name (`exec-<n>`), as [`Cgroups::guard_kill`] takes it.
+    pub fn name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("leaf names are exec-<n>")
+    }
+
     /// Open `cgroup.procs` for writing; the child writes "0" to it between
     /// fork and exec to enter the leaf before running any workload code.
     pub fn open_procs(&self) -> Result<File> {
@@ -324,13 +332,7 @@ mod tests {
             fs::write(path.join("memory.current"), format!("{memory}\n")).unwrap();
         };
         let running = cgroups.create_exec().unwrap();
-        let running_name = running
-            .path()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let running_name = running.name().to_owned();
         leaf(&running_name, 1, 150 << 20);
         leaf("exec-90", 1, 20 << 20); // a finished exec's background process
         leaf("exec-91", 0, 500 << 20); // empty: killing it frees nothing
@@ -381,13 +383,7 @@ mod tests {
         fs::write(dir.path().join("cgroup.controllers"), "memory\n").unwrap();
         let cgroups = Cgroups::setup(dir.path(), false).unwrap();
         let running = cgroups.create_exec().unwrap();
-        let name = running
-            .path()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let name = running.name().to_owned();
         // A directory where cgroup.kill should be makes the write fail.
         fs::create_dir(running.path().join("cgroup.kill")).unwrap();
         assert!(cgroups.guard_kill(&name, "why".into()).is_err());

@@ -27,6 +27,7 @@ use hearth_proto::{
 use hearth_vm::GuestStream;
 
 use crate::error::{Result, SandboxError};
+use crate::ids::random_hex;
 
 /// How long a control call (anything but exec and file streaming) may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,7 +61,7 @@ impl GuestClient {
     /// stale bytes of any previous connection), then HTTP/2. The connection
     /// is driven by a background task that ends when the stream closes.
     pub async fn connect(stream: GuestStream) -> Result<Self> {
-        let stream = hearth_proto::handshake::host(stream, &nonce())
+        let stream = hearth_proto::handshake::host(stream, &random_hex(8))
             .await
             .map_err(|e| SandboxError::Protocol(format!("channel handshake failed: {e}")))?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -184,7 +185,7 @@ impl GuestClient {
         let request = Request::builder()
             .method(Method::PUT)
             .uri(uri(&with_query(routes::FILES, query)))
-            .body(frame_body_raw(chunks))
+            .body(frame_body(chunks, false))
             .expect("static request parts are valid");
         let response = self.send(request).await?;
         let response = check_status(response).await?;
@@ -407,16 +408,6 @@ impl FileReader {
     }
 }
 
-/// A random nonce for the channel handshake.
-fn nonce() -> String {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn uri(path_and_query: &str) -> String {
     format!("http://hearth-guest{path_and_query}")
 }
@@ -454,8 +445,9 @@ fn json_request<T: Serialize>(method: Method, path: String, value: &T) -> Reques
         .expect("static request parts are valid")
 }
 
-/// A request body that sends the encoded frames from `rx`, then (when
-/// `send_eof`) a `StdinEof` frame once every sender is gone.
+/// A request body of the chunks from `rx` (encoded frames for exec, raw
+/// bytes for file writes), then (when `send_eof`) a `StdinEof` frame once
+/// every sender is gone.
 fn frame_body(rx: mpsc::Receiver<Bytes>, send_eof: bool) -> RequestBody {
     let stream = futures_util::stream::unfold((rx, send_eof), |(mut rx, eof_pending)| async move {
         match rx.recv().await {
@@ -468,16 +460,6 @@ fn frame_body(rx: mpsc::Receiver<Bytes>, send_eof: bool) -> RequestBody {
             )),
             None => None,
         }
-    });
-    StreamBody::new(stream).boxed_unsync()
-}
-
-/// A request body of the raw chunks from `rx`.
-fn frame_body_raw(rx: mpsc::Receiver<Bytes>) -> RequestBody {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok(BodyFrame::data(bytes)), rx))
     });
     StreamBody::new(stream).boxed_unsync()
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -26,8 +26,9 @@ use crate::client::GuestClient;
 use crate::end::{classify, human_duration, EndReason, SandboxEnd};
 use crate::error::{Result, SandboxError};
 use crate::home::HearthHome;
+use crate::ids::random_hex;
 use crate::options::SandboxOptions;
-use crate::registry::{keep_console_log, OwnerRecord};
+use crate::registry::{keep_console_log, now_ms, OwnerRecord};
 
 /// Facts about a running sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,22 +99,9 @@ fn request_end(shared: &Shared, reason: EndReason, message: &str) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A fresh sandbox id: `sb-` and 12 random hex digits.
 pub fn new_sandbox_id() -> String {
-    let mut bytes = [0u8; 6];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sb-{hex}")
+    format!("sb-{}", random_hex(6))
 }
 
 impl Sandbox {

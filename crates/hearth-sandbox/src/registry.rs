@@ -61,6 +61,18 @@ impl OwnerRecord {
     }
 }
 
+/// Whether any sandbox state directory is still owned by this process.
+pub fn owns_any(home: &HearthHome) -> bool {
+    let me = ProcessId::current();
+    std::fs::read_dir(home.sandboxes_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| OwnerRecord::load(&e.path()).is_some_and(|r| r.owner == me))
+        })
+        .unwrap_or(false)
+}
+
 /// A sandbox whose owner was gone, and what was done about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReapedSandbox {
@@ -173,7 +185,8 @@ fn wait_gone(process: &ProcessId, limit: Duration) {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -204,6 +217,7 @@ mod tests {
         assert!(!reaped[0].killed_vmm);
         assert!(live.exists());
         assert!(!dead.exists());
+        assert!(owns_any(&home), "this process owns sb-live");
         let kept = reaped[0].console_log.as_ref().unwrap();
         assert_eq!(std::fs::read_to_string(kept).unwrap(), "boot\n");
     }

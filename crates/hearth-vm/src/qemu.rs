@@ -289,7 +289,8 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<f64> {
         .ok()
 }
 
-fn find_on_path(binary: &str) -> Option<PathBuf> {
+/// The first `binary` in the directories of `PATH`.
+pub fn find_on_path(binary: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(binary))

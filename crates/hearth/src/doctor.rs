@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use hearth_sandbox::HearthHome;
-use hearth_vm::qemu::QemuDriver;
+use hearth_vm::qemu::{find_on_path, QemuDriver};
 
 use crate::cli::DoctorArgs;
 
@@ -60,7 +60,11 @@ pub async fn run(home: &HearthHome, args: DoctorArgs) -> Result<i32> {
         }
     }
     let tools = ["debootstrap", "mkfs.ext4", "depmod", "apt-get", "dpkg-deb"];
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| find_on_path(t).is_none())
+        .collect();
     if missing.is_empty() {
         println!("image tools: ok ({})", tools.join(", "));
     } else {
@@ -75,9 +79,4 @@ pub async fn run(home: &HearthHome, args: DoctorArgs) -> Result<i32> {
     }
     println!("status: {}", if ok { "ready" } else { "not ready" });
     Ok(if ok { 0 } else { 1 })
-}
-
-fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
 }

@@ -165,21 +165,8 @@ fn report_exit(report: &ExitReport) -> i32 {
 
 /// Wait until no state directory owned by this process remains.
 async fn wait_for_own_sandboxes_gone(home: &HearthHome, limit: Duration) {
-    let me = std::process::id().to_string();
     let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let mine = std::fs::read_dir(home.sandboxes_dir())
-            .map(|entries| {
-                entries.flatten().any(|e| {
-                    std::fs::read_to_string(e.path().join("owner.json"))
-                        .map(|s| s.contains(&format!("\"pid\": {me}")))
-                        .unwrap_or(false)
-                })
-            })
-            .unwrap_or(false);
-        if !mine || tokio::time::Instant::now() > deadline {
-            return;
-        }
+    while hearth_sandbox::registry::owns_any(home) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
