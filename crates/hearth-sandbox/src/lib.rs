@@ -20,7 +20,7 @@ pub mod error;
 pub mod exec;
 pub mod files;
 pub mod home;
-mod ids;
+pub mod ids;
 pub mod lifecycle;
 pub mod options;
 pub mod registry;

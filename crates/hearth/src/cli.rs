@@ -35,6 +35,51 @@ pub enum Command {
     Sandbox(SandboxCommand),
     /// Kill VMs and remove files left behind by Hearth processes that died.
     Gc,
+    /// Run the sandbox API server.
+    Serve(ServeArgs),
+    /// Show or rotate the API token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `hearth serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the URL is printed and
+    /// written to $HEARTH_HOME/server.json).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+    /// Most sandboxes alive at once.
+    #[arg(long, value_name = "N")]
+    pub max_sandboxes: Option<u32>,
+    /// Memory all sandboxes may hold together (guest memory plus 64 MiB per
+    /// VM) [default: 80% of host memory].
+    #[arg(long, value_parser = parse_size)]
+    pub memory_budget: Option<ByteSize>,
+    /// vCPUs all sandboxes may hold together [default: 4 per host CPU].
+    #[arg(long, value_name = "N")]
+    pub vcpu_budget: Option<u32>,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, default_value = "auto", value_parser = parse_accel)]
+    pub accel: AccelPreference,
+    /// How long a streamed exec keeps running with no client attached.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub detach_grace: std::time::Duration,
+    /// Most output a `?wait=true` exec may collect.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub max_wait_output: ByteSize,
+    /// Largest file upload.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub max_upload: ByteSize,
+}
+
+/// `hearth token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the API token (creating it if there is none).
+    Show,
+    /// Replace the API token; clients holding the old one are refused.
+    Rotate,
 }
 
 /// `hearth doctor` options.
@@ -153,6 +198,13 @@ pub fn home(cli_home: &Option<PathBuf>) -> HearthHome {
 /// Run the parsed command; the result is the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let home = home(&cli.home);
+    if let Command::Serve(args) = cli.command {
+        // The server reaps (and records) what its predecessor left itself.
+        return crate::serve::run(home, args).await;
+    }
+    if let Command::Token(command) = cli.command {
+        return crate::serve::token(&home, command);
+    }
     // Clean up after any Hearth process that died without doing so.
     let reaped = hearth_sandbox::reap_orphans(&home);
     for sandbox in &reaped {
@@ -180,5 +232,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::Serve(_) | Command::Token(_) => unreachable!("handled above"),
     }
 }

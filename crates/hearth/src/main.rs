@@ -8,6 +8,7 @@ mod doctor;
 mod exit;
 mod image_cmd;
 mod run;
+mod serve;
 
 use clap::Parser;
 

@@ -1,0 +1,211 @@
+//! Admission control: a create is admitted only if the host can hold the
+//! sandbox next to all the others, so that too many sandboxes get a clear
+//! 429 instead of pushing the host into swap or its OOM killer.
+
+use std::sync::{Arc, Mutex};
+
+use hearth_proto::ByteSize;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Host memory each VM costs beyond its guest memory (QEMU itself, TCG
+/// translation buffers, page tables), counted against the memory budget.
+pub const VM_OVERHEAD: ByteSize = ByteSize::mib(64);
+
+/// What the host may give to sandboxes at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Capacity {
+    /// Most sandboxes alive at once.
+    pub max_sandboxes: u32,
+    /// Guest memory plus per-VM overhead, summed over live sandboxes, bytes.
+    pub memory_bytes: u64,
+    /// vCPUs summed over live sandboxes.
+    pub vcpus: u32,
+}
+
+impl Capacity {
+    /// A budget from this host: 80% of its memory, 4 vCPUs per host CPU
+    /// (sandboxes mostly wait), at most 256 sandboxes.
+    pub fn from_host() -> Self {
+        let mem_total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(4 << 30);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Self {
+            max_sandboxes: 256,
+            memory_bytes: mem_total / 10 * 8,
+            vcpus: cpus * 4,
+        }
+    }
+}
+
+/// Which limit refused a create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `sandboxes`, `memory` or `vcpus`.
+    pub limit: &'static str,
+    /// For a human: what was asked, what is in use, what the budget is.
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    sandboxes: u32,
+    memory_bytes: u64,
+    vcpus: u32,
+}
+
+/// The running total of what live sandboxes hold.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    capacity: Capacity,
+    used: Arc<Mutex<Used>>,
+}
+
+/// What one admitted sandbox holds; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    memory_bytes: u64,
+    vcpus: u32,
+    used: Arc<Mutex<Used>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut used = self.used.lock().expect("admission lock");
+        used.sandboxes -= 1;
+        used.memory_bytes -= self.memory_bytes;
+        used.vcpus -= self.vcpus;
+    }
+}
+
+/// What is in use now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Usage {
+    /// Live sandboxes.
+    pub sandboxes: u32,
+    /// Memory held, bytes.
+    pub memory_bytes: u64,
+    /// vCPUs held.
+    pub vcpus: u32,
+}
+
+impl Admission {
+    /// Nothing in use yet.
+    pub fn new(capacity: Capacity) -> Self {
+        Self {
+            capacity,
+            used: Arc::default(),
+        }
+    }
+
+    /// The budget.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// What is in use now.
+    pub fn usage(&self) -> Usage {
+        let used = self.used.lock().expect("admission lock");
+        Usage {
+            sandboxes: used.sandboxes,
+            memory_bytes: used.memory_bytes,
+            vcpus: used.vcpus,
+        }
+    }
+
+    /// Reserve room for a sandbox with `memory` and `vcpus`, or say which
+    /// limit it would break.
+    pub fn reserve(&self, memory: ByteSize, vcpus: u32) -> Result<Reservation, Refusal> {
+        let memory_bytes = memory.bytes() + VM_OVERHEAD.bytes();
+        let mut used = self.used.lock().expect("admission lock");
+        let cap = self.capacity;
+        if used.sandboxes + 1 > cap.max_sandboxes {
+            return Err(Refusal {
+                limit: "sandboxes",
+                message: format!(
+                    "the server already runs {} sandboxes, its limit (--max-sandboxes {}); destroy one or wait for one to end",
+                    used.sandboxes, cap.max_sandboxes
+                ),
+            });
+        }
+        if used.memory_bytes + memory_bytes > cap.memory_bytes {
+            return Err(Refusal {
+                limit: "memory",
+                message: format!(
+                    "not enough memory: this sandbox needs {} ({memory} plus {VM_OVERHEAD} VM overhead), {} of the {} budget is in use (--memory-budget); destroy a sandbox or ask for less memory",
+                    ByteSize(memory_bytes),
+                    ByteSize(used.memory_bytes),
+                    ByteSize(cap.memory_bytes),
+                ),
+            });
+        }
+        if used.vcpus + vcpus > cap.vcpus {
+            return Err(Refusal {
+                limit: "vcpus",
+                message: format!(
+                    "not enough vCPUs: this sandbox needs {vcpus}, {} of the {} budget are in use (--vcpu-budget); destroy a sandbox or ask for fewer vCPUs",
+                    used.vcpus, cap.vcpus
+                ),
+            });
+        }
+        used.sandboxes += 1;
+        used.memory_bytes += memory_bytes;
+        used.vcpus += vcpus;
+        Ok(Reservation {
+            memory_bytes,
+            vcpus,
+            used: self.used.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: u32, mem_mib: u64, vcpus: u32) -> Admission {
+        Admission::new(Capacity {
+            max_sandboxes: max,
+            memory_bytes: ByteSize::mib(mem_mib).bytes(),
+            vcpus,
+        })
+    }
+
+    #[test]
+    fn each_limit_refuses_with_its_name_and_frees_on_drop() {
+        let a = admission(2, 10_000, 100);
+        let r1 = a.reserve(ByteSize::mib(256), 1).unwrap();
+        let _r2 = a.reserve(ByteSize::mib(256), 1).unwrap();
+        let refused = a.reserve(ByteSize::mib(256), 1).unwrap_err();
+        assert_eq!(refused.limit, "sandboxes");
+        assert!(
+            refused.message.contains("--max-sandboxes 2"),
+            "{}",
+            refused.message
+        );
+        drop(r1);
+        assert_eq!(a.usage().sandboxes, 1);
+        a.reserve(ByteSize::mib(256), 1).unwrap();
+
+        let a = admission(10, 1000, 100);
+        let _r = a.reserve(ByteSize::mib(512), 1).unwrap();
+        let refused = a.reserve(ByteSize::mib(512), 1).unwrap_err();
+        assert_eq!(refused.limit, "memory");
+        assert!(refused.message.contains("576 MiB"), "{}", refused.message);
+
+        let a = admission(10, 100_000, 3);
+        let _r = a.reserve(ByteSize::mib(256), 2).unwrap();
+        assert_eq!(a.reserve(ByteSize::mib(256), 2).unwrap_err().limit, "vcpus");
+        assert_eq!(a.usage().vcpus, 2);
+    }
+}

@@ -1,0 +1,146 @@
+//! The event history of a sandbox, as JSON pages or a live stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::header::ACCEPT;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use hearth_store::Event;
+
+use super::model::{EventList, EventView, EventsQuery};
+use super::{last_event_id, ApiQuery, AppState};
+use crate::error::{ApiError, ErrorResponse};
+use crate::events::{is_final, EventLog};
+
+/// Events read from the store per query while catching up.
+const PAGE: u32 = 500;
+
+/// A sandbox's events, oldest first. With `Accept: text/event-stream`, a
+/// live stream: the history after `Last-Event-ID` (or `?after=`), then
+/// each new event as it is recorded, ending after the sandbox's final
+/// event. Event ids are the events' `seq`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/events",
+    tag = "events",
+    params(("id" = String, Path, description = "Sandbox id"), EventsQuery),
+    responses(
+        (status = 200, description = "A page of history, or the live stream with Accept: text/event-stream", content((EventList = "application/json"), (String = "text/event-stream"))),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+pub async fn sandbox_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
+    // 404 for an unknown sandbox, rather than an empty history.
+    state.manager.record(&id).await?;
+    let after = match last_event_id(&headers)? {
+        Some(seq) => seq,
+        None => query.after.unwrap_or(0).max(0),
+    };
+    let wants_stream = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !wants_stream {
+        let limit = query.limit.unwrap_or(1000);
+        if limit == 0 {
+            return Err(ApiError::invalid("limit", "limit must be at least 1"));
+        }
+        let events = state.events.store().events(Some(&id), after, limit).await?;
+        let next_after = events.last().map(|e| e.seq).unwrap_or(after);
+        let events = events.into_iter().map(EventView::from).collect();
+        return Ok(Json(EventList { events, next_after }).into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(follow(state.events.clone(), id, after, tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        Some((Ok::<_, Infallible>(to_sse(event)), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn to_sse(event: Event) -> SseEvent {
+    let kind = event.kind.clone();
+    let seq = event.seq;
+    let data = serde_json::to_string(&EventView::from(event)).unwrap_or_default();
+    SseEvent::default()
+        .id(seq.to_string())
+        .event(kind)
+        .data(data)
+}
+
+/// Send `id`'s events after `after` to `tx`: first from the store, then
+/// live, falling back to the store whenever the live feed lagged. Ends
+/// after the final event or when the client goes away.
+async fn follow(log: EventLog, id: String, mut after: i64, tx: mpsc::Sender<Event>) {
+    // Subscribe before reading the history so nothing falls in between;
+    // live events already read from the store are skipped by `seq`.
+    let mut live = log.subscribe();
+    loop {
+        loop {
+            let page = match log.store().events(Some(&id), after, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "reading events for a stream");
+                    return;
+                }
+            };
+            let full = page.len() == PAGE as usize;
+            for event in page {
+                after = event.seq;
+                let last = is_final(&event);
+                if tx.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Resumed after the end: there is nothing more to wait for.
+        match log.store().sandbox(&id).await {
+            Ok(Some(record)) if record.state.is_final() => return,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "reading a sandbox for a stream");
+                return;
+            }
+        }
+        loop {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                _ = tx.closed() => return,
+            };
+            match received {
+                Ok(event)
+                    if event.sandbox_id.as_deref() == Some(id.as_str()) && event.seq > after =>
+                {
+                    after = event.seq;
+                    let last = is_final(&event);
+                    if tx.send(event).await.is_err() || last {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => break,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Exec routes: run a command (streamed, collected or in the background),
+//! list, follow, feed and kill execs.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use futures_util::stream::{self, Stream};
+use serde_json::json;
+
+use hearth_sandbox::ExecOptions;
+
+use super::model::{
+    Encoding, ExecList, ExecQuery, ExecRequestBody, ExecResult, ExecStreamQuery, ExecView,
+    ExitView, StdinQuery,
+};
+use super::{last_event_id, ApiJson, ApiQuery, AppState};
+use crate::error::{ApiError, ErrorResponse};
+use crate::execs::{ExecEntry, ExecItem, ExecStatus, Subscription};
+use crate::manager::ExecSpec;
+
+fn encode(data: &[u8], encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Utf8 => String::from_utf8_lossy(data).into_owned(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
+    }
+}
+
+fn exec_view(entry: &ExecEntry) -> ExecView {
+    let summary = entry.summary();
+    let (state, exit, error) = match &summary.status {
+        ExecStatus::Running => ("running", None, None),
+        ExecStatus::Exited(report) => ("exited", Some(ExitView::from(report)), None),
+        ExecStatus::Failed(message) => ("failed", None, Some(message.clone())),
+    };
+    ExecView {
+        exec_id: summary.id,
+        argv: summary.argv,
+        cwd: summary.cwd,
+        background: summary.background,
+        started_ms: summary.started_ms,
+        state: state.to_string(),
+        exit,
+        error,
+        attached: summary.attached,
+    }
+}
+
+/// One exec item as a server-sent event.
+fn sse_event(seq: u64, item: ExecItem, encoding: Encoding) -> SseEvent {
+    let (name, data) = match item {
+        ExecItem::Started(pid) => ("started", json!({"pid": pid})),
+        ExecItem::Stdout(bytes) => (
+            "stdout",
+            json!({"data": encode(&bytes, encoding), "encoding": encoding}),
+        ),
+        ExecItem::Stderr(bytes) => (
+            "stderr",
+            json!({"data": encode(&bytes, encoding), "encoding": encoding}),
+        ),
+        ExecItem::Exit(report) => (
+            "exit",
+            serde_json::to_value(ExitView::from(&report)).unwrap_or_default(),
+        ),
+        ExecItem::Failed { code, message } => ("error", json!({"code": code, "message": message})),
+        ExecItem::Gap { missed } => (
+            "gap",
+            json!({"missed": missed, "message": "output was dropped while no client was attached"}),
+        ),
+    };
+    SseEvent::default()
+        .id(seq.to_string())
+        .event(name)
+        .data(data.to_string())
+}
+
+fn exec_stream(
+    subscription: Subscription,
+    encoding: Encoding,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = stream::unfold(subscription, move |mut sub| async move {
+        let (seq, item) = sub.next().await?;
+        Some((Ok(sse_event(seq, item, encoding)), sub))
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn lookup(state: &AppState, id: &str, exec_id: &str) -> Result<Arc<ExecEntry>, ApiError> {
+    let live = state.manager.live(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no running sandbox {id:?}; execs are kept only while their sandbox runs"),
+        )
+    })?;
+    live.execs().get(exec_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "sandbox {id} has no exec {exec_id:?}; list them with GET /v1/sandboxes/{id}/execs"
+            ),
+        )
+    })
+}
+
+/// Collect an exec's output for `?wait=true`, within `limit` bytes.
+async fn collect(
+    mut sub: Subscription,
+    limit: u64,
+    encoding: Encoding,
+) -> Result<ExecResult, ApiError> {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    while let Some((_, item)) = sub.next().await {
+        match item {
+            ExecItem::Started(_) | ExecItem::Gap { .. } => {}
+            ExecItem::Stdout(b) | ExecItem::Stderr(b)
+                if (stdout.len() + stderr.len() + b.len()) as u64 > limit =>
+            {
+                sub.entry()
+                    .kill("its output passed the ?wait=true limit")
+                    .await;
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "output_too_large",
+                    format!(
+                        "the command wrote more than {} to stdout and stderr, the limit for ?wait=true (--max-wait-output); it was killed. Stream its output instead (leave out wait=true)",
+                        hearth_proto::ByteSize(limit)
+                    ),
+                ));
+            }
+            ExecItem::Stdout(b) => stdout.extend_from_slice(&b),
+            ExecItem::Stderr(b) => stderr.extend_from_slice(&b),
+            ExecItem::Exit(report) => {
+                return Ok(ExecResult {
+                    exec_id: sub.entry().id().to_string(),
+                    stdout: encode(&stdout, encoding),
+                    stderr: encode(&stderr, encoding),
+                    encoding,
+                    exit: ExitView::from(&report),
+                })
+            }
+            ExecItem::Failed { code: _, message } => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "exec_failed", message));
+            }
+        }
+    }
+    Err(ApiError::internal("the exec ended without an exit report"))
+}
+
+/// Run a command. By default the answer is a stream of server-sent events:
+/// `started` `{pid}`, `stdout`/`stderr` `{data, encoding}`, then `exit`
+/// (how it ended) or `error`; each has an id, and
+/// `GET .../execs/{exec_id}/events` with `Last-Event-ID` resumes it. With
+/// `?wait=true` the answer is the collected result; with `"background":
+/// true` it is 202 with the exec, at once.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/exec",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
+    request_body = ExecRequestBody,
+    responses(
+        (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (String = "text/event-stream"))),
+        (status = 202, description = "Started in the background", body = ExecView),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The sandbox is not running", body = ErrorResponse),
+        (status = 413, body = ErrorResponse),
+        (status = 422, description = "Output past the ?wait=true limit", body = ErrorResponse),
+    )
+)]
+pub async fn start_exec(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ExecQuery>,
+    ApiJson(body): ApiJson<ExecRequestBody>,
+) -> Result<Response, ApiError> {
+    if body.argv.is_empty() || body.argv[0].is_empty() {
+        return Err(ApiError::invalid("argv", "argv is empty: give the program to run and its arguments, e.g. [\"python3\", \"-c\", \"print(1)\"]"));
+    }
+    if let Some(i) = body.argv.iter().position(|a| a.contains('\0')) {
+        return Err(ApiError::invalid(
+            "argv",
+            format!("argv[{i}] contains a NUL byte"),
+        ));
+    }
+    if let Some(cwd) = &body.cwd {
+        super::model::validate_guest_path("cwd", cwd)?;
+    }
+    if body.background && query.wait {
+        return Err(ApiError::bad_request(
+            "wait=true and \"background\": true contradict each other; pick one",
+        ));
+    }
+    let stdin = match (body.stdin, body.stdin_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "stdin",
+                "give stdin or stdin_base64, not both",
+            ))
+        }
+        (Some(text), None) => Some(Bytes::from(text)),
+        (None, Some(b64)) => Some(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    ApiError::invalid(
+                        "stdin_base64",
+                        format!("stdin_base64 is not valid base64: {e}"),
+                    )
+                })?,
+        )),
+        (None, None) => None,
+    };
+    let options = ExecOptions {
+        argv: body.argv,
+        env: super::sandboxes::env_checked("env", body.env)?,
+        cwd: body.cwd,
+        timeout: body.timeout.map(|t| t.parse("timeout")).transpose()?,
+        stdin: false,
+    };
+    let spec = ExecSpec {
+        options,
+        stdin,
+        stdin_open: body.stdin_open,
+        background: body.background,
+    };
+    let entry = state.manager.exec(&id, spec).await?;
+    if body.background {
+        return Ok((StatusCode::ACCEPTED, Json(exec_view(&entry))).into_response());
+    }
+    let subscription = entry.subscribe(0);
+    if query.wait {
+        let limit = state.manager.options().max_wait_output.bytes();
+        return Ok(Json(collect(subscription, limit, query.encoding).await?).into_response());
+    }
+    Ok(exec_stream(subscription, query.encoding).into_response())
+}
+
+/// The execs of a running sandbox.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/execs",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses((status = 200, body = ExecList), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn list_execs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ExecList>, ApiError> {
+    let Some(live) = state.manager.live(&id) else {
+        // Known but ended: no execs are kept.
+        state.manager.record(&id).await?;
+        return Ok(Json(ExecList { execs: Vec::new() }));
+    };
+    let execs = live.execs().list().iter().map(|e| exec_view(e)).collect();
+    Ok(Json(ExecList { execs }))
+}
+
+/// One exec.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/execs/{exec_id}",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id")),
+    responses((status = 200, body = ExecView), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn get_exec(
+    State(state): State<AppState>,
+    Path((id, exec_id)): Path<(String, String)>,
+) -> Result<Json<ExecView>, ApiError> {
+    let entry = lookup(&state, &id, &exec_id)?;
+    Ok(Json(exec_view(&entry)))
+}
+
+/// Follow an exec's output as server-sent events, from the start or after
+/// `Last-Event-ID` / `?after=`: a client that reconnects misses nothing
+/// and sees nothing twice (unless output was dropped while nobody was
+/// attached, which a `gap` event reports).
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/execs/{exec_id}/events",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id"), ExecStreamQuery),
+    responses(
+        (status = 200, description = "Server-sent events, as for POST .../exec", content_type = "text/event-stream"),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+pub async fn exec_events(
+    State(state): State<AppState>,
+    Path((id, exec_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ExecStreamQuery>,
+) -> Result<Response, ApiError> {
+    let entry = lookup(&state, &id, &exec_id)?;
+    let after = match last_event_id(&headers)? {
+        Some(id) => id as u64,
+        None => query.after.unwrap_or(0),
+    };
+    Ok(exec_stream(entry.subscribe(after), query.encoding).into_response())
+}
+
+/// Write the body to an exec's stdin (started with `"stdin_open": true`).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/execs/{exec_id}/stdin",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id"), StdinQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Written"),
+        (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "Stdin is not open", body = ErrorResponse),
+    )
+)]
+pub async fn write_stdin(
+    State(state): State<AppState>,
+    Path((id, exec_id)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<StdinQuery>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let entry = lookup(&state, &id, &exec_id)?;
+    entry
+        .write_stdin(body, query.close)
+        .await
+        .map_err(|message| ApiError::new(StatusCode::CONFLICT, "stdin_closed", message))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Kill an exec's whole process tree. Its end (`killed`) is reported on
+/// its stream and in the event log.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/execs/{exec_id}/kill",
+    tag = "execs",
+    params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id")),
+    responses((status = 202, description = "Kill sent", body = ExecView), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+)]
+pub async fn kill_exec(
+    State(state): State<AppState>,
+    Path((id, exec_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<ExecView>), ApiError> {
+    let entry = lookup(&state, &id, &exec_id)?;
+    if !entry.is_finished() {
+        entry.kill("killed on request").await;
+    }
+    Ok((StatusCode::ACCEPTED, Json(exec_view(&entry))))
+}

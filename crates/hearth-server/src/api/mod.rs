@@ -1,0 +1,269 @@
+//! The REST API: routes, authentication, extractors that turn bad input
+//! into [`ApiError`]s, and the OpenAPI document generated from the
+//! handlers.
+
+mod events;
+mod exec;
+mod files;
+pub mod model;
+mod sandboxes;
+mod system;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorResponse};
+use crate::events::EventLog;
+use crate::manager::SandboxManager;
+use crate::metrics::Metrics;
+use crate::token::TokenCheck;
+
+/// Largest JSON request body.
+pub const MAX_JSON_BODY: usize = 8 << 20;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sandboxes.
+    pub manager: SandboxManager,
+    /// The event log.
+    pub events: EventLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The API token.
+    pub token: Arc<TokenCheck>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Hearth",
+        description = "Sandboxes for agents: each one a microVM that boots, runs and dies. Every request but /healthz needs `Authorization: Bearer <token>` (the token is in $HEARTH_HOME/token). Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(ErrorResponse))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and the OpenAPI document describing them.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (protected, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            sandboxes::create_sandbox,
+            sandboxes::list_sandboxes
+        ))
+        .routes(routes!(sandboxes::get_sandbox, sandboxes::delete_sandbox))
+        .routes(routes!(sandboxes::set_timeout))
+        .routes(routes!(exec::start_exec))
+        .routes(routes!(exec::list_execs))
+        .routes(routes!(exec::get_exec))
+        .routes(routes!(exec::exec_events))
+        .routes(routes!(exec::write_stdin))
+        .routes(routes!(exec::kill_exec))
+        .routes(routes!(
+            files::write_file,
+            files::read_file,
+            files::remove_file
+        ))
+        .routes(routes!(files::list_files))
+        .routes(routes!(files::stat_file))
+        .routes(routes!(files::make_dir))
+        .routes(routes!(events::sandbox_events))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi_json))
+        .split_for_parts();
+    let (public, public_api) = OpenApiRouter::new()
+        .routes(routes!(system::healthz))
+        .split_for_parts();
+    openapi.merge(public_api);
+    // /healthz needs no token.
+    if let Some(item) = openapi.paths.paths.get_mut("/healthz") {
+        if let Some(get) = item.get.as_mut() {
+            get.security = Some(vec![
+                utoipa::openapi::security::SecurityRequirement::default(),
+            ]);
+        }
+    }
+    (protected.merge(public), openapi)
+}
+
+/// The whole HTTP service.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = routes();
+    let openapi = Arc::new(openapi.to_json().expect("the OpenAPI document serializes"));
+    routes
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::Extension(system::OpenApiJson(openapi)))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see GET /v1/openapi.json for the API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see GET /v1/openapi.json for the API",
+    )
+}
+
+/// Every route but `/healthz` needs the bearer token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let refusal = match presented {
+        None => "missing Authorization header: send `Authorization: Bearer <token>`; the token is in $HEARTH_HOME/token",
+        Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
+            Some(token) if state.token.accepts(token) => return next.run(request).await,
+            Some(_) => "invalid API token: it may have been rotated; read the current one from $HEARTH_HOME/token",
+            None => "the Authorization header must be `Bearer <token>`",
+        },
+    };
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal).into_response();
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// `Json` whose rejections are [`ApiError`]s naming the field at fault.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let text = rejection.body_text();
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "too_large",
+            format!(
+                "the request body is larger than {} MiB",
+                MAX_JSON_BODY >> 20
+            ),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => {
+            // "Failed to deserialize ...: memory: invalid type ..." names
+            // the field first.
+            let detail = text
+                .split_once("target type: ")
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or(text);
+            let field = detail
+                .split_once(": ")
+                .map(|(f, _)| f)
+                .filter(|f| !f.contains(' ') && !f.is_empty())
+                .map(str::to_string);
+            ApiError {
+                field,
+                ..ApiError::bad_request(format!("invalid JSON body: {detail}"))
+            }
+        }
+    }
+}
+
+/// `Query` whose rejections are [`ApiError`]s.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let detail = text
+        .split_once("string: ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(text);
+    ApiError::bad_request(format!("invalid query: {detail}"))
+}
+
+/// The `Last-Event-ID` header, as sent by a reconnecting SSE client.
+pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request("Last-Event-ID must be an event id (a non-negative integer)")
+            }),
+    }
+}

@@ -1,0 +1,219 @@
+//! Errors: [`ServerError`] for starting and running the server, [`ApiError`]
+//! for what one request gets back.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use hearth_proto::ErrorCode;
+use hearth_sandbox::SandboxError;
+use hearth_store::StoreError;
+
+/// What can stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another server already uses this `HEARTH_HOME`.
+    #[error("another hearth server already uses {home} (lock file {lock}); stop it first, or give this one its own --home")]
+    HomeInUse {
+        /// The home directory.
+        home: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The VM layer is not usable (QEMU missing, ...).
+    #[error(transparent)]
+    Vm(#[from] hearth_vm::VmError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another server running there? pick another with --listen")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server option is invalid.
+    #[error("invalid server option: {0}")]
+    InvalidOption(String),
+}
+
+impl ServerError {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+}
+
+/// Result of server operations.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// The body of every error response: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable class, e.g. `not_found`, `invalid_argument`.
+    pub code: String,
+    /// What happened and, where there is one, what to do.
+    pub message: String,
+    /// The request field at fault, for invalid arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error answer to one request.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// See [`ErrorDetail::code`].
+    pub code: &'static str,
+    /// See [`ErrorDetail::message`].
+    pub message: String,
+    /// See [`ErrorDetail::field`].
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400: a request field is invalid.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_string()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+        }
+    }
+
+    /// 400 without a single field to blame.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    /// 404 for a sandbox id.
+    pub fn sandbox_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no sandbox with id {id:?}; list them with GET /v1/sandboxes"),
+        )
+    }
+
+    /// 409: the sandbox exists but has ended or is not running yet.
+    pub fn not_running(id: &str, state: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "sandbox_not_running",
+            format!("sandbox {id} is {state}, not running; create a new sandbox"),
+        )
+    }
+
+    /// 500 for a failure of the server itself.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The response body.
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                field: self.field.clone(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(id) => Self::sandbox_not_found(&id),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SandboxError> for ApiError {
+    fn from(error: SandboxError) -> Self {
+        let message = error.to_string();
+        match &error {
+            SandboxError::InvalidOption(m) => Self::bad_request(m.clone()),
+            SandboxError::Image(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "image_unavailable", message)
+            }
+            SandboxError::Vm(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "vm_unavailable", message)
+            }
+            SandboxError::BootFailed { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "boot_failed", message)
+            }
+            SandboxError::Ended(end) => Self::new(
+                StatusCode::CONFLICT,
+                "sandbox_ended",
+                format!("the sandbox ended while the request ran: {end}"),
+            ),
+            SandboxError::Guest { code, message } => {
+                let (status, name) = match code {
+                    ErrorCode::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument"),
+                    ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+                    ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+                    ErrorCode::IsADirectory => (StatusCode::CONFLICT, "is_a_directory"),
+                    ErrorCode::NotADirectory => (StatusCode::CONFLICT, "not_a_directory"),
+                    ErrorCode::NotEmpty => (StatusCode::CONFLICT, "not_empty"),
+                    ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+                    ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                    ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                    ErrorCode::VersionMismatch | ErrorCode::Internal => {
+                        (StatusCode::BAD_GATEWAY, "guest_error")
+                    }
+                };
+                Self::new(status, name, message.clone())
+            }
+            SandboxError::Protocol(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "guest_protocol", message)
+            }
+            SandboxError::Timeout { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "guest_timeout", message)
+            }
+            SandboxError::Io { .. } => Self::internal(message),
+        }
+    }
+}

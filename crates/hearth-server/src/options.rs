@@ -1,0 +1,53 @@
+//! How a server is configured.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hearth_proto::ByteSize;
+use hearth_sandbox::HearthHome;
+use hearth_vm::AccelPreference;
+
+use crate::admission::Capacity;
+
+/// Everything `hearth serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where to listen. Port 0 picks a free port (see [`crate::Server::addr`]).
+    pub listen: SocketAddr,
+    /// Home: store, token, sandbox state and logs.
+    pub home: HearthHome,
+    /// What the host may give to sandboxes at once.
+    pub capacity: Capacity,
+    /// Accelerator for every sandbox.
+    pub accel: AccelPreference,
+    /// How long a foreground exec keeps running with no client attached to
+    /// its output before it is killed. A client that reconnects within this
+    /// time resumes the stream.
+    pub detach_grace: Duration,
+    /// Most output (stdout plus stderr) a `?wait=true` exec may collect.
+    pub max_wait_output: ByteSize,
+    /// Output kept per exec for clients that reconnect, bytes. A client
+    /// that is attached holds the command back instead of losing output.
+    pub exec_replay_buffer: ByteSize,
+    /// Largest file upload.
+    pub max_upload: ByteSize,
+    /// How long SIGTERM waits for sandboxes to go before killing them.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerOptions {
+    /// Defaults for `home`: localhost:7070 and a capacity from the host.
+    pub fn new(home: HearthHome) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            home,
+            capacity: Capacity::from_host(),
+            accel: AccelPreference::Auto,
+            detach_grace: Duration::from_secs(30),
+            max_wait_output: ByteSize::mib(16),
+            exec_replay_buffer: ByteSize::mib(4),
+            max_upload: ByteSize::gib(4),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The API token: one bearer token per home, in `$HEARTH_HOME/token`
+//! (mode 0600), created on the first start and rotated by
+//! `hearth token rotate`. The server re-reads the file when it changes, so a
+//! rotation takes effect without a restart.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use hearth_sandbox::ids::random_hex;
+use hearth_sandbox::HearthHome;
+
+use crate::error::{Result, ServerError};
+
+/// File name of the token inside the home.
+pub const TOKEN_FILE: &str = "token";
+
+/// Token prefix, so a leaked token is recognisable by secret scanners.
+const PREFIX: &str = "hth_";
+
+/// Path of the token file of `home`.
+pub fn token_path(home: &HearthHome) -> PathBuf {
+    home.root().join(TOKEN_FILE)
+}
+
+fn new_token() -> String {
+    format!("{PREFIX}{}", random_hex(32))
+}
+
+/// Read the token of `home`, creating it (mode 0600) if there is none.
+pub fn ensure_token(home: &HearthHome) -> Result<String> {
+    let path = token_path(home);
+    match read_token(&path) {
+        Ok(token) => return Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ServerError::io(format!(
+                "reading the API token {}",
+                path.display()
+            ))(e))
+        }
+    }
+    fs::create_dir_all(home.root()).map_err(ServerError::io(format!(
+        "creating {}",
+        home.root().display()
+    )))?;
+    let token = new_token();
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(ServerError::io(format!(
+                    "writing the API token {}",
+                    path.display()
+                )))?;
+            Ok(token)
+        }
+        // Someone else created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(&path).map_err(
+            ServerError::io(format!("reading the API token {}", path.display())),
+        ),
+        Err(e) => Err(ServerError::io(format!(
+            "creating the API token {}",
+            path.display()
+        ))(e)),
+    }
+}
+
+/// Replace the token of `home` with a new one and return it. Clients with
+/// the old token are refused from then on.
+pub fn rotate_token(home: &HearthHome) -> Result<String> {
+    fs::create_dir_all(home.root()).map_err(ServerError::io(format!(
+        "creating {}",
+        home.root().display()
+    )))?;
+    let path = token_path(home);
+    let tmp = home.root().join(format!(".token.{}.tmp", random_hex(4)));
+    let token = new_token();
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(format!("{token}\n").as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|_| fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(ServerError::io(format!(
+            "writing the API token {}",
+            path.display()
+        ))(e));
+    }
+    Ok(token)
+}
+
+/// Read a token file, refusing one that others can read.
+pub fn read_token(path: &Path) -> std::io::Result<String> {
+    let meta = fs::metadata(path)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is readable by other users (mode {:o}); run `chmod 600 {}` or `hearth token rotate`",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            ),
+        ));
+    }
+    let token = fs::read_to_string(path)?.trim().to_string();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty; run `hearth token rotate`", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
+/// Checks presented tokens against the token file, re-reading it when its
+/// modification time changes.
+#[derive(Debug)]
+pub struct TokenCheck {
+    path: PathBuf,
+    cached: Mutex<(Option<SystemTime>, String)>,
+}
+
+impl TokenCheck {
+    /// A check against `home`'s token, which must exist.
+    pub fn new(home: &HearthHome) -> Result<Self> {
+        let token = ensure_token(home)?;
+        let path = token_path(home);
+        let modified = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        Ok(Self {
+            path,
+            cached: Mutex::new((modified, token)),
+        })
+    }
+
+    /// Whether `presented` is the current token.
+    pub fn accepts(&self, presented: &str) -> bool {
+        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut cached = self.cached.lock().expect("token lock");
+        if modified != cached.0 {
+            match read_token(&self.path) {
+                Ok(token) => *cached = (modified, token),
+                // Keep the last good token rather than lock everyone out.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-read the API token; keeping the previous one")
+                }
+            }
+        }
+        constant_time_eq(presented.as_bytes(), cached.1.as_bytes())
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal how much of a
+/// guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_created_private_reused_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = HearthHome::new(dir.path().join("home"), dir.path().join("images"));
+        let first = ensure_token(&home).unwrap();
+        assert!(first.starts_with(PREFIX) && first.len() == PREFIX.len() + 64);
+        let mode = fs::metadata(token_path(&home))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(ensure_token(&home).unwrap(), first);
+
+        let check = TokenCheck::new(&home).unwrap();
+        assert!(check.accepts(&first));
+        assert!(!check.accepts("hth_wrong"));
+        assert!(!check.accepts(""));
+        // Coarse mtimes could hide a rotation within the same tick.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = rotate_token(&home).unwrap();
+        assert_ne!(first, second);
+        assert!(check.accepts(&second));
+        assert!(!check.accepts(&first));
+        assert_eq!(
+            fs::metadata(token_path(&home))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(home.root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(TOKEN_FILE)]);
+    }
+
+    #[test]
+    fn a_world_readable_token_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        fs::write(&path, "hth_x\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_token(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}

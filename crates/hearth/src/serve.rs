@@ -1,0 +1,57 @@
+//! `hearth serve` and `hearth token`.
+
+use std::io::Write;
+
+use anyhow::Result;
+use tokio::signal::unix::{signal, SignalKind};
+
+use hearth_sandbox::HearthHome;
+use hearth_server::token::{ensure_token, rotate_token};
+use hearth_server::{Capacity, Server, ServerOptions};
+
+use crate::cli::{ServeArgs, TokenCommand};
+
+/// Serve until SIGTERM or SIGINT, then destroy every sandbox and exit 0.
+pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
+    let host = Capacity::from_host();
+    let mut options = ServerOptions::new(home);
+    options.listen = args.listen;
+    options.accel = args.accel;
+    options.detach_grace = args.detach_grace;
+    options.max_wait_output = args.max_wait_output;
+    options.max_upload = args.max_upload;
+    options.capacity = Capacity {
+        max_sandboxes: args.max_sandboxes.unwrap_or(host.max_sandboxes),
+        memory_bytes: args
+            .memory_budget
+            .map(|b| b.bytes())
+            .unwrap_or(host.memory_bytes),
+        vcpus: args.vcpu_budget.unwrap_or(host.vcpus),
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = Server::start(options).await?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "hearth: listening on http://{}", server.addr())?;
+    stdout.flush()?;
+    server
+        .run_until(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+        .await?;
+    eprintln!("hearth: server stopped; every sandbox was destroyed");
+    Ok(0)
+}
+
+/// `hearth token show|rotate`.
+pub fn token(home: &HearthHome, command: TokenCommand) -> Result<i32> {
+    let token = match command {
+        TokenCommand::Show => ensure_token(home)?,
+        TokenCommand::Rotate => rotate_token(home)?,
+    };
+    println!("{token}");
+    Ok(0)
+}
