@@ -27,6 +27,14 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+echo "test: fuzzing the HTTP API with schemathesis" >&2
+cargo build -p hearth
+scripts/api-fuzz.sh 40
+
+echo "test: Python SDK against a real server" >&2
+python3 -m pip install -q -e 'sdk/python[test]'
+HEARTH_BIN="$PWD/target/debug/hearth" python3 -m pytest -q sdk/python/tests
+
 echo "test: checking for leaked VMs" >&2
 leaked=""
 for pid in $(pgrep -f 'qemu-system-x86_64.*hearth-' || true); do

@@ -172,6 +172,7 @@ async fn collect(
         (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (String = "text/event-stream"))),
         (status = 202, description = "Started in the background", body = ExecView),
         (status = 400, body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
         (status = 409, description = "The sandbox is not running", body = ErrorResponse),
@@ -323,6 +324,7 @@ pub async fn exec_events(
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Written"),
+        (status = 400, body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
         (status = 409, description = "Stdin is not open", body = ErrorResponse),

@@ -251,6 +251,7 @@ pub async fn stat_file(
     responses(
         (status = 201, body = FileEntry),
         (status = 400, body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
         (status = 409, description = "Exists (without parents=true) or a parent is a file", body = ErrorResponse),

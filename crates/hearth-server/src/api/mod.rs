@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -34,6 +35,8 @@ use crate::token::TokenCheck;
 
 /// Largest JSON request body.
 pub const MAX_JSON_BODY: usize = 8 << 20;
+/// How much of a too-large body is read before answering 413.
+const DRAIN_LIMIT: usize = 64 << 20;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -180,48 +183,78 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let body = read_bounded(req.into_body()).await?;
+        match Json::<T>::from_bytes(&body) {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let text = rejection.body_text();
-    match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            status,
+/// Read a body of at most [`MAX_JSON_BODY`] bytes. A larger one is read on
+/// (and dropped) up to [`DRAIN_LIMIT`] before the 413, so that a client
+/// still sending gets the answer instead of a reset connection.
+async fn read_bounded(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut data = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        total += chunk.len();
+        if total > DRAIN_LIMIT {
+            break;
+        }
+        if total <= MAX_JSON_BODY {
+            data.extend_from_slice(&chunk);
+        }
+    }
+    if total > MAX_JSON_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!(
-                "the request body is larger than {} MiB",
+                "the JSON body is larger than {} MiB; send big data as a file (PUT .../files)",
                 MAX_JSON_BODY >> 20
             ),
-        ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            status,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        _ => {
-            // "Failed to deserialize ...: memory: invalid type ..." names
-            // the field first.
-            let detail = text
-                .split_once("target type: ")
-                .map(|(_, rest)| rest.to_string())
-                .unwrap_or(text);
-            let field = detail
-                .split_once(": ")
-                .map(|(f, _)| f)
-                .filter(|f| !f.contains(' ') && !f.is_empty())
-                .map(str::to_string);
-            ApiError {
-                field,
-                ..ApiError::bad_request(format!("invalid JSON body: {detail}"))
-            }
-        }
+        ));
+    }
+    Ok(data)
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    // "Failed to deserialize ...: memory: invalid type ..." names the
+    // field first.
+    let detail = text
+        .split_once("target type: ")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(text);
+    let field = detail
+        .split_once(": ")
+        .map(|(f, _)| f)
+        .filter(|f| !f.contains(' ') && !f.is_empty())
+        .map(str::to_string);
+    ApiError {
+        field,
+        ..ApiError::bad_request(format!("invalid JSON body: {detail}"))
     }
 }
 

@@ -86,6 +86,7 @@ pub(super) fn env_checked(
     responses(
         (status = 201, description = "Running", body = SandboxView),
         (status = 400, description = "A field is invalid, or the image is not built", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 429, description = "The host is at capacity; the message names the limit", body = ErrorResponse),
@@ -233,6 +234,7 @@ pub async fn delete_sandbox(
     responses(
         (status = 200, body = SandboxView),
         (status = 400, body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
         (status = 409, description = "Not running", body = ErrorResponse),
