@@ -127,8 +127,130 @@ pub struct ImageBuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
     /// Run one command in a fresh sandbox, stream its output, pass its exit
-    /// code through, and destroy the sandbox.
+    /// code through, and destroy the sandbox (no server needed).
     Run(RunArgs),
+    /// Create a sandbox on the server and print its id.
+    Create(CreateArgs),
+    /// List the server's sandboxes.
+    Ls(LsArgs),
+    /// Run a command in a server sandbox; its exit code is passed through.
+    Exec(ExecArgs),
+    /// Copy a file to or from a server sandbox (`ID:/path` names the sandbox side).
+    Cp(CpArgs),
+    /// Destroy server sandboxes.
+    Rm(RmArgs),
+    /// Print a sandbox's event log; --follow streams it until the sandbox ends.
+    Logs(LogsArgs),
+}
+
+/// Where the server is: `--url`, `HEARTH_URL`, `$HEARTH_HOME/server.json`, or
+/// http://127.0.0.1:7070; the token from `HEARTH_TOKEN` or `$HEARTH_HOME/token`.
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "HEARTH_URL")]
+    pub url: Option<String>,
+}
+
+/// `hearth sandbox create` options.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Guest image name.
+    #[arg(long, default_value = "default")]
+    pub image: String,
+    /// Guest memory (e.g. 256M, 2G).
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    pub memory: ByteSize,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Writable disk space (e.g. 256M, 1G).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub disk: ByteSize,
+    /// Lifetime (e.g. 30s, 5m, 1h).
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+    /// Environment for every exec (KEY=VALUE, repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Label (KEY=VALUE, repeatable).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// `hearth sandbox ls` options.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Only these states (comma-separated, e.g. running,creating) [default: live ones].
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Ended sandboxes too.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only sandboxes with this label (KEY=VALUE, repeatable).
+    #[arg(short, long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+/// `hearth sandbox exec` options.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Sandbox id.
+    pub id: String,
+    /// Environment variable (KEY=VALUE, repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after this long (e.g. 30s).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Don't forward stdin (by default it is sent when it is not a terminal).
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `hearth sandbox cp` options.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Source: a local path, `-` for stdin, or ID:/path.
+    pub source: String,
+    /// Destination: a local path, `-` for stdout, or ID:/path.
+    pub destination: String,
+}
+
+/// `hearth sandbox rm` options.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Sandbox ids.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// `hearth sandbox logs` options.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Sandbox id.
+    pub id: String,
+    /// Keep streaming new events until the sandbox ends.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// `hearth sandbox run` options.
@@ -214,6 +336,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(args) => crate::doctor::run(&home, args).await,
         Command::Image(ImageCommand::Build(args)) => crate::image_cmd::build(&home, args).await,
         Command::Sandbox(SandboxCommand::Run(args)) => crate::run::run(&home, args).await,
+        Command::Sandbox(command) => crate::remote::run(&home, command).await,
         Command::Gc => {
             // Orphans were reaped above; report what was done.
             for sandbox in &reaped {

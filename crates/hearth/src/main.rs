@@ -7,6 +7,7 @@ mod cli;
 mod doctor;
 mod exit;
 mod image_cmd;
+mod remote;
 mod run;
 mod serve;
 

@@ -793,10 +793,99 @@ async fn after_a_kill_9_the_next_server_reaps_the_vms_and_marks_them_lost() {
             == 0
     );
 
-    // New sandboxes work.
-    let fresh = server.create(json!({"memory": "256M"})).await;
-    assert_eq!(
-        server.run(&fresh, &["echo", "again"]).await["stdout"],
-        "again\n"
+    // New sandboxes work, here driven by the CLI's client commands.
+    let cli = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(args)
+            .env("HEARTH_HOME", home.path())
+            .env_remove("HEARTH_URL")
+            .env_remove("HEARTH_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let created = cli(
+        &[
+            "sandbox", "create", "--memory", "256M", "--label", "via=cli",
+        ],
+        b"",
     );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let fresh = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(fresh.starts_with("sb-"), "{fresh}");
+    let ran = cli(
+        &[
+            "sandbox",
+            "exec",
+            &fresh,
+            "--",
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 4",
+        ],
+        b"from stdin\n",
+    );
+    assert_eq!(ran.status.code(), Some(4));
+    assert_eq!(ran.stdout, b"from stdin\n");
+    assert_eq!(ran.stderr, b"err\n");
+    let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    assert!(cli(
+        &["sandbox", "cp", "-", &format!("{fresh}:/root/in.bin")],
+        &binary
+    )
+    .status
+    .success());
+    let back = cli(
+        &["sandbox", "cp", &format!("{fresh}:/root/in.bin"), "-"],
+        b"",
+    );
+    assert!(back.status.success());
+    assert_eq!(back.stdout, binary);
+    let listed =
+        String::from_utf8(cli(&["sandbox", "ls", "--label", "via=cli"], b"").stdout).unwrap();
+    assert!(
+        listed.contains(&fresh) && listed.contains("running"),
+        "{listed}"
+    );
+    let listed_all = String::from_utf8(cli(&["sandbox", "ls", "--all"], b"").stdout).unwrap();
+    assert!(
+        listed_all.contains(&id) && listed_all.contains("lost"),
+        "{listed_all}"
+    );
+    let logs = String::from_utf8(cli(&["sandbox", "logs", &fresh], b"").stdout).unwrap();
+    assert!(
+        logs.contains("exec.finished") && logs.contains("file.written"),
+        "{logs}"
+    );
+    let removed = cli(&["sandbox", "rm", &fresh], b"");
+    assert_eq!(
+        String::from_utf8(removed.stdout).unwrap().trim(),
+        format!("{fresh}: stopped")
+    );
+    let followed =
+        String::from_utf8(cli(&["sandbox", "logs", "--follow", &fresh], b"").stdout).unwrap();
+    assert!(
+        followed.trim_end().ends_with("destroyed on request"),
+        "{followed}"
+    );
+    let missing = cli(&["sandbox", "exec", "sb-000000000000", "--", "true"], b"");
+    assert_eq!(missing.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no sandbox"),
+        "{missing:?}"
+    );
+    drop(server);
+    wait_no_vmms(home.path());
 }
