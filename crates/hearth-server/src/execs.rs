@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use hearth_proto::ExitReport;
 use hearth_sandbox::{ExecEvent, Execution, StdinWriter};
@@ -192,7 +193,8 @@ impl ExecEntry {
             carry_err: Vec::new(),
             started: Instant::now(),
         };
-        let handle = tokio::spawn(async move { pump.run(&mut execution).await });
+        let span = tracing::info_span!(parent: None, "exec_output", sandbox = %entry.sandbox_id, exec = %entry.id);
+        let handle = tokio::spawn(async move { pump.run(&mut execution).await }.instrument(span));
         (entry, handle)
     }
 
@@ -413,9 +415,6 @@ fn split_utf8(carry: &mut Vec<u8>, data: &[u8]) -> Bytes {
 
 impl Pump {
     async fn run(mut self, execution: &mut Execution) {
-        let span = tracing::info_span!("exec_pump", sandbox = %self.entry.sandbox_id, exec = %self.entry.id);
-        let _guard = span.enter();
-        drop(_guard);
         let mut consumed = self.entry.consumed.subscribe();
         let mut detached_since: Option<tokio::time::Instant> = None;
         let mut kill_reason: Option<String> = None;

@@ -10,12 +10,13 @@ mod image_cmd;
 mod remote;
 mod run;
 mod serve;
+mod telemetry;
 
 use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    let telemetry = telemetry::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,6 +38,7 @@ fn main() {
     });
     // Don't wait for blocking tasks (a stdin reader may be parked in read()).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    telemetry.shutdown();
     std::process::exit(code);
 }
 
@@ -55,21 +57,4 @@ fn one_line(error: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line.replace('\n', " ")
-}
-
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info,hearth=info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .compact()
-        .init();
 }

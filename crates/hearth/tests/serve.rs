@@ -28,9 +28,14 @@ fn images() -> PathBuf {
 
 impl Served {
     fn start(home: &Path, args: &[&str]) -> Served {
+        Self::start_with_env(home, args, &[])
+    }
+
+    fn start_with_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("HEARTH_HOME", home)
             .env("HEARTH_IMAGES", images())
             .env_remove("HEARTH_LOG")
@@ -888,4 +893,85 @@ async fn after_a_kill_9_the_next_server_reaps_the_vms_and_marks_them_lost() {
     );
     drop(server);
     wait_no_vmms(home.path());
+}
+
+/// A minimal OTLP/HTTP collector: decodes every trace export it receives
+/// and keeps (span name, resource service.name).
+async fn otlp_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    use prost::Message;
+
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request =
+                    ExportTraceServiceRequest::decode(body).expect("a valid OTLP protobuf export");
+                for resource_spans in request.resource_spans {
+                    let service = resource_spans
+                        .resource
+                        .iter()
+                        .flat_map(|r| r.attributes.iter())
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                            AnyValue::StringValue(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    for scope in resource_spans.scope_spans {
+                        for span in scope.spans {
+                            sink.lock().unwrap().push((span.name, service.clone()));
+                        }
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    let (endpoint, spans) = otlp_receiver().await;
+    let home = temp_home();
+    let mut server = Served::start_with_env(
+        home.path(),
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let id = server.create(json!({"memory": "256M"})).await;
+    assert_eq!(
+        server.run(&id, &["echo", "traced"]).await["stdout"],
+        "traced\n"
+    );
+    let (status, _) = server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/sandboxes/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Shutdown flushes the batch exporter.
+    assert!(server.signal("TERM").success());
+    let spans = spans.lock().unwrap().clone();
+    let names: Vec<&str> = spans.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in ["request", "sandbox", "exec", "exec_output"] {
+        assert!(names.contains(&expected), "no {expected} span in {names:?}");
+    }
+    assert!(
+        spans.iter().all(|(_, service)| service == "hearth"),
+        "{spans:?}"
+    );
 }
