@@ -142,10 +142,10 @@ impl Admission {
             return Err(Refusal {
                 limit: "memory",
                 message: format!(
-                    "not enough memory: this sandbox needs {} ({memory} plus {VM_OVERHEAD} VM overhead), {} of the {} budget is in use (--memory-budget); destroy a sandbox or ask for less memory",
-                    ByteSize(memory_bytes),
-                    ByteSize(used.memory_bytes),
-                    ByteSize(cap.memory_bytes),
+                    "not enough memory: this sandbox needs {} MiB ({memory} plus {VM_OVERHEAD} VM overhead), {} MiB of the {} MiB budget is in use (--memory-budget); destroy a sandbox or ask for less memory",
+                    memory_bytes >> 20,
+                    used.memory_bytes >> 20,
+                    cap.memory_bytes >> 20,
                 ),
             });
         }
@@ -201,7 +201,8 @@ mod tests {
         let _r = a.reserve(ByteSize::mib(512), 1).unwrap();
         let refused = a.reserve(ByteSize::mib(512), 1).unwrap_err();
         assert_eq!(refused.limit, "memory");
-        assert!(refused.message.contains("576 MiB"), "{}", refused.message);
+        assert!(refused.message.contains("needs 576 MiB"), "{}", refused.message);
+        assert!(refused.message.contains("of the 1000 MiB budget"), "{}", refused.message);
 
         let a = admission(10, 100_000, 3);
         let _r = a.reserve(ByteSize::mib(256), 2).unwrap();

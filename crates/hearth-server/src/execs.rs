@@ -309,8 +309,23 @@ impl ExecEntry {
         buffer.bytes - freeable + size > self.capacity
     }
 
+    /// Append the last item (exit or error) and mark the exec ended, in
+    /// one step.
     fn finish(&self, status: ExecStatus) {
-        self.lock().status = status;
+        let last = match &status {
+            ExecStatus::Exited(report) => ExecItem::Exit(report.clone()),
+            ExecStatus::Failed(message) => ExecItem::Failed {
+                code: "exec_failed".into(),
+                message: message.clone(),
+            },
+            ExecStatus::Running => return,
+        };
+        let mut buffer = self.lock();
+        let seq = buffer.next_seq;
+        buffer.next_seq += 1;
+        buffer.items.push_back((seq, last));
+        buffer.status = status;
+        drop(buffer);
         self.appended.send_modify(|n| *n += 1);
     }
 }
@@ -442,12 +457,13 @@ impl Pump {
                             break status;
                         }
                     }
-                    Ok(None) => break ExecStatus::Failed("the exec ended without an exit report".into()),
-                    Err(error) => {
-                        let message = error.to_string();
+                    Ok(None) => {
                         self.flush_carries();
-                        self.entry.push(ExecItem::Failed { code: "exec_failed".into(), message: message.clone() });
-                        break ExecStatus::Failed(message);
+                        break ExecStatus::Failed("the exec ended without an exit report".into());
+                    }
+                    Err(error) => {
+                        self.flush_carries();
+                        break ExecStatus::Failed(error.to_string());
                     }
                 },
                 Some(why) = self.kill_rx.recv() => {
@@ -470,6 +486,8 @@ impl Pump {
                 _ = consumed.changed() => {}
             }
         };
+        // Recorded before readers see the end, so that a client that got
+        // the exit finds the exec finished in the API and the event log.
         self.record_end(&status, kill_reason).await;
         self.entry.finish(status);
     }
@@ -487,7 +505,6 @@ impl Pump {
             ExecEvent::Stderr(data) => ExecItem::Stderr(split_utf8(&mut self.carry_err, &data)),
             ExecEvent::Exit(report) => {
                 self.flush_carries();
-                self.entry.push(ExecItem::Exit(report.clone()));
                 return Some(ExecStatus::Exited(report));
             }
         };

@@ -473,20 +473,24 @@ async fn sandboxes_run_execs_files_and_streams_through_the_api() {
     assert_eq!(result["exit"]["code"], 127, "{result}");
 
     // Streamed exec: started, output, exit, with increasing ids.
-    let text = server
+    let response = server
         .req(reqwest::Method::POST, &format!("/v1/sandboxes/{id}/exec"))
         .json(&json!({"argv": ["sh", "-c", "echo one; echo two >&2; exit 3"]}))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    let streamed_exec = response.headers()["x-hearth-exec-id"].to_str().unwrap().to_string();
+    let text = response.text().await.unwrap();
     let events = parse_sse(&text);
     let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
     assert_eq!(names.first(), Some(&"started"), "{text}");
     assert_eq!(names.last(), Some(&"exit"), "{text}");
     assert_eq!(events.last().unwrap().2["code"], 3);
+    assert_eq!(events[0].2["exec_id"], streamed_exec.as_str());
+    // The exit reached the client only after the exec was recorded as ended.
+    let (_, finished) = server.get(&format!("/v1/sandboxes/{id}/execs/{streamed_exec}")).await;
+    assert_eq!(finished["state"], "exited", "{finished}");
+    assert_eq!(finished["exit"]["code"], 3, "{finished}");
     let ids_seen: Vec<u64> = events
         .iter()
         .map(|(id, _, _)| id.as_ref().unwrap().parse().unwrap())

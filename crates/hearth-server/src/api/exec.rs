@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,6 +25,10 @@ use super::{last_event_id, ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 use crate::execs::{ExecEntry, ExecItem, ExecStatus, Subscription};
 use crate::manager::ExecSpec;
+
+/// Response header naming the exec of a streamed `POST .../exec`, for
+/// resuming its stream or writing to its stdin.
+pub const EXEC_ID_HEADER: &str = "x-hearth-exec-id";
 
 fn encode(data: &[u8], encoding: Encoding) -> String {
     match encoding {
@@ -54,9 +58,9 @@ fn exec_view(entry: &ExecEntry) -> ExecView {
 }
 
 /// One exec item as a server-sent event.
-fn sse_event(seq: u64, item: ExecItem, encoding: Encoding) -> SseEvent {
+fn sse_event(exec_id: &str, seq: u64, item: ExecItem, encoding: Encoding) -> SseEvent {
     let (name, data) = match item {
-        ExecItem::Started(pid) => ("started", json!({"pid": pid})),
+        ExecItem::Started(pid) => ("started", json!({"pid": pid, "exec_id": exec_id})),
         ExecItem::Stdout(bytes) => (
             "stdout",
             json!({"data": encode(&bytes, encoding), "encoding": encoding}),
@@ -87,7 +91,8 @@ fn exec_stream(
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let events = stream::unfold(subscription, move |mut sub| async move {
         let (seq, item) = sub.next().await?;
-        Some((Ok(sse_event(seq, item, encoding)), sub))
+        let event = sse_event(sub.entry().id(), seq, item, encoding);
+        Some((Ok(event), sub))
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
@@ -156,8 +161,9 @@ async fn collect(
     Err(ApiError::internal("the exec ended without an exit report"))
 }
 
-/// Run a command. By default the answer is a stream of server-sent events:
-/// `started` `{pid}`, `stdout`/`stderr` `{data, encoding}`, then `exit`
+/// Run a command. By default the answer is a stream of server-sent events
+/// (the exec id is in the `X-Hearth-Exec-Id` header): `started`
+/// `{pid, exec_id}`, `stdout`/`stderr` `{data, encoding}`, then `exit`
 /// (how it ended) or `error`; each has an id, and
 /// `GET .../execs/{exec_id}/events` with `Last-Event-ID` resumes it. With
 /// `?wait=true` the answer is the collected result; with `"background":
@@ -169,7 +175,7 @@ async fn collect(
     params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
     request_body = ExecRequestBody,
     responses(
-        (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (String = "text/event-stream")), headers(("x-hearth-exec-id" = String, description = "The exec's id, on streamed answers"))),
         (status = 202, description = "Started in the background", body = ExecView),
         (status = 400, body = ErrorResponse),
         (status = 415, description = "The body is not JSON", body = ErrorResponse),
@@ -245,7 +251,11 @@ pub async fn start_exec(
         let limit = state.manager.options().max_wait_output.bytes();
         return Ok(Json(collect(subscription, limit, query.encoding).await?).into_response());
     }
-    Ok(exec_stream(subscription, query.encoding).into_response())
+    let mut response = exec_stream(subscription, query.encoding).into_response();
+    if let Ok(value) = HeaderValue::from_str(entry.id()) {
+        response.headers_mut().insert(EXEC_ID_HEADER, value);
+    }
+    Ok(response)
 }
 
 /// The execs of a running sandbox.
