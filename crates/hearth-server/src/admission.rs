@@ -201,8 +201,16 @@ mod tests {
         let _r = a.reserve(ByteSize::mib(512), 1).unwrap();
         let refused = a.reserve(ByteSize::mib(512), 1).unwrap_err();
         assert_eq!(refused.limit, "memory");
-        assert!(refused.message.contains("needs 576 MiB"), "{}", refused.message);
-        assert!(refused.message.contains("of the 1000 MiB budget"), "{}", refused.message);
+        assert!(
+            refused.message.contains("needs 576 MiB"),
+            "{}",
+            refused.message
+        );
+        assert!(
+            refused.message.contains("of the 1000 MiB budget"),
+            "{}",
+            refused.message
+        );
 
         let a = admission(10, 100_000, 3);
         let _r = a.reserve(ByteSize::mib(256), 2).unwrap();

@@ -9,7 +9,7 @@
 //! foreground command with no client for `detach_grace` is killed, so a
 //! client that went away does not leave it running.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,75 +18,15 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use hearth_proto::ExitReport;
 use hearth_sandbox::{ExecEvent, Execution, StdinWriter};
 
 use crate::events::EventLog;
 use crate::metrics::{ExitLabel, Metrics};
+pub use crate::replay::{ExecItem, ExecStatus};
+use crate::replay::{NextItem, ReplayBuffer};
 
 /// Finished execs kept per sandbox for listing and replay.
 pub const KEPT_FINISHED: usize = 32;
-
-/// One event of an exec's output stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecItem {
-    /// The process started with this guest PID.
-    Started(u32),
-    /// Bytes on stdout.
-    Stdout(Bytes),
-    /// Bytes on stderr.
-    Stderr(Bytes),
-    /// How it ended: always the last item, or [`ExecItem::Failed`] is.
-    Exit(ExitReport),
-    /// The exec could not finish normally (the sandbox ended under it).
-    Failed {
-        /// Error class.
-        code: String,
-        /// What happened.
-        message: String,
-    },
-    /// Output between the client's position and this item was dropped
-    /// (the client was away and the replay buffer overflowed).
-    Gap {
-        /// How many events were dropped.
-        missed: u64,
-    },
-}
-
-impl ExecItem {
-    fn size(&self) -> usize {
-        match self {
-            Self::Stdout(b) | Self::Stderr(b) => b.len(),
-            _ => 0,
-        }
-    }
-
-    fn is_output(&self) -> bool {
-        matches!(self, Self::Stdout(_) | Self::Stderr(_))
-    }
-}
-
-/// Where an exec is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecStatus {
-    /// Still running.
-    Running,
-    /// Ended with this report.
-    Exited(ExitReport),
-    /// Ended without a report.
-    Failed(String),
-}
-
-struct Buffer {
-    items: VecDeque<(u64, ExecItem)>,
-    /// Sequence number the next item gets (items are numbered from 1).
-    next_seq: u64,
-    bytes: usize,
-    status: ExecStatus,
-    /// Each attached subscriber's next wanted sequence number.
-    cursors: HashMap<u64, u64>,
-    next_subscriber: u64,
-}
 
 /// What the API shows about an exec.
 #[derive(Debug, Clone)]
@@ -115,8 +55,7 @@ pub struct ExecEntry {
     cwd: Option<String>,
     background: bool,
     started_ms: u64,
-    capacity: usize,
-    buffer: Mutex<Buffer>,
+    buffer: Mutex<ReplayBuffer>,
     /// Bumped whenever an item is added or the exec ends.
     appended: watch::Sender<u64>,
     /// Bumped whenever a subscriber advances or leaves.
@@ -171,15 +110,7 @@ impl ExecEntry {
             cwd: meta.cwd,
             background: meta.background,
             started_ms: meta.started_ms,
-            capacity: meta.capacity.max(64 * 1024),
-            buffer: Mutex::new(Buffer {
-                items: VecDeque::new(),
-                next_seq: 1,
-                bytes: 0,
-                status: ExecStatus::Running,
-                cursors: HashMap::new(),
-                next_subscriber: 0,
-            }),
+            buffer: Mutex::new(ReplayBuffer::new(meta.capacity.max(64 * 1024))),
             appended: watch::channel(0).0,
             consumed: watch::channel(0).0,
             stdin: tokio::sync::Mutex::new(stdin),
@@ -205,7 +136,7 @@ impl ExecEntry {
 
     /// Whether it ended.
     pub fn is_finished(&self) -> bool {
-        !matches!(self.lock().status, ExecStatus::Running)
+        !matches!(self.lock().status(), ExecStatus::Running)
     }
 
     /// What the API shows.
@@ -217,12 +148,12 @@ impl ExecEntry {
             cwd: self.cwd.clone(),
             background: self.background,
             started_ms: self.started_ms,
-            status: buffer.status.clone(),
-            attached: buffer.cursors.len(),
+            status: buffer.status().clone(),
+            attached: buffer.attached(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayBuffer> {
         self.buffer.lock().expect("exec buffer lock")
     }
 
@@ -255,11 +186,7 @@ impl ExecEntry {
 
     /// Attach a client that wants every item after sequence `after`.
     pub fn subscribe(self: &Arc<Self>, after: u64) -> Subscription {
-        let mut buffer = self.lock();
-        let id = buffer.next_subscriber;
-        buffer.next_subscriber += 1;
-        buffer.cursors.insert(id, after + 1);
-        drop(buffer);
+        let id = self.lock().attach(after);
         self.consumed.send_modify(|n| *n += 1);
         Subscription {
             entry: self.clone(),
@@ -269,63 +196,17 @@ impl ExecEntry {
     }
 
     fn push(&self, item: ExecItem) {
-        let mut buffer = self.lock();
-        let seq = buffer.next_seq;
-        buffer.next_seq += 1;
-        buffer.bytes += item.size();
-        buffer.items.push_back((seq, item));
-        // Drop the oldest output nobody attached still needs, down to the
-        // replay size.
-        let oldest_wanted = buffer.cursors.values().copied().min().unwrap_or(u64::MAX);
-        while buffer.bytes > self.capacity {
-            let Some(pos) = buffer
-                .items
-                .iter()
-                .position(|(s, item)| item.is_output() && *s < oldest_wanted)
-            else {
-                break;
-            };
-            let (_, removed) = buffer.items.remove(pos).expect("position is valid");
-            buffer.bytes -= removed.size();
-        }
-        drop(buffer);
+        self.lock().push(item);
         self.appended.send_modify(|n| *n += 1);
     }
 
-    /// Whether adding `size` bytes would go past the replay size while an
-    /// attached client still needs the oldest output.
     fn must_wait_for_room(&self, size: usize) -> bool {
-        let buffer = self.lock();
-        if buffer.bytes + size <= self.capacity || buffer.cursors.is_empty() {
-            return false;
-        }
-        let oldest_wanted = buffer.cursors.values().copied().min().unwrap_or(u64::MAX);
-        let freeable: usize = buffer
-            .items
-            .iter()
-            .filter(|(s, item)| item.is_output() && *s < oldest_wanted)
-            .map(|(_, item)| item.size())
-            .sum();
-        buffer.bytes - freeable + size > self.capacity
+        self.lock().must_wait_for_room(size)
     }
 
-    /// Append the last item (exit or error) and mark the exec ended, in
-    /// one step.
+    /// Append the last item (exit or error) and mark the exec ended.
     fn finish(&self, status: ExecStatus) {
-        let last = match &status {
-            ExecStatus::Exited(report) => ExecItem::Exit(report.clone()),
-            ExecStatus::Failed(message) => ExecItem::Failed {
-                code: "exec_failed".into(),
-                message: message.clone(),
-            },
-            ExecStatus::Running => return,
-        };
-        let mut buffer = self.lock();
-        let seq = buffer.next_seq;
-        buffer.next_seq += 1;
-        buffer.items.push_back((seq, last));
-        buffer.status = status;
-        drop(buffer);
+        self.lock().finish(status);
         self.appended.send_modify(|n| *n += 1);
     }
 }
@@ -339,7 +220,7 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.entry.lock().cursors.remove(&self.id);
+        self.entry.lock().detach(self.id);
         self.entry.consumed.send_modify(|n| *n += 1);
     }
 }
@@ -354,34 +235,14 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<(u64, ExecItem)> {
         loop {
             self.appended.borrow_and_update();
-            {
-                let mut buffer = self.entry.lock();
-                let cursor = buffer.cursors.get(&self.id).copied().unwrap_or(1);
-                let found = buffer
-                    .items
-                    .iter()
-                    .find(|(seq, _)| *seq >= cursor)
-                    .map(|(seq, item)| (*seq, item.clone()));
-                if let Some((seq, item)) = found {
-                    if seq > cursor {
-                        // Everything from `cursor` to before `seq` was dropped.
-                        buffer.cursors.insert(self.id, seq);
-                        drop(buffer);
-                        return Some((
-                            seq - 1,
-                            ExecItem::Gap {
-                                missed: seq - cursor,
-                            },
-                        ));
-                    }
-                    buffer.cursors.insert(self.id, seq + 1);
-                    drop(buffer);
+            let next = self.entry.lock().next_for(self.id);
+            match next {
+                NextItem::Item(seq, item) => {
                     self.entry.consumed.send_modify(|n| *n += 1);
                     return Some((seq, item));
                 }
-                if !matches!(buffer.status, ExecStatus::Running) {
-                    return None;
-                }
+                NextItem::End => return None,
+                NextItem::Pending => {}
             }
             if self.appended.changed().await.is_err() {
                 return None;
@@ -435,7 +296,7 @@ impl Pump {
         let mut kill_reason: Option<String> = None;
         let status = loop {
             // Detach grace: a foreground exec with nobody attached.
-            let attached = !self.entry.lock().cursors.is_empty();
+            let attached = self.entry.lock().attached() > 0;
             if attached || self.entry.background {
                 detached_since = None;
             } else if detached_since.is_none() {

@@ -17,6 +17,7 @@ pub mod manager;
 pub mod metrics;
 pub mod options;
 mod recovery;
+pub mod replay;
 mod server;
 pub mod token;
 

@@ -333,6 +333,13 @@ async fn bad_requests_get_clear_json_errors_without_a_vm() {
         metrics.contains("hearth_admission_refusals_total{limit=\"memory\"} 1"),
         "{metrics}"
     );
+    // The refusal is in the server-wide event log.
+    let (status, log) = server.get("/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let refusal = &log["events"][0];
+    assert_eq!(refusal["kind"], "admission.refused", "{log}");
+    assert_eq!(refusal["data"]["limit"], "memory", "{log}");
+    assert_eq!(refusal["sandbox_id"], Value::Null, "{log}");
 
     // Unknown routes answer JSON too.
     let (status, body) = server.get("/v1/nope").await;
@@ -479,7 +486,10 @@ async fn sandboxes_run_execs_files_and_streams_through_the_api() {
         .send()
         .await
         .unwrap();
-    let streamed_exec = response.headers()["x-hearth-exec-id"].to_str().unwrap().to_string();
+    let streamed_exec = response.headers()["x-hearth-exec-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let text = response.text().await.unwrap();
     let events = parse_sse(&text);
     let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
@@ -488,7 +498,9 @@ async fn sandboxes_run_execs_files_and_streams_through_the_api() {
     assert_eq!(events.last().unwrap().2["code"], 3);
     assert_eq!(events[0].2["exec_id"], streamed_exec.as_str());
     // The exit reached the client only after the exec was recorded as ended.
-    let (_, finished) = server.get(&format!("/v1/sandboxes/{id}/execs/{streamed_exec}")).await;
+    let (_, finished) = server
+        .get(&format!("/v1/sandboxes/{id}/execs/{streamed_exec}"))
+        .await;
     assert_eq!(finished["state"], "exited", "{finished}");
     assert_eq!(finished["exit"]["code"], 3, "{finished}");
     let ids_seen: Vec<u64> = events

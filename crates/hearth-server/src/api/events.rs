@@ -1,4 +1,5 @@
-//! The event history of a sandbox, as JSON pages or a live stream.
+//! The event log, of one sandbox or of the whole server, as JSON pages or
+//! a live stream.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use hearth_store::Event;
 
-use super::model::{EventList, EventView, EventsQuery};
+use super::model::{EventList, EventView, EventsQuery, LogStreamEvent};
 use super::{last_event_id, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 use crate::events::{is_final, EventLog};
@@ -32,10 +33,10 @@ const PAGE: u32 = 500;
     tag = "events",
     params(("id" = String, Path, description = "Sandbox id"), EventsQuery),
     responses(
-        (status = 200, description = "A page of history, or the live stream with Accept: text/event-stream", content((EventList = "application/json"), (String = "text/event-stream"))),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "A page of history, or the live stream with Accept: text/event-stream", content((EventList = "application/json"), (LogStreamEvent = "text/event-stream"))),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
     )
 )]
 pub async fn sandbox_events(
@@ -46,7 +47,38 @@ pub async fn sandbox_events(
 ) -> Result<Response, ApiError> {
     // 404 for an unknown sandbox, rather than an empty history.
     state.manager.record(&id).await?;
-    let after = match last_event_id(&headers)? {
+    events_response(&state, Some(id), &headers, query).await
+}
+
+/// Every event of the server, oldest first: all sandboxes' events and the
+/// server's own (`admission.refused`). With `Accept: text/event-stream`, a
+/// live stream that resumes after `Last-Event-ID` and does not end.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of history, or the live stream with Accept: text/event-stream", content((EventList = "application/json"), (LogStreamEvent = "text/event-stream"))),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+    )
+)]
+pub async fn server_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Response, ApiError> {
+    events_response(&state, None, &headers, query).await
+}
+
+async fn events_response(
+    state: &AppState,
+    sandbox: Option<String>,
+    headers: &HeaderMap,
+    query: EventsQuery,
+) -> Result<Response, ApiError> {
+    let after = match last_event_id(headers)? {
         Some(seq) => seq,
         None => query.after.unwrap_or(0).max(0),
     };
@@ -59,13 +91,17 @@ pub async fn sandbox_events(
         if limit == 0 {
             return Err(ApiError::invalid("limit", "limit must be at least 1"));
         }
-        let events = state.events.store().events(Some(&id), after, limit).await?;
+        let events = state
+            .events
+            .store()
+            .events(sandbox.as_deref(), after, limit)
+            .await?;
         let next_after = events.last().map(|e| e.seq).unwrap_or(after);
         let events = events.into_iter().map(EventView::from).collect();
         return Ok(Json(EventList { events, next_after }).into_response());
     }
     let (tx, rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(follow(state.events.clone(), id, after, tx));
+    tokio::spawn(follow(state.events.clone(), sandbox, after, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         Some((Ok::<_, Infallible>(to_sse(event)), rx))
@@ -85,16 +121,17 @@ fn to_sse(event: Event) -> SseEvent {
         .data(data)
 }
 
-/// Send `id`'s events after `after` to `tx`: first from the store, then
-/// live, falling back to the store whenever the live feed lagged. Ends
-/// after the final event or when the client goes away.
-async fn follow(log: EventLog, id: String, mut after: i64, tx: mpsc::Sender<Event>) {
+/// Send the events after `after` (of sandbox `id`, or all) to `tx`: first
+/// from the store, then live, falling back to the store whenever the live
+/// feed lagged. Ends after a sandbox's final event, or when the client goes
+/// away.
+async fn follow(log: EventLog, id: Option<String>, mut after: i64, tx: mpsc::Sender<Event>) {
     // Subscribe before reading the history so nothing falls in between;
     // live events already read from the store are skipped by `seq`.
     let mut live = log.subscribe();
     loop {
         loop {
-            let page = match log.store().events(Some(&id), after, PAGE).await {
+            let page = match log.store().events(id.as_deref(), after, PAGE).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::error!(%error, "reading events for a stream");
@@ -104,7 +141,7 @@ async fn follow(log: EventLog, id: String, mut after: i64, tx: mpsc::Sender<Even
             let full = page.len() == PAGE as usize;
             for event in page {
                 after = event.seq;
-                let last = is_final(&event);
+                let last = id.is_some() && is_final(&event);
                 if tx.send(event).await.is_err() || last {
                     return;
                 }
@@ -114,12 +151,14 @@ async fn follow(log: EventLog, id: String, mut after: i64, tx: mpsc::Sender<Even
             }
         }
         // Resumed after the end: there is nothing more to wait for.
-        match log.store().sandbox(&id).await {
-            Ok(Some(record)) if record.state.is_final() => return,
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, "reading a sandbox for a stream");
-                return;
+        if let Some(id) = &id {
+            match log.store().sandbox(id).await {
+                Ok(Some(record)) if record.state.is_final() => return,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, "reading a sandbox for a stream");
+                    return;
+                }
             }
         }
         loop {
@@ -128,11 +167,9 @@ async fn follow(log: EventLog, id: String, mut after: i64, tx: mpsc::Sender<Even
                 _ = tx.closed() => return,
             };
             match received {
-                Ok(event)
-                    if event.sandbox_id.as_deref() == Some(id.as_str()) && event.seq > after =>
-                {
+                Ok(event) if (id.is_none() || event.sandbox_id == id) && event.seq > after => {
                     after = event.seq;
-                    let last = is_final(&event);
+                    let last = id.is_some() && is_final(&event);
                     if tx.send(event).await.is_err() || last {
                         return;
                     }

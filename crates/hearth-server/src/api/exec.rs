@@ -18,8 +18,8 @@ use serde_json::json;
 use hearth_sandbox::ExecOptions;
 
 use super::model::{
-    Encoding, ExecList, ExecQuery, ExecRequestBody, ExecResult, ExecStreamQuery, ExecView,
-    ExitView, StdinQuery,
+    Encoding, ExecList, ExecQuery, ExecRequestBody, ExecResult, ExecStreamEvent, ExecStreamQuery,
+    ExecView, ExitView, StdinQuery,
 };
 use super::{last_event_id, ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
@@ -175,14 +175,14 @@ async fn collect(
     params(("id" = String, Path, description = "Sandbox id"), ExecQuery),
     request_body = ExecRequestBody,
     responses(
-        (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (String = "text/event-stream")), headers(("x-hearth-exec-id" = String, description = "The exec's id, on streamed answers"))),
+        (status = 200, description = "Server-sent events (default), or the collected result with ?wait=true", content((ExecResult = "application/json"), (ExecStreamEvent = "text/event-stream")), headers(("x-hearth-exec-id" = String, description = "The exec's id, on streamed answers"))),
         (status = 202, description = "Started in the background", body = ExecView),
-        (status = 400, body = ErrorResponse),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
         (status = 415, description = "The body is not JSON", body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "The sandbox is not running", body = ErrorResponse),
-        (status = 413, body = ErrorResponse),
+        (status = 413, description = "Too large", body = ErrorResponse),
         (status = 422, description = "Output past the ?wait=true limit", body = ErrorResponse),
     )
 )]
@@ -264,7 +264,7 @@ pub async fn start_exec(
     path = "/v1/sandboxes/{id}/execs",
     tag = "execs",
     params(("id" = String, Path, description = "Sandbox id")),
-    responses((status = 200, body = ExecList), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, description = "OK", body = ExecList), (status = 401, description = "No valid token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse))
 )]
 pub async fn list_execs(
     State(state): State<AppState>,
@@ -285,7 +285,7 @@ pub async fn list_execs(
     path = "/v1/sandboxes/{id}/execs/{exec_id}",
     tag = "execs",
     params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id")),
-    responses((status = 200, body = ExecView), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 200, description = "OK", body = ExecView), (status = 401, description = "No valid token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse))
 )]
 pub async fn get_exec(
     State(state): State<AppState>,
@@ -305,10 +305,10 @@ pub async fn get_exec(
     tag = "execs",
     params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id"), ExecStreamQuery),
     responses(
-        (status = 200, description = "Server-sent events, as for POST .../exec", content_type = "text/event-stream"),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "Server-sent events, as for POST .../exec", body = ExecStreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
     )
 )]
 pub async fn exec_events(
@@ -334,9 +334,9 @@ pub async fn exec_events(
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 204, description = "Written"),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "Stdin is not open", body = ErrorResponse),
     )
 )]
@@ -361,7 +361,7 @@ pub async fn write_stdin(
     path = "/v1/sandboxes/{id}/execs/{exec_id}/kill",
     tag = "execs",
     params(("id" = String, Path, description = "Sandbox id"), ("exec_id" = String, Path, description = "Exec id")),
-    responses((status = 202, description = "Kill sent", body = ExecView), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse))
+    responses((status = 202, description = "Kill sent", body = ExecView), (status = 401, description = "No valid token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse))
 )]
 pub async fn kill_exec(
     State(state): State<AppState>,

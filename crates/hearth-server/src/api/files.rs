@@ -35,12 +35,12 @@ fn too_large(limit: ByteSize) -> ApiError {
     params(("id" = String, Path, description = "Sandbox id"), PathParam),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
-        (status = 200, body = WriteResponse),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
-        (status = 409, body = ErrorResponse),
-        (status = 413, body = ErrorResponse),
+        (status = 200, description = "OK", body = WriteResponse),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
+        (status = 409, description = "Conflict with the sandbox's state", body = ErrorResponse),
+        (status = 413, description = "Too large", body = ErrorResponse),
         (status = 507, description = "The sandbox disk is full", body = ErrorResponse),
     )
 )]
@@ -108,9 +108,9 @@ pub async fn write_file(
     params(("id" = String, Path, description = "Sandbox id"), PathParam),
     responses(
         (status = 200, description = "The file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "A directory", body = ErrorResponse),
     )
 )]
@@ -165,9 +165,9 @@ pub async fn read_file(
     params(("id" = String, Path, description = "Sandbox id"), RemoveQuery),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "A non-empty directory without recursive=true", body = ErrorResponse),
     )
 )]
@@ -197,10 +197,10 @@ pub async fn remove_file(
     tag = "files",
     params(("id" = String, Path, description = "Sandbox id"), PathParam),
     responses(
-        (status = 200, body = FileList),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "OK", body = FileList),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "Not a directory", body = ErrorResponse),
     )
 )]
@@ -225,10 +225,10 @@ pub async fn list_files(
     tag = "files",
     params(("id" = String, Path, description = "Sandbox id"), PathParam),
     responses(
-        (status = 200, body = FileEntry),
-        (status = 400, body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "OK", body = FileEntry),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
     )
 )]
 pub async fn stat_file(
@@ -249,11 +249,11 @@ pub async fn stat_file(
     params(("id" = String, Path, description = "Sandbox id")),
     request_body = MkdirRequest,
     responses(
-        (status = 201, body = FileEntry),
-        (status = 400, body = ErrorResponse),
+        (status = 201, description = "Created", body = FileEntry),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
         (status = 415, description = "The body is not JSON", body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "Exists (without parents=true) or a parent is a file", body = ErrorResponse),
     )
 )]

@@ -100,6 +100,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(files::stat_file))
         .routes(routes!(files::make_dir))
         .routes(routes!(events::sandbox_events))
+        .routes(routes!(events::server_events))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .split_for_parts();

@@ -510,6 +510,31 @@ pub struct EventsQuery {
     pub limit: Option<u32>,
 }
 
+/// One server-sent event of an exec stream (`text/event-stream`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecStreamEvent {
+    /// Event id: increasing within the exec; resume after it with
+    /// `Last-Event-ID`.
+    pub id: Option<String>,
+    /// `started` (`{pid, exec_id}`), `stdout` / `stderr` (`{data,
+    /// encoding}`), `exit` (an [`ExitView`]), `error` (`{code, message}`),
+    /// `gap` (`{missed, message}`).
+    pub event: Option<String>,
+    /// The event's JSON, as text.
+    pub data: String,
+}
+
+/// One server-sent event of an event-log stream (`text/event-stream`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogStreamEvent {
+    /// The event's `seq`; resume after it with `Last-Event-ID`.
+    pub id: Option<String>,
+    /// The event's kind, e.g. `sandbox.running`.
+    pub event: Option<String>,
+    /// The event (an [`EventView`]) as JSON text.
+    pub data: String,
+}
+
 /// `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {

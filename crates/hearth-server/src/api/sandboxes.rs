@@ -134,9 +134,9 @@ pub async fn create_sandbox(
     tag = "sandboxes",
     params(ListQuery),
     responses(
-        (status = 200, body = SandboxList),
+        (status = 200, description = "OK", body = SandboxList),
         (status = 400, description = "Unknown state or malformed label", body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
     )
 )]
 pub async fn list_sandboxes(
@@ -190,9 +190,9 @@ pub async fn list_sandboxes(
     tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id")),
     responses(
-        (status = 200, body = SandboxView),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "OK", body = SandboxView),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
     )
 )]
 pub async fn get_sandbox(
@@ -211,9 +211,9 @@ pub async fn get_sandbox(
     tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id")),
     responses(
-        (status = 200, body = SandboxView),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 200, description = "OK", body = SandboxView),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
     )
 )]
 pub async fn delete_sandbox(
@@ -232,11 +232,11 @@ pub async fn delete_sandbox(
     params(("id" = String, Path, description = "Sandbox id")),
     request_body = TimeoutRequest,
     responses(
-        (status = 200, body = SandboxView),
-        (status = 400, body = ErrorResponse),
+        (status = 200, description = "OK", body = SandboxView),
+        (status = 400, description = "A field is invalid", body = ErrorResponse),
         (status = 415, description = "The body is not JSON", body = ErrorResponse),
-        (status = 401, body = ErrorResponse),
-        (status = 404, body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 404, description = "Not found", body = ErrorResponse),
         (status = 409, description = "Not running", body = ErrorResponse),
     )
 )]

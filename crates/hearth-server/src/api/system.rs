@@ -16,7 +16,7 @@ use crate::error::ErrorResponse;
 pub struct OpenApiJson(pub Arc<String>);
 
 /// Liveness: answers without a token.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "OK", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -31,7 +31,7 @@ pub async fn healthz() -> Json<Health> {
     tag = "system",
     responses(
         (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
-        (status = 401, body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -47,7 +47,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     get,
     path = "/v1/openapi.json",
     tag = "system",
-    responses((status = 200, description = "The OpenAPI document", body = Object), (status = 401, body = ErrorResponse))
+    responses((status = 200, description = "The OpenAPI document", body = Object), (status = 401, description = "No valid token", body = ErrorResponse))
 )]
 pub async fn openapi_json(Extension(doc): Extension<OpenApiJson>) -> Response {
     (
