@@ -165,6 +165,9 @@ impl ExecEntry {
     /// Write to the command's stdin; `close` closes it afterwards. Fails
     /// when stdin was not kept open or is already closed.
     pub async fn write_stdin(&self, data: Bytes, close: bool) -> Result<(), String> {
+        if self.is_finished() {
+            return Err(format!("exec {} has ended; its stdin is closed", self.id));
+        }
         let mut stdin = self.stdin.lock().await;
         let Some(writer) = stdin.as_ref() else {
             return Err(format!(
@@ -346,6 +349,16 @@ impl Pump {
                 }
                 _ = consumed.changed() => {}
             }
+        };
+        // Say why the host killed it (the guest only knows it was asked).
+        let status = match (status, &kill_reason) {
+            (ExecStatus::Exited(mut report), Some(why))
+                if report.reason == hearth_proto::ExitReason::Killed =>
+            {
+                report.message = Some(format!("killed: {why}"));
+                ExecStatus::Exited(report)
+            }
+            (status, _) => status,
         };
         // Recorded before readers see the end, so that a client that got
         // the exit finds the exec finished in the API and the event log.

@@ -303,6 +303,29 @@ async fn bad_requests_get_clear_json_errors_without_a_vm() {
     let (status, body) = server.get("/v1/sandboxes?state=bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
+    let (status, body) = server
+        .post(
+            "/v1/sandboxes/sb-x/exec?wait=true",
+            json!({"argv": ["cat"], "stdin_open": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "stdin_open");
+    // A refusal sent before the body was read closes the connection, and
+    // says so, so that the client does not reuse it.
+    let refused = server
+        .req(
+            reqwest::Method::PUT,
+            "/v1/sandboxes/sb-x/files?path=relative.txt",
+        )
+        .body(vec![7u8; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refused.headers()["connection"], "close");
+    assert_eq!(server.get("/v1/sandboxes").await.0, StatusCode::OK);
+
     // Bodies past the limit.
     let big = "x".repeat(9 << 20);
     let (status, body) = server
@@ -634,6 +657,13 @@ async fn sandboxes_run_execs_files_and_streams_through_the_api() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(abandoned["exit"]["reason"], "killed", "{abandoned}");
+    assert!(
+        abandoned["exit"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no client was attached"),
+        "{abandoned}"
+    );
 
     // Files: upload, download, list, stat, mkdir, remove.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();

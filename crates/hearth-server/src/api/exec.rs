@@ -15,16 +15,14 @@ use base64::Engine;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
 
-use hearth_sandbox::ExecOptions;
-
 use super::model::{
     Encoding, ExecList, ExecQuery, ExecRequestBody, ExecResult, ExecStreamEvent, ExecStreamQuery,
     ExecView, ExitView, StdinQuery,
 };
+use super::validate::exec_spec;
 use super::{last_event_id, ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 use crate::execs::{ExecEntry, ExecItem, ExecStatus, Subscription};
-use crate::manager::ExecSpec;
 
 /// Response header naming the exec of a streamed `POST .../exec`, for
 /// resuming its stream or writing to its stdin.
@@ -192,58 +190,21 @@ pub async fn start_exec(
     ApiQuery(query): ApiQuery<ExecQuery>,
     ApiJson(body): ApiJson<ExecRequestBody>,
 ) -> Result<Response, ApiError> {
-    if body.argv.is_empty() || body.argv[0].is_empty() {
-        return Err(ApiError::invalid("argv", "argv is empty: give the program to run and its arguments, e.g. [\"python3\", \"-c\", \"print(1)\"]"));
-    }
-    if let Some(i) = body.argv.iter().position(|a| a.contains('\0')) {
-        return Err(ApiError::invalid(
-            "argv",
-            format!("argv[{i}] contains a NUL byte"),
-        ));
-    }
-    if let Some(cwd) = &body.cwd {
-        super::model::validate_guest_path("cwd", cwd)?;
-    }
     if body.background && query.wait {
         return Err(ApiError::bad_request(
             "wait=true and \"background\": true contradict each other; pick one",
         ));
     }
-    let stdin = match (body.stdin, body.stdin_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "stdin",
-                "give stdin or stdin_base64, not both",
-            ))
-        }
-        (Some(text), None) => Some(Bytes::from(text)),
-        (None, Some(b64)) => Some(Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| {
-                    ApiError::invalid(
-                        "stdin_base64",
-                        format!("stdin_base64 is not valid base64: {e}"),
-                    )
-                })?,
-        )),
-        (None, None) => None,
-    };
-    let options = ExecOptions {
-        argv: body.argv,
-        env: super::sandboxes::env_checked("env", body.env)?,
-        cwd: body.cwd,
-        timeout: body.timeout.map(|t| t.parse("timeout")).transpose()?,
-        stdin: false,
-    };
-    let spec = ExecSpec {
-        options,
-        stdin,
-        stdin_open: body.stdin_open,
-        background: body.background,
-    };
+    if body.stdin_open && query.wait {
+        return Err(ApiError::invalid(
+            "stdin_open",
+            "stdin_open needs a streamed or background exec: with wait=true nobody can write to its stdin; send the input as \"stdin\" instead",
+        ));
+    }
+    let background = body.background;
+    let spec = exec_spec(body)?;
     let entry = state.manager.exec(&id, spec).await?;
-    if body.background {
+    if background {
         return Ok((StatusCode::ACCEPTED, Json(exec_view(&entry))).into_response());
     }
     let subscription = entry.subscribe(0);
@@ -369,7 +330,7 @@ pub async fn kill_exec(
 ) -> Result<(StatusCode, Json<ExecView>), ApiError> {
     let entry = lookup(&state, &id, &exec_id)?;
     if !entry.is_finished() {
-        entry.kill("killed on request").await;
+        entry.kill("a client asked for it (POST .../kill)").await;
     }
     Ok((StatusCode::ACCEPTED, Json(exec_view(&entry))))
 }

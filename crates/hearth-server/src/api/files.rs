@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 
 use hearth_proto::{ByteSize, FileType};
 
-use super::model::{
-    validate_guest_path, FileEntry, FileList, MkdirRequest, PathParam, RemoveQuery, WriteResponse,
-};
+use super::model::{FileEntry, FileList, MkdirRequest, PathParam, RemoveQuery, WriteResponse};
+use super::validate::validate_guest_path;
 use super::{ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 

@@ -8,12 +8,15 @@ mod files;
 pub mod model;
 mod sandboxes;
 mod system;
+pub mod validate;
 
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -153,29 +156,51 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Every route but `/healthz` needs the bearer token.
+/// Every route but `/healthz` needs the bearer token. Also: an error
+/// answer to a request that carried a body says `Connection: close`, since
+/// the handler may have answered without reading the body, and the
+/// connection cannot be reused for the client's next request.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.uri().path() == "/healthz" {
-        return next.run(request).await;
-    }
-    let presented = request
+    let has_body = request
         .headers()
-        .get(AUTHORIZATION)
+        .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    let refusal = match presented {
-        None => "missing Authorization header: send `Authorization: Bearer <token>`; the token is in $HEARTH_HOME/token",
-        Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
-            Some(token) if state.token.accepts(token) => return next.run(request).await,
-            Some(_) => "invalid API token: it may have been rotated; read the current one from $HEARTH_HOME/token",
-            None => "the Authorization header must be `Bearer <token>`",
-        },
+        .is_some_and(|v| v.trim() != "0")
+        || request.headers().contains_key(TRANSFER_ENCODING);
+    let mut response = if request.uri().path() == "/healthz" {
+        next.run(request).await
+    } else {
+        let presented = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let refusal = match presented {
+            None => Some("missing Authorization header: send `Authorization: Bearer <token>`; the token is in $HEARTH_HOME/token"),
+            Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
+                Some(token) if state.token.accepts(token) => None,
+                Some(_) => Some("invalid API token: it may have been rotated; read the current one from $HEARTH_HOME/token"),
+                None => Some("the Authorization header must be `Bearer <token>`"),
+            },
+        };
+        match refusal {
+            None => next.run(request).await,
+            Some(refusal) => {
+                let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal)
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+        }
     };
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", refusal).into_response();
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 

@@ -1,80 +1,19 @@
 //! Sandbox routes: create, list, get, destroy, extend.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 
-use hearth_sandbox::SandboxOptions;
 use hearth_store::{SandboxFilter, SandboxState};
 
 use super::model::{CreateSandboxRequest, ListQuery, SandboxList, SandboxView, TimeoutRequest};
+use super::validate::create_spec;
 use super::{ApiJson, AppState};
 use crate::error::{ApiError, ErrorResponse};
-use crate::manager::CreateSpec;
-
-/// Most labels per sandbox.
-const MAX_LABELS: usize = 32;
 
 fn view(state: &AppState, record: hearth_store::SandboxRecord) -> SandboxView {
     let expires = state.manager.live(&record.id).and_then(|l| l.expires_ms());
     SandboxView::from_record(record, expires)
-}
-
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if labels.len() > MAX_LABELS {
-        return Err(ApiError::invalid(
-            "labels",
-            format!("at most {MAX_LABELS} labels, got {}", labels.len()),
-        ));
-    }
-    for (key, value) in labels {
-        let key_ok = !key.is_empty()
-            && key.len() <= 63
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !key_ok {
-            return Err(ApiError::invalid(
-                "labels",
-                format!("label name {key:?} is not valid: 1-63 characters of letters, digits, '-', '_', '.', '/'"),
-            ));
-        }
-        if value.len() > 256 || value.contains('\0') {
-            return Err(ApiError::invalid(
-                "labels",
-                format!("label {key:?}: the value must be at most 256 bytes, without NUL"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    for (key, value) in env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ApiError::invalid(
-                field,
-                format!("environment variable name {key:?} is not valid (empty, or contains '=' or NUL)"),
-            ));
-        }
-        if value.contains('\0') {
-            return Err(ApiError::invalid(
-                field,
-                format!("environment variable {key} contains a NUL byte"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn env_checked(
-    field: &str,
-    env: BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, ApiError> {
-    validate_env(field, &env)?;
-    Ok(env)
 }
 
 /// Create a sandbox and wait until it runs.
@@ -97,33 +36,8 @@ pub async fn create_sandbox(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateSandboxRequest>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
-    let defaults = SandboxOptions::default();
-    let mut options = SandboxOptions {
-        image: request.image.unwrap_or(defaults.image.clone()),
-        vcpus: request.vcpus.unwrap_or(defaults.vcpus),
-        labels: request.labels,
-        ..defaults
-    };
-    if let Some(memory) = &request.memory {
-        options.memory = memory.parse("memory")?;
-    }
-    if let Some(disk) = &request.disk {
-        options.disk = disk.parse("disk")?;
-    }
-    if let Some(timeout) = &request.timeout {
-        options.timeout = Some(timeout.parse("timeout")?);
-    }
-    validate_labels(&options.labels)?;
-    let env = env_checked("env", request.env)?;
-    if let Err(e) = options.validate() {
-        let message = e.to_string();
-        let field = ["image", "vcpus", "memory", "disk", "timeout"]
-            .into_iter()
-            .find(|f| message.contains(f))
-            .unwrap_or("body");
-        return Err(ApiError::invalid(field, message));
-    }
-    let record = state.manager.create(CreateSpec { options, env }).await?;
+    let spec = create_spec(request)?;
+    let record = state.manager.create(spec).await?;
     Ok((StatusCode::CREATED, Json(view(&state, record))))
 }
 

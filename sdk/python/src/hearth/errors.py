@@ -1,0 +1,154 @@
+"""Exceptions raised by the Hearth client.
+
+Every error the server answers with has the shape
+``{"error": {"code": ..., "message": ..., "field": ...}}``; it becomes a
+:class:`HearthError` (or the subclass for its HTTP status) that keeps the
+status, the stable machine-readable ``code``, the human ``message`` and, for
+invalid arguments, the request ``field`` at fault. Failures that never reach
+the server (nothing listening, a dropped connection, a timeout) are
+:class:`ConnectionFailed` or :class:`RequestTimeout`, so one
+``except HearthError`` catches everything this package raises on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+__all__ = [
+    "CapacityExceeded",
+    "Conflict",
+    "ConnectionFailed",
+    "HearthError",
+    "InvalidArgument",
+    "NotFound",
+    "OutputTooLarge",
+    "RequestTimeout",
+    "StreamLost",
+    "TooLarge",
+    "Unauthorized",
+]
+
+
+class HearthError(Exception):
+    """An error from the Hearth server, or from talking to it.
+
+    Attributes:
+        status: The HTTP status, or ``None`` when no answer came back.
+        code: Stable class of the error (``not_found``, ``invalid_argument``,
+            ``sandbox_not_running``, ...); branch on this, not on the text.
+        message: What happened and, where there is one, what to do.
+        field: The request field at fault, for invalid arguments.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "error",
+        status: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        where = f" (field {self.field!r})" if self.field else ""
+        status = f"{self.status} " if self.status is not None else ""
+        return f"[{status}{self.code}] {self.message}{where}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r}, field={self.field!r})"
+        )
+
+
+class InvalidArgument(HearthError):
+    """400: the request was malformed; ``field`` names the culprit when known."""
+
+
+class Unauthorized(HearthError):
+    """401: no token, or a wrong one (it may have been rotated)."""
+
+
+class NotFound(HearthError):
+    """404: no such sandbox, exec, file or route."""
+
+
+class Conflict(HearthError):
+    """409: the request clashes with the current state.
+
+    Examples: the sandbox is not running (``sandbox_not_running``,
+    ``sandbox_ended``), a path is a directory (``is_a_directory``), stdin
+    was already closed (``stdin_closed``), a directory is not empty.
+    """
+
+
+class TooLarge(HearthError):
+    """413: the request body (e.g. an upload) is over the server's limit."""
+
+
+class OutputTooLarge(HearthError):
+    """422: a ``wait=true`` exec wrote more than the server collects; it was
+    killed. Use :meth:`hearth.Sandbox.exec_stream` for large output."""
+
+
+class CapacityExceeded(HearthError):
+    """429: the host cannot hold another sandbox of that size right now."""
+
+
+class ConnectionFailed(HearthError):
+    """The server could not be reached, or the connection broke mid-request."""
+
+
+class RequestTimeout(HearthError):
+    """The server did not answer within the client's timeout."""
+
+
+class StreamLost(HearthError):
+    """A stream broke and could not be resumed (after retrying)."""
+
+
+_BY_STATUS: dict[int, type[HearthError]] = {
+    400: InvalidArgument,
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: OutputTooLarge,
+    429: CapacityExceeded,
+}
+
+
+def error_from_response(response: httpx.Response) -> HearthError:
+    """Turn an error response into the matching :class:`HearthError`.
+
+    The body must already be read. A body that is not Hearth's error JSON
+    (say, from a proxy in between) still gives an error with the status
+    and the start of the body as its message.
+    """
+    status = response.status_code
+    cls = _BY_STATUS.get(status, HearthError)
+    code = f"http_{status}"
+    message = response.reason_phrase or "request failed"
+    field: str | None = None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    detail = body.get("error") if isinstance(body, dict) else None
+    if isinstance(detail, dict):
+        code = str(detail.get("code") or code)
+        message = str(detail.get("message") or message)
+        raw_field = detail.get("field")
+        field = str(raw_field) if raw_field is not None else None
+    elif response.content:
+        text = response.content[:500].decode("utf-8", errors="replace").strip()
+        if text:
+            message = f"{message}: {text}"
+    return cls(message, code=code, status=status, field=field)
