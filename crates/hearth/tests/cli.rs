@@ -1,9 +1,11 @@
 //! End-to-end tests that drive the real `hearth` binary (and real VMs).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 struct Env {
     home: tempfile::TempDir,
@@ -16,11 +18,7 @@ impl Env {
             .prefix("hc")
             .tempdir_in("/tmp")
             .unwrap();
-        let images = std::env::var_os("HEARTH_IMAGES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".local/share/hearth/images")
-            });
+        let images = common::images();
         Self { home, images }
     }
 
@@ -44,7 +42,7 @@ impl Env {
     }
 
     fn live_vmms(&self) -> Vec<u32> {
-        pids_mentioning(self.home.path())
+        common::live_vmms(self.home.path())
     }
 
     fn assert_clean(&self) {
@@ -61,23 +59,6 @@ impl Env {
             self.sandboxes()
         );
     }
-}
-
-fn pids_mentioning(path: &Path) -> Vec<u32> {
-    let needle = path.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// Kills the child if the test fails before it is reaped.

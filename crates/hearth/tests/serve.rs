@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+
+mod common;
+use common::{images, live_vmms};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -16,14 +19,6 @@ struct Served {
     child: Option<Child>,
     url: String,
     http: reqwest::Client,
-}
-
-fn images() -> PathBuf {
-    std::env::var_os("HEARTH_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".local/share/hearth/images")
-        })
 }
 
 impl Served {
@@ -164,23 +159,6 @@ fn temp_home() -> tempfile::TempDir {
         .prefix("hs")
         .tempdir_in("/tmp")
         .unwrap()
-}
-
-fn live_vmms(home: &Path) -> Vec<u32> {
-    let needle = home.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("qemu-system") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 fn wait_no_vmms(home: &Path) {
