@@ -31,6 +31,9 @@ struct Args {
     /// Also boot up to this many 256 MiB sandboxes at once (0 skips it).
     #[arg(long, default_value_t = 0)]
     capacity: usize,
+    /// Extra arguments for `hearth serve` (e.g. `--serve-arg=--vcpu-budget=256`).
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -107,9 +110,15 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(hearth: &PathBuf, home: &std::path::Path, images: &std::path::Path) -> Result<Server> {
+    fn start(
+        hearth: &PathBuf,
+        home: &std::path::Path,
+        images: &std::path::Path,
+        extra: &[String],
+    ) -> Result<Server> {
         let mut child = Command::new(hearth)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("HEARTH_HOME", home)
             .env("HEARTH_IMAGES", images)
             .stdout(Stdio::piped())
@@ -161,7 +170,7 @@ async fn main() -> Result<()> {
 
 async fn run(args: &Args, scratch: &std::path::Path, images: &std::path::Path) -> Result<()> {
     let server_home = scratch.join("server");
-    let server = Server::start(&args.hearth, &server_home, images)?;
+    let server = Server::start(&args.hearth, &server_home, images, &args.serve_args)?;
     let pid = server.child.id();
     println!("server RSS at start: {:.1} MiB", rss_mib(pid));
 

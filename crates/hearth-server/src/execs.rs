@@ -27,6 +27,10 @@ use crate::replay::{NextItem, ReplayBuffer};
 
 /// Finished execs kept per sandbox for listing and replay.
 pub const KEPT_FINISHED: usize = 32;
+/// Output kept for replay across a sandbox's finished execs, so that many
+/// chatty commands cannot make the server hold 32 full replay buffers per
+/// sandbox.
+pub const KEPT_FINISHED_BYTES: usize = 16 << 20;
 
 /// What the API shows about an exec.
 #[derive(Debug, Clone)]
@@ -456,23 +460,26 @@ pub struct ExecTable {
 
 impl ExecTable {
     /// Add a started exec and its pump; forget the oldest finished ones
-    /// beyond [`KEPT_FINISHED`].
+    /// beyond [`KEPT_FINISHED`] or [`KEPT_FINISHED_BYTES`].
     pub fn insert(&self, entry: Arc<ExecEntry>, pump: tokio::task::JoinHandle<()>) {
         let key = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut execs = self.execs.lock().expect("exec table lock");
         execs.insert(key, entry);
-        let finished: Vec<u64> = execs
+        // Newest first: keep finished execs while both limits allow.
+        let finished: Vec<(u64, usize)> = execs
             .iter()
+            .rev()
             .filter(|(_, e)| e.is_finished())
-            .map(|(k, _)| *k)
+            .map(|(k, e)| (*k, e.lock().bytes()))
             .collect();
-        for key in finished
-            .iter()
-            .take(finished.len().saturating_sub(KEPT_FINISHED))
-        {
-            execs.remove(key);
+        let mut kept_bytes = 0;
+        for (n, (key, bytes)) in finished.into_iter().enumerate() {
+            kept_bytes += bytes;
+            if n >= KEPT_FINISHED || kept_bytes > KEPT_FINISHED_BYTES {
+                execs.remove(&key);
+            }
         }
         let mut pumps = self.pumps.lock().expect("pump list lock");
         pumps.retain(|p| !p.is_finished());

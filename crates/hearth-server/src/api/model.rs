@@ -357,7 +357,8 @@ pub struct ExecView {
 /// `GET /v1/sandboxes/{id}/execs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecList {
-    /// Oldest first (the last 32 finished ones are kept).
+    /// Oldest first. Finished ones are kept up to 32, and up to 16 MiB of
+    /// their output, newest first.
     pub execs: Vec<ExecView>,
 }
 
