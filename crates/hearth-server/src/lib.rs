@@ -13,12 +13,14 @@ pub mod api;
 pub mod error;
 pub mod events;
 pub mod execs;
+mod live;
 pub mod manager;
 pub mod metrics;
 pub mod options;
 mod recovery;
 pub mod replay;
 mod server;
+mod specs;
 pub mod token;
 
 pub use admission::Capacity;

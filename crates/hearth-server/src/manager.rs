@@ -1,7 +1,7 @@
 //! The sandboxes a server runs: admission, boot, the state machine as
 //! recorded in the store, execs, and the end of each sandbox.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,16 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use hearth_sandbox::lifecycle::new_sandbox_id;
-use hearth_sandbox::{EndReason, ExecOptions, HearthHome, Sandbox, SandboxEnd, SandboxOptions};
+use hearth_sandbox::{EndReason, HearthHome, Sandbox, SandboxEnd, SandboxOptions};
 use hearth_store::{NewSandbox, SandboxRecord, SandboxState, Transition};
 use hearth_vm::Driver;
 
-use crate::admission::{Admission, Reservation};
+use crate::admission::Admission;
 use crate::error::ApiError;
 use crate::events::EventLog;
 use crate::execs::{ExecEntry, ExecMeta, ExecTable, PumpContext};
+pub use crate::live::LiveSandbox;
 use crate::metrics::{LimitLabel, Metrics, ReasonLabel};
 use crate::options::ServerOptions;
+pub use crate::specs::{CreateSpec, ExecSpec};
 
 /// How long the record of a sandbox's end waits for its execs' ends to be
 /// recorded first.
@@ -33,71 +35,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A sandbox this server is running (or booting).
-pub struct LiveSandbox {
-    id: String,
-    /// Environment every exec in it gets (exec env wins).
-    env: BTreeMap<String, String>,
-    sandbox: Mutex<Option<Sandbox>>,
-    state: Mutex<SandboxState>,
-    /// When it will time out, ms since the epoch.
-    expires_ms: Mutex<Option<u64>>,
-    cancel_boot: CancellationToken,
-    /// Becomes true once its end is recorded.
-    ended: watch::Sender<bool>,
-    execs: ExecTable,
-    _reservation: Reservation,
-}
-
-impl LiveSandbox {
-    /// The sandbox, once running.
-    pub fn sandbox(&self) -> Option<Sandbox> {
-        self.sandbox.lock().expect("sandbox lock").clone()
-    }
-
-    /// Its execs.
-    pub fn execs(&self) -> &ExecTable {
-        &self.execs
-    }
-
-    /// Its current state.
-    pub fn state(&self) -> SandboxState {
-        *self.state.lock().expect("state lock")
-    }
-
-    /// When it will time out, ms since the epoch.
-    pub fn expires_ms(&self) -> Option<u64> {
-        *self.expires_ms.lock().expect("expiry lock")
-    }
-
-    async fn wait_ended(&self) {
-        let mut ended = self.ended.subscribe();
-        let _ = ended.wait_for(|e| *e).await;
-    }
-}
-
-/// What a create asks for, validated by the API layer.
-#[derive(Debug, Clone)]
-pub struct CreateSpec {
-    /// Sandbox options.
-    pub options: SandboxOptions,
-    /// Default environment of its execs.
-    pub env: BTreeMap<String, String>,
-}
-
-/// What an exec asks for.
-#[derive(Debug, Clone)]
-pub struct ExecSpec {
-    /// The command.
-    pub options: ExecOptions,
-    /// Data for stdin, written and then closed unless `stdin_open`.
-    pub stdin: Option<bytes::Bytes>,
-    /// Keep stdin open for later writes.
-    pub stdin_open: bool,
-    /// Run with no client attached.
-    pub background: bool,
 }
 
 /// The sandboxes of one server. Cheap to clone.
@@ -309,7 +246,9 @@ impl SandboxManager {
 
         let (done_tx, done_rx) = oneshot::channel();
         let manager = self.clone();
-        let span = tracing::info_span!(parent: None, "sandbox", id = %id);
+        // A child of the create request, though it outlives it: the trace
+        // of a create shows the boot.
+        let span = tracing::info_span!("sandbox", id = %id);
         tokio::spawn(
             async move {
                 let result = manager.boot(live, options).await;

@@ -919,12 +919,12 @@ async fn after_a_kill_9_the_next_server_reaps_the_vms_and_marks_them_lost() {
     wait_no_vmms(home.path());
 }
 
+/// A span as received: name, resource `service.name`, trace id.
+type ReceivedSpan = (String, String, Vec<u8>);
+
 /// A minimal OTLP/HTTP collector: decodes every trace export it receives
-/// and keeps (span name, resource service.name).
-async fn otlp_receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+/// and keeps what [`ReceivedSpan`] holds.
+async fn otlp_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>) {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
     use prost::Message;
@@ -951,7 +951,9 @@ async fn otlp_receiver() -> (
                         .unwrap_or_default();
                     for scope in resource_spans.scope_spans {
                         for span in scope.spans {
-                            sink.lock().unwrap().push((span.name, service.clone()));
+                            sink.lock()
+                                .unwrap()
+                                .push((span.name, service.clone(), span.trace_id));
                         }
                     }
                 }
@@ -990,12 +992,20 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
     // Shutdown flushes the batch exporter.
     assert!(server.signal("TERM").success());
     let spans = spans.lock().unwrap().clone();
-    let names: Vec<&str> = spans.iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = spans.iter().map(|(name, _, _)| name.as_str()).collect();
     for expected in ["request", "sandbox", "exec", "exec_output"] {
         assert!(names.contains(&expected), "no {expected} span in {names:?}");
     }
     assert!(
-        spans.iter().all(|(_, service)| service == "hearth"),
+        spans.iter().all(|(_, service, _)| service == "hearth"),
         "{spans:?}"
+    );
+    // The boot is part of the create request's trace.
+    let boot = spans.iter().find(|(name, _, _)| name == "sandbox").unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|(name, _, trace)| name == "request" && *trace == boot.2),
+        "the sandbox span is in no request's trace: {spans:?}"
     );
 }

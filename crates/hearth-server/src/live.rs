@@ -1,0 +1,58 @@
+//! A sandbox the server runs (or boots): its VM once up, its recorded
+//! state, its execs, and the admission reservation it holds until it ends.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use hearth_sandbox::Sandbox;
+use hearth_store::SandboxState;
+
+use crate::admission::Reservation;
+use crate::execs::ExecTable;
+
+/// A sandbox this server is running (or booting).
+pub struct LiveSandbox {
+    pub(crate) id: String,
+    /// Environment every exec in it gets (exec env wins).
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) sandbox: Mutex<Option<Sandbox>>,
+    pub(crate) state: Mutex<SandboxState>,
+    /// When it will time out, ms since the epoch.
+    pub(crate) expires_ms: Mutex<Option<u64>>,
+    pub(crate) cancel_boot: CancellationToken,
+    /// Becomes true once its end is recorded.
+    pub(crate) ended: watch::Sender<bool>,
+    pub(crate) execs: ExecTable,
+    pub(crate) _reservation: Reservation,
+}
+
+impl LiveSandbox {
+    /// The sandbox, once running.
+    pub fn sandbox(&self) -> Option<Sandbox> {
+        self.sandbox.lock().expect("sandbox lock").clone()
+    }
+
+    /// Its execs.
+    pub fn execs(&self) -> &ExecTable {
+        &self.execs
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> SandboxState {
+        *self.state.lock().expect("state lock")
+    }
+
+    /// When it will time out, ms since the epoch.
+    pub fn expires_ms(&self) -> Option<u64> {
+        *self.expires_ms.lock().expect("expiry lock")
+    }
+
+    /// Wait until its end is recorded.
+    pub(crate) async fn wait_ended(&self) {
+        let mut ended = self.ended.subscribe();
+        let _ = ended.wait_for(|e| *e).await;
+    }
+}
