@@ -450,6 +450,21 @@ impl Pump {
     }
 }
 
+/// Which finished execs to forget, given (key, buffered bytes) newest
+/// first: all past the first [`KEPT_FINISHED`], and all from the one that
+/// takes the total past [`KEPT_FINISHED_BYTES`].
+fn to_forget(finished_newest_first: &[(u64, usize)]) -> Vec<u64> {
+    let mut kept_bytes = 0;
+    let mut forget = Vec::new();
+    for (n, (key, bytes)) in finished_newest_first.iter().enumerate() {
+        kept_bytes += bytes;
+        if n >= KEPT_FINISHED || kept_bytes > KEPT_FINISHED_BYTES {
+            forget.push(*key);
+        }
+    }
+    forget
+}
+
 /// The execs of one sandbox, by id, oldest first.
 #[derive(Default)]
 pub struct ExecTable {
@@ -474,12 +489,8 @@ impl ExecTable {
             .filter(|(_, e)| e.is_finished())
             .map(|(k, e)| (*k, e.lock().bytes()))
             .collect();
-        let mut kept_bytes = 0;
-        for (n, (key, bytes)) in finished.into_iter().enumerate() {
-            kept_bytes += bytes;
-            if n >= KEPT_FINISHED || kept_bytes > KEPT_FINISHED_BYTES {
-                execs.remove(&key);
-            }
+        for key in to_forget(&finished) {
+            execs.remove(&key);
         }
         let mut pumps = self.pumps.lock().expect("pump list lock");
         pumps.retain(|p| !p.is_finished());
@@ -513,6 +524,26 @@ impl ExecTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finished_execs_are_kept_by_count_and_by_bytes_newest_first() {
+        // Small outputs: only the count limit applies.
+        let small: Vec<(u64, usize)> = (0..40u64).rev().map(|k| (k, 10)).collect();
+        let forgotten = to_forget(&small);
+        assert_eq!(forgotten, (0..8u64).rev().collect::<Vec<_>>());
+        // Large outputs: the newest that fit in 16 MiB stay, older ones go.
+        let mib = 1 << 20;
+        let large = [
+            (9, 4 * mib),
+            (8, 4 * mib),
+            (7, 4 * mib),
+            (6, 4 * mib),
+            (5, 1),
+            (4, 4 * mib),
+        ];
+        assert_eq!(to_forget(&large), [5, 4]);
+        assert!(to_forget(&[]).is_empty());
+    }
 
     #[test]
     fn utf8_is_split_only_at_character_boundaries() {
