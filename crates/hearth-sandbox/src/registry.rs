@@ -186,7 +186,7 @@ fn wait_gone(process: &ProcessId, limit: Duration) {
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use hearth_sandbox::lifecycle::new_sandbox_id;
+use hearth_sandbox::registry::now_ms;
 use hearth_sandbox::{EndReason, HearthHome, Sandbox, SandboxEnd, SandboxOptions};
 use hearth_store::{NewSandbox, SandboxRecord, SandboxState, Transition};
 use hearth_vm::Driver;
@@ -29,13 +30,6 @@ pub use crate::specs::{CreateSpec, ExecSpec};
 /// How long the record of a sandbox's end waits for its execs' ends to be
 /// recorded first.
 const EXEC_DRAIN: Duration = Duration::from_secs(5);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The sandboxes of one server. Cheap to clone.
 #[derive(Clone)]
@@ -275,43 +269,26 @@ impl SandboxManager {
             Some(Ok(sandbox)) => sandbox,
             Some(Err(error)) => {
                 let api_error = ApiError::from(error);
-                let change = Transition {
-                    state: Some(SandboxState::Failed),
-                    end_reason: Some(EndReason::BootFailed.as_str().into()),
-                    end_message: Some(api_error.message.clone()),
-                    ..Transition::default()
-                };
-                let data = json!({"reason": "boot_failed", "message": api_error.message});
-                if let Err(e) = self.move_to(&live, change, "sandbox.failed", data).await {
-                    tracing::error!(error = %e.message, "cannot record a failed boot");
-                }
-                self.inner
-                    .metrics
-                    .ends
-                    .get_or_create(&ReasonLabel {
-                        reason: "boot_failed".into(),
-                    })
-                    .inc();
-                self.forget(&live);
+                self.record_end(
+                    &live,
+                    SandboxState::Failed,
+                    EndReason::BootFailed,
+                    &api_error.message,
+                    json!({}),
+                )
+                .await;
                 return Err(api_error);
             }
             None => {
-                let change = Transition {
-                    state: Some(SandboxState::Stopped),
-                    end_reason: Some(EndReason::Destroyed.as_str().into()),
-                    end_message: Some("destroyed while booting".into()),
-                    ..Transition::default()
-                };
-                let data = json!({"reason": "destroyed", "message": "destroyed while booting"});
-                let _ = self.move_to(&live, change, "sandbox.stopped", data).await;
-                self.inner
-                    .metrics
-                    .ends
-                    .get_or_create(&ReasonLabel {
-                        reason: "destroyed".into(),
-                    })
-                    .inc();
-                self.forget(&live);
+                let message = "destroyed while booting";
+                self.record_end(
+                    &live,
+                    SandboxState::Stopped,
+                    EndReason::Destroyed,
+                    message,
+                    json!({}),
+                )
+                .await;
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "sandbox_ended",
@@ -354,37 +331,56 @@ impl SandboxManager {
     async fn monitor(&self, live: Arc<LiveSandbox>, sandbox: Sandbox) {
         let end: SandboxEnd = sandbox.wait().await;
         live.execs.drain(EXEC_DRAIN).await;
-        let state = final_state(end.reason);
         if end.reason.is_failure() {
             self.inner.metrics.vm_crashes.inc();
         }
-        self.inner
-            .metrics
-            .ends
-            .get_or_create(&ReasonLabel {
-                reason: end.reason.as_str().into(),
-            })
-            .inc();
-        let change = Transition {
-            state: Some(state),
-            end_reason: Some(end.reason.as_str().into()),
-            end_message: Some(end.message.clone()),
-            ..Transition::default()
-        };
         let data = json!({
-            "reason": end.reason,
-            "message": end.message,
             "lifetime_ms": end.lifetime_ms,
             "console_tail": end.console_tail,
             "console_log": end.console_log,
         });
-        let kind = format!("sandbox.{}", state.as_str());
-        if let Err(error) = self.move_to(&live, change, &kind, data).await {
-            tracing::error!(error = %error.message, "cannot record the end of a sandbox");
-        }
-        tracing::info!(reason = %end.reason, "sandbox ended");
         drop(sandbox);
-        self.forget(&live);
+        self.record_end(
+            &live,
+            final_state(end.reason),
+            end.reason,
+            &end.message,
+            data,
+        )
+        .await;
+        tracing::info!(reason = %end.reason, "sandbox ended");
+    }
+
+    /// Record that `live` ended in `state` for `reason` (with `data` plus
+    /// the reason and message), count it, and forget it.
+    async fn record_end(
+        &self,
+        live: &LiveSandbox,
+        state: SandboxState,
+        reason: EndReason,
+        message: &str,
+        mut data: serde_json::Value,
+    ) {
+        self.inner
+            .metrics
+            .ends
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().into(),
+            })
+            .inc();
+        data["reason"] = json!(reason.as_str());
+        data["message"] = json!(message);
+        let change = Transition {
+            state: Some(state),
+            end_reason: Some(reason.as_str().into()),
+            end_message: Some(message.to_string()),
+            ..Transition::default()
+        };
+        let kind = format!("sandbox.{}", state.as_str());
+        if let Err(error) = self.move_to(live, change, &kind, data).await {
+            tracing::error!(error = %error.message, %kind, "cannot record the end of a sandbox");
+        }
+        self.forget(live);
     }
 
     fn forget(&self, live: &LiveSandbox) {

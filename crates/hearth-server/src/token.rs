@@ -33,40 +33,21 @@ fn new_token() -> String {
 /// Read the token of `home`, creating it (mode 0600) if there is none.
 pub fn ensure_token(home: &HearthHome) -> Result<String> {
     let path = token_path(home);
+    let reading = || ServerError::io(format!("reading the API token {}", path.display()));
     match read_token(&path) {
         Ok(token) => return Ok(token),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(ServerError::io(format!(
-                "reading the API token {}",
-                path.display()
-            ))(e))
-        }
+        Err(e) => return Err(reading()(e)),
     }
-    fs::create_dir_all(home.root()).map_err(ServerError::io(format!(
-        "creating {}",
-        home.root().display()
-    )))?;
-    let token = new_token();
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut file) => {
-            file.write_all(format!("{token}\n").as_bytes())
-                .and_then(|_| file.sync_all())
-                .map_err(ServerError::io(format!(
-                    "writing the API token {}",
-                    path.display()
-                )))?;
-            Ok(token)
+    let (tmp, token) = write_new_token(home)?;
+    // Linking fails if the file appeared meanwhile: then use that one.
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_token(&path).map_err(reading())
         }
-        // Someone else created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(&path).map_err(
-            ServerError::io(format!("reading the API token {}", path.display())),
-        ),
         Err(e) => Err(ServerError::io(format!(
             "creating the API token {}",
             path.display()
@@ -77,11 +58,25 @@ pub fn ensure_token(home: &HearthHome) -> Result<String> {
 /// Replace the token of `home` with a new one and return it. Clients with
 /// the old token are refused from then on.
 pub fn rotate_token(home: &HearthHome) -> Result<String> {
+    let path = token_path(home);
+    let (tmp, token) = write_new_token(home)?;
+    if let Err(e) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(ServerError::io(format!(
+            "writing the API token {}",
+            path.display()
+        ))(e));
+    }
+    Ok(token)
+}
+
+/// A new token, written whole and synced to a private temporary file in
+/// the home, so that the token file itself only ever appears complete.
+fn write_new_token(home: &HearthHome) -> Result<(PathBuf, String)> {
     fs::create_dir_all(home.root()).map_err(ServerError::io(format!(
         "creating {}",
         home.root().display()
     )))?;
-    let path = token_path(home);
     let tmp = home.root().join(format!(".token.{}.tmp", random_hex(4)));
     let token = new_token();
     let written = OpenOptions::new()
@@ -92,16 +87,15 @@ pub fn rotate_token(home: &HearthHome) -> Result<String> {
         .and_then(|mut file| {
             file.write_all(format!("{token}\n").as_bytes())?;
             file.sync_all()
-        })
-        .and_then(|_| fs::rename(&tmp, &path));
+        });
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(ServerError::io(format!(
             "writing the API token {}",
-            path.display()
+            tmp.display()
         ))(e));
     }
-    Ok(token)
+    Ok((tmp, token))
 }
 
 /// Read a token file, refusing one that others can read.

@@ -274,7 +274,7 @@ async fn cp(home: &HearthHome, args: CpArgs) -> Result<i32> {
                 let file = tokio::fs::File::open(&args.source)
                     .await
                     .with_context(|| format!("opening {}", args.source))?;
-                reqwest::Body::wrap_stream(tokio_util_stream(file))
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))
             };
             let request = api
                 .request(reqwest::Method::PUT, &format!("/v1/sandboxes/{id}/files"))
@@ -319,24 +319,6 @@ async fn cp(home: &HearthHome, args: CpArgs) -> Result<i32> {
         (Some(_), Some(_)) => bail!("copying between two sandboxes is not supported; copy through a local file"),
         (None, None) => bail!("one side must be a sandbox path written ID:/absolute/path, e.g. sb-0123456789ab:/root/out.txt"),
     }
-}
-
-/// A file as a stream of chunks, for streamed uploads.
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 256 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(bytes::Bytes::from(buf)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    })
 }
 
 async fn rm(home: &HearthHome, args: RmArgs) -> Result<i32> {
