@@ -30,6 +30,8 @@ packages=(
   cpio
   ca-certificates
   procps            # pgrep, used by the test suite's leak check
+  postgresql        # the shared store of several nodes, and its tests
+  util-linux        # unshare: the fake VM driver's PID namespaces (tests)
 )
 missing=()
 for p in "${packages[@]%% *}"; do

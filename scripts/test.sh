@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need, builds the guest image
-# (cached across runs), checks formatting and lints, runs every test (real
-# VMs included), and fails if any QEMU process or sandbox file is left over.
+# The whole test suite: installs what the tests need (QEMU, PostgreSQL,
+# cargo-nextest, cargo-fuzz), builds the guest image (cached across runs),
+# starts PostgreSQL, checks formatting and lints, builds the fuzz targets,
+# runs every test (real VMs and a real PostgreSQL included), and fails if
+# any QEMU process, fake VM, sandbox file or test database is left over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,23 +11,37 @@ scripts/setup.sh
 export HEARTH_IMAGES="${HEARTH_IMAGES:-${HEARTH_HOME:-$HOME/.local/share/hearth}/images}"
 export HEARTH_GUEST_AGENT="$PWD/target/release/hearth-guest"
 
+# nextest's per-test timeouts are what kill a hung VM: required.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest >&2
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "test: installing cargo-fuzz" >&2
+  cargo install --locked cargo-fuzz >&2
+fi
+
+echo "test: starting PostgreSQL" >&2
+HEARTH_TEST_POSTGRES="$(scripts/postgres.sh)"
+export HEARTH_TEST_POSTGRES
+
 echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
 
-# VMs that were running before the tests (another user's) are not ours.
+echo "test: building the fuzz targets" >&2
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build --dev)
+
+# What was there before the tests (another user's) is not ours.
+marker="$(mktemp /tmp/hearth-test-start.XXXXXX)"
 qemu_before=$(pgrep -f 'qemu-system-x86_64.*hearth-' || true)
+agents_before=$(pgrep -f 'hearth-guest serve-unix' || true)
 
 echo "test: running the test suite" >&2
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
-  # nextest does not run doctests.
-  cargo test --workspace --doc
-else
-  echo "test: cargo-nextest not found; using cargo test" >&2
-  cargo test --workspace --no-fail-fast
-fi
+cargo nextest run --workspace --no-fail-fast
+# nextest does not run doctests.
+cargo test --workspace --doc
 
 echo "test: fuzzing the HTTP API with schemathesis" >&2
 cargo build -p hearth
@@ -35,14 +51,38 @@ echo "test: Python SDK against a real server" >&2
 python3 -m pip install -q -e 'sdk/python[test]'
 HEARTH_BIN="$PWD/target/debug/hearth" python3 -m pytest -q sdk/python/tests
 
-echo "test: checking for leaked VMs" >&2
+echo "test: checking for leftovers" >&2
+failed=0
 leaked=""
 for pid in $(pgrep -f 'qemu-system-x86_64.*hearth-' || true); do
   grep -qx "$pid" <<<"$qemu_before" || leaked="$leaked $pid"
 done
+for pid in $(pgrep -f 'hearth-guest serve-unix' || true); do
+  grep -qx "$pid" <<<"$agents_before" || leaked="$leaked $pid"
+done
 if [ -n "$leaked" ]; then
   ps -o pid,args -p $leaked >&2 || true
-  echo "test: FAILED: QEMU processes left running after the tests:$leaked" >&2
-  exit 1
+  echo "test: FAILED: VM processes left running after the tests:$leaked" >&2
+  failed=1
 fi
-echo "test: no QEMU process left over" >&2
+# Test homes are temporary directories under /tmp named hh*; a sandbox's
+# files live in <home>/sandboxes/<id> while it runs.
+left_files=$(find /tmp -maxdepth 3 -newer "$marker" -path '/tmp/hh*/sandboxes/*' 2>/dev/null || true)
+home_sandboxes="${HEARTH_HOME:-$HOME/.local/share/hearth}/sandboxes"
+if [ -d "$home_sandboxes" ]; then
+  left_files="$left_files$(find "$home_sandboxes" -mindepth 1 -maxdepth 1 -newer "$marker")"
+fi
+if [ -n "$left_files" ]; then
+  echo "$left_files" >&2
+  echo "test: FAILED: sandbox files left behind by the tests" >&2
+  failed=1
+fi
+left_dbs=$(runuser -u postgres -- psql -qtA -c "SELECT datname FROM pg_database WHERE datname LIKE 'hearth\_t\_%'" 2>/dev/null || true)
+if [ -n "$left_dbs" ]; then
+  echo "$left_dbs" >&2
+  echo "test: FAILED: test databases left behind" >&2
+  failed=1
+fi
+rm -f "$marker"
+[ "$failed" -eq 0 ] || exit 1
+echo "test: nothing left over" >&2

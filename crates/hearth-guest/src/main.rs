@@ -11,10 +11,12 @@ const USAGE: &str = "usage: hearth-guest serve-unix <socket-path> [--cgroup-root
 As PID 1 (the initramfs /init) it boots the VM and serves the host channel.";
 
 fn main() -> ExitCode {
-    if std::process::id() == 1 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // PID 1 boots the VM, unless told to serve a socket: the fake VM driver
+    // runs the agent as PID 1 of a PID namespace on the host.
+    if std::process::id() == 1 && args.first().map(String::as_str) != Some("serve-unix") {
         hearth_guest::init::run_pid1();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--version") => {
             println!("hearth-guest {}", env!("CARGO_PKG_VERSION"));

@@ -111,6 +111,29 @@ impl Sandbox {
         driver: &dyn Driver,
         options: SandboxOptions,
     ) -> Result<Sandbox> {
+        Self::create_with_id(home, driver, new_sandbox_id(), options).await
+    }
+
+    /// [`Sandbox::create`] with an id chosen by the caller (a server that
+    /// recorded the sandbox before booting it), so that the VM, its files
+    /// and its hostname carry the id the caller knows it by. The id must be
+    /// 1 to 64 lowercase letters, digits and `-`.
+    pub async fn create_with_id(
+        home: &HearthHome,
+        driver: &dyn Driver,
+        id: String,
+        options: SandboxOptions,
+    ) -> Result<Sandbox> {
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return Err(SandboxError::InvalidOption(format!(
+                "sandbox id {id:?} is not valid: use 1 to 64 lowercase letters, digits and '-'"
+            )));
+        }
         options.validate()?;
         let started = Instant::now();
         let image = {
@@ -121,7 +144,6 @@ impl Sandbox {
                 .map_err(|e| SandboxError::InvalidOption(format!("image lookup failed: {e}")))??
         };
         let accel = hearth_vm::accel::detect(options.accel)?;
-        let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", id = %id);
         Self::boot(home, driver, options, image, accel, id, started)
             .instrument(span)

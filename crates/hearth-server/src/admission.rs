@@ -2,7 +2,9 @@
 //! sandbox next to all the others, so that too many sandboxes get a clear
 //! 429 instead of pushing the host into swap or its OOM killer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use hearth_proto::ByteSize;
 use serde::Serialize;
@@ -81,7 +83,7 @@ pub struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut used = self.used.lock().expect("admission lock");
+        let mut used = self.used.lock();
         used.sandboxes -= 1;
         used.memory_bytes -= self.memory_bytes;
         used.vcpus -= self.vcpus;
@@ -115,7 +117,7 @@ impl Admission {
 
     /// What is in use now.
     pub fn usage(&self) -> Usage {
-        let used = self.used.lock().expect("admission lock");
+        let used = self.used.lock();
         Usage {
             sandboxes: used.sandboxes,
             memory_bytes: used.memory_bytes,
@@ -127,7 +129,7 @@ impl Admission {
     /// limit it would break.
     pub fn reserve(&self, memory: ByteSize, vcpus: u32) -> Result<Reservation, Refusal> {
         let memory_bytes = memory.bytes() + VM_OVERHEAD.bytes();
-        let mut used = self.used.lock().expect("admission lock");
+        let mut used = self.used.lock();
         let cap = self.capacity;
         if used.sandboxes + 1 > cap.max_sandboxes {
             return Err(Refusal {

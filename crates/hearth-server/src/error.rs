@@ -11,6 +11,8 @@ use hearth_proto::ErrorCode;
 use hearth_sandbox::SandboxError;
 use hearth_store::StoreError;
 
+use crate::manager::ManagerError;
+
 /// What can stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -166,7 +168,40 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(id) => Self::sandbox_not_found(&id),
+            StoreError::Unavailable { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                error.to_string(),
+            ),
+            StoreError::Fenced { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_fenced",
+                format!("{error}; this node no longer owns that sandbox, which was recorded lost"),
+            ),
             other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(error: ManagerError) -> Self {
+        let message = error.to_string();
+        match error {
+            ManagerError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            ManagerError::ImageUnavailable { .. } => Self::invalid("image", message),
+            ManagerError::CapacityExceeded { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "capacity_exceeded", message)
+            }
+            ManagerError::NotFound { id } => Self::sandbox_not_found(&id),
+            ManagerError::NotRunning { id, state } => Self::not_running(&id, &state),
+            ManagerError::DestroyedWhileBooting { .. } => {
+                Self::new(StatusCode::CONFLICT, "sandbox_ended", message)
+            }
+            ManagerError::Sandbox(e) => e.into(),
+            ManagerError::Store(e) => e.into(),
+            ManagerError::Internal(m) => Self::internal(m),
         }
     }
 }

@@ -1,47 +1,37 @@
-//! The event log: every event is stored first, then published to live
-//! subscribers, in sequence order.
+//! The event log as the server uses it: typed events written to the store
+//! under a lease, and a wake-up for live readers.
+//!
+//! Readers always read from the store after the last event number they
+//! delivered, which is exact with any number of writers (see
+//! `hearth_store::Store::events`). The wake-up only says "something was
+//! appended here, look now"; events written by other nodes are found by
+//! readers polling the store at [`EventLog::poll_interval`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::watch;
 
-use hearth_store::{Event, NewSandbox, Result, Store, Transition};
+use hearth_store::event::SandboxCreating;
+use hearth_store::{Event, EventPayload, Lease, NewSandbox, Result, Store, Transition};
 
-/// How many live events a slow subscriber may fall behind before it has to
-/// catch up from the store.
-const LIVE_BUFFER: usize = 1024;
-
-/// Event kinds that end a sandbox's history.
-pub const FINAL_KINDS: [&str; 4] = [
-    "sandbox.stopped",
-    "sandbox.failed",
-    "sandbox.timed_out",
-    "sandbox.lost",
-];
-
-/// Whether `event` is the last one of its sandbox.
-pub fn is_final(event: &Event) -> bool {
-    FINAL_KINDS.contains(&event.kind.as_str())
-}
-
-/// The store plus a live feed of what is appended to it. Cheap to clone.
+/// The store plus a wake-up for live readers. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     store: Store,
-    live: broadcast::Sender<Event>,
-    /// Held across "append, then publish" so that events are published in
-    /// sequence order: a subscriber that has seen event N has seen every
-    /// event before N.
-    order: Arc<Mutex<()>>,
+    /// The highest event number this process appended.
+    appended: Arc<watch::Sender<i64>>,
+    poll_interval: Duration,
 }
 
 impl EventLog {
-    /// A log over `store`.
-    pub fn new(store: Store) -> Self {
+    /// A log over `store`; live readers also look every `poll_interval`
+    /// for events other processes appended.
+    pub fn new(store: Store, poll_interval: Duration) -> Self {
         Self {
             store,
-            live: broadcast::channel(LIVE_BUFFER).0,
-            order: Arc::default(),
+            appended: Arc::new(watch::channel(0).0),
+            poll_interval,
         }
     }
 
@@ -50,26 +40,39 @@ impl EventLog {
         &self.store
     }
 
-    /// Live events appended from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.live.subscribe()
+    /// How often live readers look for events of other processes.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
     }
 
-    fn publish(&self, event: &Event) {
-        // No subscribers is fine.
-        let _ = self.live.send(event.clone());
+    /// Changes whenever this process appends an event.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.appended.subscribe()
     }
 
-    /// Append an event.
+    fn appended(&self, event: &Event) {
+        self.appended.send_if_modified(|last| {
+            let newer = event.seq > *last;
+            if newer {
+                *last = event.seq;
+            }
+            newer
+        });
+    }
+
+    /// Append an event under `lease` (refused once the lease was taken
+    /// over).
     pub async fn record(
         &self,
         sandbox_id: Option<&str>,
-        kind: &str,
-        data: serde_json::Value,
+        lease: &Lease,
+        payload: EventPayload,
     ) -> Result<Event> {
-        let _order = self.order.lock().await;
-        let event = self.store.append_event(sandbox_id, kind, data).await?;
-        self.publish(&event);
+        let event = self
+            .store
+            .append_event(sandbox_id, Some(lease), payload)
+            .await?;
+        self.appended(&event);
         Ok(event)
     }
 
@@ -78,35 +81,39 @@ impl EventLog {
     pub async fn record_or_log(
         &self,
         sandbox_id: Option<&str>,
-        kind: &str,
-        data: serde_json::Value,
+        lease: &Lease,
+        payload: EventPayload,
     ) {
-        if let Err(error) = self.record(sandbox_id, kind, data).await {
+        let kind = payload.kind();
+        if let Err(error) = self.record(sandbox_id, lease, payload).await {
             tracing::error!(%error, kind, sandbox = ?sandbox_id, "cannot record an event");
         }
     }
 
-    /// Record an admitted sandbox (`sandbox.creating`).
-    pub async fn insert_sandbox(&self, new: &NewSandbox, data: serde_json::Value) -> Result<Event> {
-        let _order = self.order.lock().await;
-        let event = self.store.insert_sandbox(new, data).await?;
-        self.publish(&event);
+    /// Record an admitted sandbox (`sandbox.creating`) owned under `lease`.
+    pub async fn insert_sandbox(
+        &self,
+        new: &NewSandbox,
+        lease: &Lease,
+        details: SandboxCreating,
+    ) -> Result<Event> {
+        let event = self.store.insert_sandbox(new, lease, details).await?;
+        self.appended(&event);
         Ok(event)
     }
 
-    /// Change a sandbox and record it; `None` when the change is not
-    /// allowed (it already ended).
+    /// Change a sandbox owned under `lease` and record it; `None` when the
+    /// change is not allowed (it already ended).
     pub async fn transition(
         &self,
         id: &str,
+        lease: &Lease,
         change: &Transition,
-        kind: &str,
-        data: serde_json::Value,
+        payload: EventPayload,
     ) -> Result<Option<Event>> {
-        let _order = self.order.lock().await;
-        let event = self.store.transition(id, change, kind, data).await?;
+        let event = self.store.transition(id, lease, change, payload).await?;
         if let Some(event) = &event {
-            self.publish(event);
+            self.appended(event);
         }
         Ok(event)
     }

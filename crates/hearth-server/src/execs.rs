@@ -10,15 +10,17 @@
 //! client that went away does not leave it running.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::json;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use hearth_sandbox::{ExecEvent, Execution, StdinWriter};
+use hearth_store::event::ExecFinished;
+use hearth_store::{EventPayload, Lease};
 
 use crate::events::EventLog;
 use crate::metrics::{ExitLabel, Metrics};
@@ -55,6 +57,7 @@ pub struct ExecSummary {
 pub struct ExecEntry {
     id: String,
     sandbox_id: String,
+    lease: Lease,
     argv: Vec<String>,
     cwd: Option<String>,
     background: bool,
@@ -84,6 +87,8 @@ pub struct PumpContext {
 pub struct ExecMeta {
     /// Sandbox id.
     pub sandbox_id: String,
+    /// The lease the sandbox is owned under.
+    pub lease: Lease,
     /// Program and arguments.
     pub argv: Vec<String>,
     /// Working directory.
@@ -110,6 +115,7 @@ impl ExecEntry {
         let entry = Arc::new(ExecEntry {
             id: execution.id().to_string(),
             sandbox_id: meta.sandbox_id,
+            lease: meta.lease,
             argv: meta.argv,
             cwd: meta.cwd,
             background: meta.background,
@@ -157,8 +163,8 @@ impl ExecEntry {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayBuffer> {
-        self.buffer.lock().expect("exec buffer lock")
+    fn lock(&self) -> MutexGuard<'_, ReplayBuffer> {
+        self.buffer.lock()
     }
 
     /// Ask the pump to kill the command (its whole process tree).
@@ -412,40 +418,48 @@ impl Pump {
 
     async fn record_end(&self, status: &ExecStatus, kill_reason: Option<String>) {
         let entry = &self.entry;
-        let data = match status {
+        let finished = match status {
             ExecStatus::Exited(report) => {
-                let reason = serde_json::to_value(report.reason).unwrap_or_default();
+                let reason = serde_json::to_value(report.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unknown".into());
                 let label = ExitLabel {
-                    reason: reason.as_str().unwrap_or("unknown").to_string(),
+                    reason: reason.clone(),
                 };
                 self.context
                     .metrics
                     .exec_seconds
                     .get_or_create(&label)
                     .observe(report.duration_ms as f64 / 1000.0);
-                json!({
-                    "exec_id": entry.id,
-                    "reason": reason,
-                    "code": report.code,
-                    "signal": report.signal,
-                    "message": report.message,
-                    "duration_ms": report.duration_ms,
-                    "stdout_bytes": report.stdout_bytes,
-                    "stderr_bytes": report.stderr_bytes,
-                    "killed_because": kill_reason,
-                })
+                ExecFinished {
+                    exec_id: entry.id.clone(),
+                    reason,
+                    code: Some(report.code),
+                    signal: report.signal,
+                    message: report.message.clone(),
+                    duration_ms: report.duration_ms,
+                    stdout_bytes: Some(report.stdout_bytes),
+                    stderr_bytes: Some(report.stderr_bytes),
+                    killed_because: kill_reason,
+                }
             }
-            ExecStatus::Failed(message) => json!({
-                "exec_id": entry.id,
-                "reason": "failed",
-                "message": message,
-                "duration_ms": self.started.elapsed().as_millis() as u64,
-            }),
+            ExecStatus::Failed(message) => ExecFinished {
+                exec_id: entry.id.clone(),
+                reason: "failed".into(),
+                message: Some(message.clone()),
+                duration_ms: self.started.elapsed().as_millis() as u64,
+                ..ExecFinished::default()
+            },
             ExecStatus::Running => return,
         };
         self.context
             .events
-            .record_or_log(Some(&entry.sandbox_id), "exec.finished", data)
+            .record_or_log(
+                Some(&entry.sandbox_id),
+                &entry.lease,
+                EventPayload::ExecFinished(finished),
+            )
             .await;
     }
 }
@@ -480,7 +494,7 @@ impl ExecTable {
         let key = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut execs = self.execs.lock().expect("exec table lock");
+        let mut execs = self.execs.lock();
         execs.insert(key, entry);
         // Newest first: keep finished execs while both limits allow.
         let finished: Vec<(u64, usize)> = execs
@@ -492,30 +506,25 @@ impl ExecTable {
         for key in to_forget(&finished) {
             execs.remove(&key);
         }
-        let mut pumps = self.pumps.lock().expect("pump list lock");
+        let mut pumps = self.pumps.lock();
         pumps.retain(|p| !p.is_finished());
         pumps.push(pump);
     }
 
     /// One exec.
     pub fn get(&self, id: &str) -> Option<Arc<ExecEntry>> {
-        let execs = self.execs.lock().expect("exec table lock");
+        let execs = self.execs.lock();
         execs.values().find(|e| e.id == id).cloned()
     }
 
     /// Every exec kept, oldest first.
     pub fn list(&self) -> Vec<Arc<ExecEntry>> {
-        self.execs
-            .lock()
-            .expect("exec table lock")
-            .values()
-            .cloned()
-            .collect()
+        self.execs.lock().values().cloned().collect()
     }
 
     /// Wait (at most `limit`) for every pump to record its exec's end.
     pub async fn drain(&self, limit: Duration) {
-        let pumps: Vec<_> = std::mem::take(&mut *self.pumps.lock().expect("pump list lock"));
+        let pumps: Vec<_> = std::mem::take(&mut *self.pumps.lock());
         let all = futures_util::future::join_all(pumps);
         let _ = tokio::time::timeout(limit, all).await;
     }

@@ -1,23 +1,28 @@
 //! `hearth serve`: sandboxes as a service.
 //!
-//! One process owns the sandboxes of one `HEARTH_HOME`: it admits creates
-//! against the host's capacity, boots and destroys microVMs through
-//! `hearth-sandbox`, records every transition, exec and file operation in
-//! the event log (`hearth-store`), and serves a REST API with server-sent
-//! event streams, Prometheus metrics and an OpenAPI document generated from
-//! the handlers. A server that was killed leaves nothing running: the next
-//! one reaps its VMs and records their sandboxes as `lost`.
+//! One process owns the sandboxes of one `HEARTH_HOME` and is one node of a
+//! cluster (alone on embedded SQLite, or with others on PostgreSQL): it
+//! holds a lease in the store, admits creates against its host's capacity,
+//! boots and destroys microVMs through `hearth-sandbox`, records every
+//! transition, exec and file operation in the event log (`hearth-store`)
+//! under that lease, and serves a REST API with server-sent event streams,
+//! Prometheus metrics and an OpenAPI document generated from the handlers.
+//! A node that was killed leaves nothing running (its VMs die with it); its
+//! sandboxes are recorded `lost` once its lease is found expired, by another
+//! node or by itself when it restarts.
 
 pub mod admission;
 pub mod api;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod execs;
+pub mod ids;
+pub mod lease_watch;
 mod live;
 pub mod manager;
 pub mod metrics;
 pub mod options;
-mod recovery;
 pub mod replay;
 mod server;
 mod specs;
@@ -26,4 +31,4 @@ pub mod token;
 pub use admission::Capacity;
 pub use error::{ApiError, Result, ServerError};
 pub use options::ServerOptions;
-pub use server::{Server, SERVER_FILE};
+pub use server::{Server, ServerParts, SERVER_FILE};

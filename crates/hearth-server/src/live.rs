@@ -1,14 +1,15 @@
 //! A sandbox the server runs (or boots): its VM once up, its recorded
-//! state, its execs, and the admission reservation it holds until it ends.
+//! state, its execs, the lease it is owned under, and the admission
+//! reservation it holds until it ends.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use hearth_sandbox::Sandbox;
-use hearth_store::SandboxState;
+use hearth_store::{Lease, SandboxState};
 
 use crate::admission::Reservation;
 use crate::execs::ExecTable;
@@ -16,6 +17,8 @@ use crate::execs::ExecTable;
 /// A sandbox this server is running (or booting).
 pub struct LiveSandbox {
     pub(crate) id: String,
+    /// The lease it was recorded under: every write about it carries it.
+    pub(crate) lease: Lease,
     /// Environment every exec in it gets (exec env wins).
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) sandbox: Mutex<Option<Sandbox>>,
@@ -30,9 +33,14 @@ pub struct LiveSandbox {
 }
 
 impl LiveSandbox {
+    /// Sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The sandbox, once running.
     pub fn sandbox(&self) -> Option<Sandbox> {
-        self.sandbox.lock().expect("sandbox lock").clone()
+        self.sandbox.lock().clone()
     }
 
     /// Its execs.
@@ -42,12 +50,17 @@ impl LiveSandbox {
 
     /// Its current state.
     pub fn state(&self) -> SandboxState {
-        *self.state.lock().expect("state lock")
+        *self.state.lock()
     }
 
     /// When it will time out, ms since the epoch.
     pub fn expires_ms(&self) -> Option<u64> {
-        *self.expires_ms.lock().expect("expiry lock")
+        *self.expires_ms.lock()
+    }
+
+    /// The lease it is owned under.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     /// Wait until its end is recorded.

@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use hearth_proto::ByteSize;
 use hearth_sandbox::HearthHome;
+use hearth_store::DatabaseUrl;
 use hearth_vm::AccelPreference;
 
 use crate::admission::Capacity;
+
+/// The SQLite file in the home, the default store.
+pub const DB_FILE: &str = "hearth.db";
 
 /// Everything `hearth serve` can be told.
 #[derive(Debug, Clone)]
@@ -33,6 +37,21 @@ pub struct ServerOptions {
     pub max_upload: ByteSize,
     /// How long SIGTERM waits for sandboxes to go before killing them.
     pub shutdown_grace: Duration,
+    /// The store: SQLite in the home by default, or a PostgreSQL database
+    /// shared with other nodes.
+    pub database: DatabaseUrl,
+    /// This node's id; by default the one kept in the home (`node-id`),
+    /// made on first start.
+    pub node_id: Option<String>,
+    /// Where other nodes reach this one; by default `http://` and the
+    /// listen address.
+    pub advertise_url: Option<String>,
+    /// How long this node's lease lasts without a heartbeat; other nodes
+    /// record its sandboxes lost after watching it silent that long.
+    pub lease_ttl: Duration,
+    /// How often live event streams look for events written by other
+    /// nodes.
+    pub event_poll: Duration,
 }
 
 impl ServerOptions {
@@ -40,7 +59,6 @@ impl ServerOptions {
     pub fn new(home: HearthHome) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            home,
             capacity: Capacity::from_host(),
             accel: AccelPreference::Auto,
             detach_grace: Duration::from_secs(30),
@@ -48,6 +66,12 @@ impl ServerOptions {
             exec_replay_buffer: ByteSize::mib(4),
             max_upload: ByteSize::gib(4),
             shutdown_grace: Duration::from_secs(5),
+            database: DatabaseUrl::Sqlite(home.root().join(DB_FILE)),
+            node_id: None,
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(15),
+            event_poll: Duration::from_millis(500),
+            home,
         }
     }
 }

@@ -7,11 +7,11 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use hearth_sandbox::ids::random_hex;
 use hearth_sandbox::HearthHome;
+use parking_lot::Mutex;
 
 use crate::error::{Result, ServerError};
 
@@ -77,25 +77,49 @@ fn write_new_token(home: &HearthHome) -> Result<(PathBuf, String)> {
         "creating {}",
         home.root().display()
     )))?;
-    let tmp = home.root().join(format!(".token.{}.tmp", random_hex(4)));
     let token = new_token();
+    let path = token_path(home);
+    let tmp = private_temp(&path, &format!("{token}\n")).map_err(ServerError::io(format!(
+        "writing the API token {}",
+        path.display()
+    )))?;
+    Ok((tmp, token))
+}
+
+/// `contents` in a new private (0600) file beside `path`, synced; its path.
+fn private_temp(path: &Path, contents: &str) -> std::io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", random_hex(4)));
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut file| {
-            file.write_all(format!("{token}\n").as_bytes())?;
+            file.write_all(contents.as_bytes())?;
             file.sync_all()
         });
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(ServerError::io(format!(
-            "writing the API token {}",
-            tmp.display()
-        ))(e));
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    Ok((tmp, token))
+}
+
+/// Replace `path` with a private (0600) file holding `contents`; readers
+/// only ever see the old file or the whole new one.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
+    let failed = || ServerError::io(format!("writing {}", path.display()));
+    let tmp = private_temp(path, contents).map_err(failed())?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        failed()(e)
+    })
 }
 
 /// Read a token file, refusing one that others can read.
@@ -145,7 +169,7 @@ impl TokenCheck {
     /// Whether `presented` is the current token.
     pub fn accepts(&self, presented: &str) -> bool {
         let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let mut cached = self.cached.lock().expect("token lock");
+        let mut cached = self.cached.lock();
         if modified != cached.0 {
             match read_token(&self.path) {
                 Ok(token) => *cached = (modified, token),

@@ -3,23 +3,41 @@
 /// What can go wrong reading or writing the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be opened or migrated.
-    #[error("cannot open the store at {path}: {source}")]
+    /// The database URL is malformed.
+    #[error("invalid database URL {url}: {detail}")]
+    InvalidUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The database could not be opened or reached at start.
+    #[error("cannot open the store at {url}: {source}")]
     Open {
-        /// Database file.
-        path: String,
+        /// Database URL or file, password hidden.
+        url: String,
         /// Underlying error.
         #[source]
         source: sqlx::Error,
     },
     /// The schema migration failed (a newer or damaged database).
-    #[error("cannot migrate the store at {path}: {source}; if it was written by a newer Hearth, use that version")]
+    #[error("cannot migrate the store at {url}: {source}; if it was written by a newer Hearth, use that version")]
     Migrate {
-        /// Database file.
-        path: String,
+        /// Database URL or file, password hidden.
+        url: String,
         /// Underlying error.
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+    /// The database cannot be reached now (down, restarting, network).
+    /// Nothing was written; the request can be retried.
+    #[error("the database is unavailable ({what}): {source}; retry once it is back")]
+    Unavailable {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: sqlx::Error,
     },
     /// A query failed.
     #[error("store query failed ({what}): {source}")]
@@ -44,12 +62,73 @@ pub enum StoreError {
     /// The sandbox is not in the store.
     #[error("sandbox {0} is not in the store")]
     NotFound(String),
+    /// A write that depends on ownership came with a lease that is no
+    /// longer the node's current, live lease (it was taken over), or for a
+    /// sandbox the node does not own. Nothing was written.
+    #[error("refused by the fencing check: node {node_id} (epoch {epoch}) {reason}")]
+    Fenced {
+        /// The node that tried to write.
+        node_id: String,
+        /// The epoch it wrote under.
+        epoch: i64,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Another live node, on another host or home, holds this node id.
+    #[error("node id {node_id} is held by a live node on {hostname} (home {home}) whose lease runs until {expires_ms} ms; give each server its own --node-id, or stop that one")]
+    NodeIdInUse {
+        /// The node id.
+        node_id: String,
+        /// The holder's host.
+        hostname: String,
+        /// The holder's home.
+        home: String,
+        /// When its lease runs out, ms since the epoch.
+        expires_ms: u64,
+    },
+    /// The caller asked for something that cannot be (a bug in the
+    /// caller, e.g. an event that does not match the state change).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Whether the error is the database being out of reach, so that the
+    /// request may be retried later (an API answers 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Whether a database error means "cannot reach the database" rather than
+/// "the query is wrong".
+fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: class 08 (connection exception), 57P01-57P03
+            // (admin shutdown, crash shutdown, cannot connect now), 53300
+            // (too many connections).
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 /// Wrap a query error with what was being done.
 pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
+    move |source| {
+        if is_connection_error(&source) {
+            StoreError::Unavailable { what, source }
+        } else {
+            StoreError::Query { what, source }
+        }
+    }
 }

@@ -1,15 +1,34 @@
-//! Persistence for Hearth: the sandboxes a server has run and the
-//! append-only event log of everything that happened to them.
+//! Persistence for Hearth: sandboxes, the nodes that run them, and the
+//! append-only event log of everything that happened.
 //!
-//! SQLite is embedded (one file in `$HEARTH_HOME`, WAL, `synchronous=FULL`)
-//! so that a server needs no setup and loses nothing it acknowledged, even
-//! when it is killed. A state change and the event that records it are
-//! written in one transaction: the log and the table never disagree.
+//! Two backends behind one [`Store`]: SQLite, embedded (one file in
+//! `$HEARTH_HOME`, WAL, `synchronous=FULL`) so that a server needs no setup,
+//! and PostgreSQL, shared by several nodes. A state change and the event
+//! that records it are written in one transaction, so the log and the
+//! tables never disagree; state changes are conditional updates, safe with
+//! any number of writers; every write that depends on owning a sandbox
+//! carries the owner's lease ([`Lease`], the fencing token) and is refused
+//! once that lease was taken over.
 
+mod backend;
+pub mod clock;
 mod error;
+pub mod event;
 mod model;
+mod node;
+mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod url;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{Result, StoreError};
-pub use model::{Event, NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
-pub use sqlite::Store;
+pub use event::{Event, EventPayload, EVENT_VERSION};
+pub use model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
+pub use node::{Lease, NodeCapacity, NodeLoad, NodeRecord, NodeSpec, NodeState};
+pub use store::{Store, MAX_PAGE};
+pub use url::{redact, DatabaseUrl};

@@ -5,9 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Where a sandbox is in its life. The last four are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     /// Admitted; its VM is booting.
@@ -22,8 +23,7 @@ pub enum SandboxState {
     Failed,
     /// Ran past its timeout and was killed.
     TimedOut,
-    /// Its server died while it ran; the VM was killed when a server next
-    /// started.
+    /// The node that ran it died or lost its lease; its VM is gone.
     Lost,
 }
 
@@ -116,8 +116,6 @@ pub struct NewSandbox {
     pub labels: BTreeMap<String, String>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    /// The owning server process.
-    pub server_pid: u32,
 }
 
 /// A sandbox as stored.
@@ -153,8 +151,11 @@ pub struct SandboxRecord {
     pub end_reason: Option<String>,
     /// How it ended, for a human.
     pub end_message: Option<String>,
-    /// The owning server process.
-    pub server_pid: u32,
+    /// The node that runs (or ran) its VM.
+    pub node_id: String,
+    /// That node's lease epoch when it took the sandbox: the fencing token
+    /// its writes about the sandbox carry.
+    pub node_epoch: i64,
 }
 
 /// A state change, with the fields that change with it.
@@ -177,27 +178,14 @@ pub struct Transition {
 /// Which sandboxes to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SandboxFilter {
+    /// Only sandboxes owned by this node.
+    pub node_id: Option<String>,
     /// Only these states (any, when empty).
     pub states: Vec<SandboxState>,
     /// Only sandboxes carrying every one of these labels.
     pub labels: BTreeMap<String, String>,
     /// Most records to return, newest first.
     pub limit: u32,
-}
-
-/// One entry of the event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Event id: strictly increasing across the store.
-    pub seq: i64,
-    /// The sandbox it concerns, if any (admission refusals have none).
-    pub sandbox_id: Option<String>,
-    /// When it was recorded, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// What happened, dotted (`sandbox.running`, `exec.finished`, ...).
-    pub kind: String,
-    /// Details, a JSON object.
-    pub data: serde_json::Value,
 }
 
 #[cfg(test)]

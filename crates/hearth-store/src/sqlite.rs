@@ -1,49 +1,42 @@
-//! The SQLite store.
+//! The SQLite backend: one file, embedded, for a single node.
+//!
+//! Writes go through one connection (`BEGIN IMMEDIATE`), so this process
+//! never contends with itself for SQLite's single write lock and every
+//! write transaction sees the state it changes; reads use a small pool and
+//! see committed data thanks to WAL. Event numbers come from
+//! `AUTOINCREMENT` under that one write lock, so they become visible in
+//! order.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Sqlite, SqliteConnection};
 
+use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Writer};
 use crate::error::{query, Result, StoreError};
-use crate::model::{Event, NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
+use crate::event::Event;
+use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
+use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
+use crate::{rows, sql};
 
 /// How long a statement waits for another process's lock before failing
 /// with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most rows one query returns.
-pub const MAX_PAGE: u32 = 1000;
-
-/// The store: one SQLite file. Cheap to clone.
-///
-/// Writes go through a single connection, so this process never contends
-/// with itself for SQLite's one write lock; reads use a small pool and see
-/// committed data thanks to WAL.
+/// A SQLite database file.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl Store {
-    /// Open (creating if needed) the store at `path` and bring its schema
-    /// up to date.
-    pub async fn open(path: &Path) -> Result<Store> {
-        let display = path.display().to_string();
+impl SqliteBackend {
+    /// Open (creating if needed) the file at `path` and migrate it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let display = format!("sqlite://{}", path.display());
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -52,7 +45,7 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let open_err = |source| StoreError::Open {
-            path: display.clone(),
+            url: display.clone(),
             source,
         };
         let writer = SqlitePoolOptions::new()
@@ -60,11 +53,11 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        sqlx::migrate!("./migrations")
+        sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
             .map_err(|source| StoreError::Migrate {
-                path: display.clone(),
+                url: display.clone(),
                 source,
             })?;
         let reader = SqlitePoolOptions::new()
@@ -72,23 +65,90 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(open_err)?;
-        Ok(Store { writer, reader })
+        Ok(Self { writer, reader })
     }
 
-    /// Close both pools, waiting for queries in flight.
-    pub async fn close(&self) {
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(query("beginning a write"))
+    }
+}
+
+/// Why `lease` cannot write, read inside the writing transaction.
+async fn fence(conn: &mut SqliteConnection, lease: &Lease) -> Result<Option<String>> {
+    let stored: Option<(i64, String)> =
+        sqlx::query_as("SELECT epoch, state FROM nodes WHERE id = ?")
+            .bind(&lease.node_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query("checking a lease"))?;
+    Ok(fence_refusal(
+        lease,
+        stored.as_ref().map(|(e, s)| (*e, s.as_str())),
+    ))
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    sandbox_id: Option<&str>,
+    node_id: Option<&str>,
+    event: &NewEvent,
+    now: u64,
+) -> Result<Event> {
+    let row = sqlx::query(
+        "INSERT INTO events (sandbox_id, node_id, at_ms, kind, version, data) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+    )
+    .bind(sandbox_id)
+    .bind(node_id)
+    .bind(now as i64)
+    .bind(event.kind)
+    .bind(i64::from(event.version))
+    .bind(&event.data)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(query("appending an event"))?;
+    rows::event(&row)
+}
+
+async fn node_row(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRecord>> {
+    let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query("reading a node"))?;
+    row.as_ref().map(rows::node).transpose()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Plain structs of numbers: serializing cannot fail.
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+}
+
+impl Backend for SqliteBackend {
+    async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
     }
 
-    /// Record an admitted sandbox in state `creating`, with its
-    /// `sandbox.creating` event.
-    pub async fn insert_sandbox(&self, new: &NewSandbox, data: serde_json::Value) -> Result<Event> {
-        let labels = serde_json::to_string(&new.labels).expect("labels serialize");
-        let mut tx = self.writer.begin().await.map_err(query("begin"))?;
+    async fn insert_sandbox(
+        &self,
+        new: &NewSandbox,
+        owner: &Lease,
+        event: &NewEvent,
+        now: u64,
+    ) -> Result<std::result::Result<Event, String>> {
+        let mut tx = self.begin().await?;
+        if let Some(refusal) = fence(&mut tx, owner).await? {
+            return Ok(Err(refusal));
+        }
+        let labels = to_json(&new.labels);
         let inserted = sqlx::query(
             "INSERT INTO sandboxes (id, state, image, vcpus, memory_bytes, disk_bytes, timeout_ms, \
-             labels, created_ms, updated_ms, server_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             labels, created_ms, updated_ms, node_id, node_epoch) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&new.id)
         .bind(SandboxState::Creating.as_str())
@@ -99,8 +159,9 @@ impl Store {
         .bind(new.timeout_ms.map(|t| t as i64))
         .bind(labels)
         .bind(new.created_ms as i64)
-        .bind(new.created_ms as i64)
-        .bind(i64::from(new.server_pid))
+        .bind(now as i64)
+        .bind(&owner.node_id)
+        .bind(owner.epoch)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -110,264 +171,249 @@ impl Store {
             }
             Err(e) => return Err(query("inserting a sandbox")(e)),
         }
-        let event = insert_event(&mut tx, Some(&new.id), "sandbox.creating", data).await?;
+        let event = insert_event(&mut tx, Some(&new.id), Some(&owner.node_id), event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
-        Ok(event)
+        Ok(Ok(event))
     }
 
-    /// Apply `change` to sandbox `id` and record `kind` with `data`, in one
-    /// transaction. Returns `None` (and changes nothing) when the state
-    /// change is not allowed, e.g. the sandbox already ended.
-    pub async fn transition(
+    async fn update_sandbox(
         &self,
         id: &str,
+        expected: SandboxState,
+        writer: Writer<'_>,
         change: &Transition,
-        kind: &str,
-        data: serde_json::Value,
-    ) -> Result<Option<Event>> {
-        let mut tx = self.writer.begin().await.map_err(query("begin"))?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT state FROM sandboxes WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(query("reading a sandbox state"))?;
-        let Some(current) = current else {
-            return Err(StoreError::NotFound(id.to_string()));
+        event: &NewEvent,
+        now: u64,
+    ) -> Result<Updated> {
+        let mut tx = self.begin().await?;
+        let (node_id, epoch, event_node) = match writer {
+            Writer::Owner(lease) => {
+                if let Some(refusal) = fence(&mut tx, lease).await? {
+                    return Ok(Updated::Fenced(refusal));
+                }
+                (
+                    lease.node_id.as_str(),
+                    lease.epoch,
+                    Some(lease.node_id.as_str()),
+                )
+            }
+            Writer::Takeover { node_id, epoch, by } => (node_id, epoch, by),
         };
-        let current = parse_state(&current)?;
-        if let Some(next) = change.state {
-            if !current.can_become(next) {
-                return Ok(None);
-            }
-        } else if current.is_final() {
-            return Ok(None);
-        }
-        let now = now_ms();
-        let mut update: QueryBuilder<Sqlite> =
-            QueryBuilder::new("UPDATE sandboxes SET updated_ms = ");
-        update.push_bind(now as i64);
-        if let Some(state) = change.state {
-            update.push(", state = ").push_bind(state.as_str());
-            if state.is_final() {
-                update.push(", ended_ms = ").push_bind(now as i64);
-            }
-        }
-        if let Some(accel) = &change.accelerator {
-            update.push(", accelerator = ").push_bind(accel.clone());
-        }
-        if let Some(boot) = change.boot_ms {
-            update.push(", boot_ms = ").push_bind(boot as i64);
-        }
-        if let Some(timeout) = change.timeout_ms {
-            update
-                .push(", timeout_ms = ")
-                .push_bind(timeout.map(|t| t as i64));
-        }
-        if let Some(reason) = &change.end_reason {
-            update.push(", end_reason = ").push_bind(reason.clone());
-        }
-        if let Some(message) = &change.end_message {
-            update.push(", end_message = ").push_bind(message.clone());
-        }
-        update.push(" WHERE id = ").push_bind(id);
-        update
+        let mut update = sql::update_sandbox::<Sqlite>(id, expected, node_id, epoch, change, now);
+        let done = update
             .build()
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query("updating a sandbox"))?;
-        let event = insert_event(&mut tx, Some(id), kind, data).await?;
+        if done.is_none() {
+            let current: Option<(String, String, i64)> =
+                sqlx::query_as("SELECT state, node_id, node_epoch FROM sandboxes WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query("reading a sandbox"))?;
+            return Ok(match current {
+                None => Updated::NotFound,
+                Some((_, owner, owner_epoch)) if owner != node_id || owner_epoch != epoch => {
+                    Updated::NotOwner {
+                        node_id: owner,
+                        epoch: owner_epoch,
+                    }
+                }
+                Some(_) => Updated::StateMoved,
+            });
+        }
+        let event = insert_event(&mut tx, Some(id), event_node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
-        Ok(Some(event))
+        Ok(Updated::Done(event))
     }
 
-    /// Append an event. `sandbox_id` is `None` for events about the server
-    /// (such as a refused create).
-    pub async fn append_event(
-        &self,
-        sandbox_id: Option<&str>,
-        kind: &str,
-        data: serde_json::Value,
-    ) -> Result<Event> {
-        let mut tx = self.writer.begin().await.map_err(query("begin"))?;
-        let event = insert_event(&mut tx, sandbox_id, kind, data).await?;
-        tx.commit().await.map_err(query("commit"))?;
-        Ok(event)
-    }
-
-    /// One sandbox.
-    pub async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
+    async fn sandbox(&self, id: &str) -> Result<Option<SandboxRecord>> {
         let row = sqlx::query("SELECT * FROM sandboxes WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.reader)
             .await
             .map_err(query("reading a sandbox"))?;
-        row.map(|r| sandbox_from_row(&r)).transpose()
+        row.as_ref().map(rows::sandbox).transpose()
     }
 
-    /// Sandboxes matching `filter`, newest first.
-    pub async fn list_sandboxes(&self, filter: &SandboxFilter) -> Result<Vec<SandboxRecord>> {
-        let mut select: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT * FROM sandboxes WHERE 1 = 1");
-        if !filter.states.is_empty() {
-            select.push(" AND state IN (");
-            let mut states = select.separated(", ");
-            for state in &filter.states {
-                states.push_bind(state.as_str());
-            }
-            select.push(")");
-        }
-        for (key, value) in &filter.labels {
+    async fn list_sandboxes(
+        &self,
+        filter: &SandboxFilter,
+        limit: u32,
+    ) -> Result<Vec<SandboxRecord>> {
+        let mut select = sql::list_sandboxes::<Sqlite>(filter, limit, |select, key, value| {
             select
-                .push(" AND EXISTS (SELECT 1 FROM json_each(sandboxes.labels) WHERE key = ")
-                .push_bind(key.clone())
+                .push("EXISTS (SELECT 1 FROM json_each(sandboxes.labels) WHERE key = ")
+                .push_bind(key.to_string())
                 .push(" AND value = ")
-                .push_bind(value.clone())
+                .push_bind(value.to_string())
                 .push(")");
-        }
-        let limit = if filter.limit == 0 {
-            MAX_PAGE
-        } else {
-            filter.limit.min(MAX_PAGE)
-        };
-        select
-            .push(" ORDER BY created_ms DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit));
-        let rows = select
+        });
+        let found = select
             .build()
             .fetch_all(&self.reader)
             .await
             .map_err(query("listing sandboxes"))?;
-        rows.iter().map(sandbox_from_row).collect()
+        found.iter().map(rows::sandbox).collect()
     }
 
-    /// Sandboxes not in a final state: at server start, the ones a previous
-    /// server left behind.
-    pub async fn unfinished_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
-        let filter = SandboxFilter {
-            states: SandboxState::ALL
-                .into_iter()
-                .filter(|s| !s.is_final())
-                .collect(),
-            ..SandboxFilter::default()
-        };
-        self.list_sandboxes(&filter).await
+    async fn orphaned_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        let found = sql::orphaned_sandboxes::<Sqlite>()
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("finding orphaned sandboxes"))?;
+        found.iter().map(rows::sandbox).collect()
     }
 
-    /// Events of one sandbox (or, with `None`, of the whole server) with a
-    /// sequence number above `after`, oldest first, at most `limit`.
-    pub async fn events(
+    async fn append_event(
         &self,
         sandbox_id: Option<&str>,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<Event>> {
-        let limit = i64::from(limit.clamp(1, MAX_PAGE));
-        let rows =
-            match sandbox_id {
-                Some(id) => sqlx::query(
-                    "SELECT * FROM events WHERE sandbox_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                )
-                .bind(id)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.reader)
-                .await,
-                None => {
-                    sqlx::query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(&self.reader)
-                        .await
-                }
+        fence_with: Option<&Lease>,
+        event: &NewEvent,
+        now: u64,
+    ) -> Result<std::result::Result<Event, String>> {
+        let mut tx = self.begin().await?;
+        if let Some(lease) = fence_with {
+            if let Some(refusal) = fence(&mut tx, lease).await? {
+                return Ok(Err(refusal));
             }
-            .map_err(query("reading events"))?;
-        rows.iter().map(event_from_row).collect()
+        }
+        let node = fence_with.map(|l| l.node_id.as_str());
+        let event = insert_event(&mut tx, sandbox_id, node, event, now).await?;
+        tx.commit().await.map_err(query("commit"))?;
+        Ok(Ok(event))
     }
-}
 
-async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    sandbox_id: Option<&str>,
-    kind: &str,
-    data: serde_json::Value,
-) -> Result<Event> {
-    let at_ms = now_ms();
-    let text = data.to_string();
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO events (sandbox_id, at_ms, kind, data) VALUES (?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(sandbox_id)
-    .bind(at_ms as i64)
-    .bind(kind)
-    .bind(text)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(query("appending an event"))?;
-    Ok(Event {
-        seq,
-        sandbox_id: sandbox_id.map(str::to_string),
-        at_ms,
-        kind: kind.to_string(),
-        data,
-    })
-}
+    async fn events(&self, sandbox_id: Option<&str>, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let found = sql::events::<Sqlite>(sandbox_id, after, limit)
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("reading events"))?;
+        found.iter().map(rows::event).collect()
+    }
 
-fn parse_state(text: &str) -> Result<SandboxState> {
-    SandboxState::from_str(text).map_err(|detail| StoreError::Corrupt {
-        what: "sandbox state",
-        detail,
-    })
-}
+    async fn register_node(
+        &self,
+        spec: &NodeSpec,
+        ttl_ms: u64,
+        now: u64,
+    ) -> Result<(NodeRecord, Event)> {
+        let mut tx = self.begin().await?;
+        let existing = node_row(&mut tx, &spec.id).await?;
+        let epoch = registration(existing.as_ref(), spec, now)?;
+        sqlx::query(
+            "INSERT INTO nodes (id, url, hostname, home, epoch, state, started_ms, heartbeat_ms, \
+             heartbeat_seq, lease_expires_ms, capacity, load) \
+             VALUES (?, ?, ?, ?, ?, 'alive', ?, ?, 0, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET url = excluded.url, hostname = excluded.hostname, \
+             home = excluded.home, epoch = excluded.epoch, state = 'alive', \
+             started_ms = excluded.started_ms, heartbeat_ms = excluded.heartbeat_ms, \
+             heartbeat_seq = 0, lease_expires_ms = excluded.lease_expires_ms, \
+             capacity = excluded.capacity, load = excluded.load",
+        )
+        .bind(&spec.id)
+        .bind(&spec.url)
+        .bind(&spec.hostname)
+        .bind(&spec.home)
+        .bind(epoch)
+        .bind(now as i64)
+        .bind(now as i64)
+        .bind(now.saturating_add(ttl_ms) as i64)
+        .bind(to_json(&spec.capacity))
+        .bind(to_json(&NodeLoad::default()))
+        .execute(&mut *tx)
+        .await
+        .map_err(query("registering a node"))?;
+        let payload = crate::event::EventPayload::NodeJoined(crate::event::NodeJoined {
+            epoch,
+            url: spec.url.clone(),
+            hostname: spec.hostname.clone(),
+            previous_epoch: existing.as_ref().map(|n| n.epoch),
+            previous_state: existing.as_ref().map(|n| n.state.to_string()),
+        });
+        let event =
+            insert_event(&mut tx, None, Some(&spec.id), &NewEvent::of(&payload), now).await?;
+        let node = node_row(&mut tx, &spec.id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("a registered node vanished".into()))?;
+        tx.commit().await.map_err(query("commit"))?;
+        Ok((node, event))
+    }
 
-fn column<'r, T>(row: &'r SqliteRow, name: &'static str) -> Result<T>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(name).map_err(|e| StoreError::Corrupt {
-        what: name,
-        detail: e.to_string(),
-    })
-}
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        ttl_ms: u64,
+        load: &NodeLoad,
+        now: u64,
+    ) -> Result<Option<Lease>> {
+        let expires = now.saturating_add(ttl_ms);
+        let renewed = sqlx::query(
+            "UPDATE nodes SET heartbeat_ms = ?, heartbeat_seq = heartbeat_seq + 1, \
+             lease_expires_ms = ?, load = ? WHERE id = ? AND epoch = ? AND state = 'alive'",
+        )
+        .bind(now as i64)
+        .bind(expires as i64)
+        .bind(to_json(load))
+        .bind(&lease.node_id)
+        .bind(lease.epoch)
+        .execute(&self.writer)
+        .await
+        .map_err(query("renewing a lease"))?;
+        Ok((renewed.rows_affected() == 1).then(|| Lease {
+            expires_ms: expires,
+            ..lease.clone()
+        }))
+    }
 
-fn sandbox_from_row(row: &SqliteRow) -> Result<SandboxRecord> {
-    let labels: String = column(row, "labels")?;
-    let labels: BTreeMap<String, String> =
-        serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
-            what: "labels",
-            detail: e.to_string(),
-        })?;
-    let opt_u64 = |v: Option<i64>| v.map(|v| v as u64);
-    Ok(SandboxRecord {
-        id: column(row, "id")?,
-        state: parse_state(&column::<String>(row, "state")?)?,
-        image: column(row, "image")?,
-        vcpus: column::<i64>(row, "vcpus")? as u32,
-        memory_bytes: column::<i64>(row, "memory_bytes")? as u64,
-        disk_bytes: column::<i64>(row, "disk_bytes")? as u64,
-        timeout_ms: opt_u64(column(row, "timeout_ms")?),
-        labels,
-        accelerator: column(row, "accelerator")?,
-        boot_ms: opt_u64(column(row, "boot_ms")?),
-        created_ms: column::<i64>(row, "created_ms")? as u64,
-        updated_ms: column::<i64>(row, "updated_ms")? as u64,
-        ended_ms: opt_u64(column(row, "ended_ms")?),
-        end_reason: column(row, "end_reason")?,
-        end_message: column(row, "end_message")?,
-        server_pid: column::<i64>(row, "server_pid")? as u32,
-    })
-}
+    async fn end_lease(
+        &self,
+        node_id: &str,
+        epoch: i64,
+        seen_heartbeat: Option<i64>,
+        state: NodeState,
+        event: &NewEvent,
+        by: &str,
+        now: u64,
+    ) -> Result<Option<Event>> {
+        let mut tx = self.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE nodes SET state = ? WHERE id = ? AND epoch = ? AND state = 'alive' \
+             AND (? IS NULL OR heartbeat_seq = ?)",
+        )
+        .bind(state.as_str())
+        .bind(node_id)
+        .bind(epoch)
+        .bind(seen_heartbeat)
+        .bind(seen_heartbeat)
+        .execute(&mut *tx)
+        .await
+        .map_err(query("ending a lease"))?;
+        if ended.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let event = insert_event(&mut tx, None, Some(by), event, now).await?;
+        tx.commit().await.map_err(query("commit"))?;
+        Ok(Some(event))
+    }
 
-fn event_from_row(row: &SqliteRow) -> Result<Event> {
-    let data: String = column(row, "data")?;
-    Ok(Event {
-        seq: column(row, "seq")?,
-        sandbox_id: column(row, "sandbox_id")?,
-        at_ms: column::<i64>(row, "at_ms")? as u64,
-        kind: column(row, "kind")?,
-        data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
-            what: "event data",
-            detail: e.to_string(),
-        })?,
-    })
+    async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let found = sqlx::query("SELECT * FROM nodes ORDER BY id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("listing nodes"))?;
+        found.iter().map(rows::node).collect()
+    }
+
+    async fn node(&self, id: &str) -> Result<Option<NodeRecord>> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query("reading a node"))?;
+        row.as_ref().map(rows::node).transpose()
+    }
 }

@@ -9,6 +9,7 @@ pub mod accel;
 pub mod console;
 pub mod driver;
 pub mod error;
+pub mod fake;
 pub mod image;
 pub mod procfs;
 pub mod qemu;

@@ -71,6 +71,26 @@ pub struct ServeArgs {
     /// Largest file upload.
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_upload: ByteSize,
+    /// The store: `postgres://user:password@host:port/database` to share
+    /// one with other nodes [default: SQLite in $HEARTH_HOME].
+    #[arg(
+        long,
+        env = "HEARTH_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+    /// This node's id [default: the one kept in $HEARTH_HOME/node-id].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// URL where other nodes reach this one [default: http:// and the
+    /// listen address].
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// How long this node's lease lasts without a heartbeat; other nodes
+    /// record its sandboxes lost after seeing it silent that long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_ttl: std::time::Duration,
 }
 
 /// `hearth token ...`.

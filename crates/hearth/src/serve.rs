@@ -7,7 +7,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use hearth_sandbox::HearthHome;
 use hearth_server::token::{ensure_token, rotate_token};
-use hearth_server::{Capacity, Server, ServerOptions};
+use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
+use hearth_store::DatabaseUrl;
 
 use crate::cli::{ServeArgs, TokenCommand};
 
@@ -28,9 +29,15 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
             .unwrap_or(host.memory_bytes),
         vcpus: args.vcpu_budget.unwrap_or(host.vcpus),
     };
+    if let Some(url) = &args.database {
+        options.database = DatabaseUrl::parse(url)?;
+    }
+    options.node_id = args.node_id;
+    options.advertise_url = args.advertise_url;
+    options.lease_ttl = args.lease_ttl;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = Server::start(options).await?;
+    let server = Server::start(options, ServerParts::standard()?).await?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "hearth: listening on http://{}", server.addr())?;
     stdout.flush()?;

@@ -337,8 +337,11 @@ async fn bad_requests_get_clear_json_errors_without_a_vm() {
     // The refusal is in the server-wide event log.
     let (status, log) = server.get("/v1/events").await;
     assert_eq!(status, StatusCode::OK, "{log}");
-    let refusal = &log["events"][0];
+    // The server's own node joined first.
+    assert_eq!(log["events"][0]["kind"], "node.joined", "{log}");
+    let refusal = &log["events"][1];
     assert_eq!(refusal["kind"], "admission.refused", "{log}");
+    assert_eq!(refusal["node_id"], log["events"][0]["node_id"], "{log}");
     assert_eq!(refusal["data"]["limit"], "memory", "{log}");
     assert_eq!(refusal["sandbox_id"], Value::Null, "{log}");
 

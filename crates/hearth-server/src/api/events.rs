@@ -10,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use hearth_store::Event;
@@ -18,7 +17,7 @@ use hearth_store::Event;
 use super::model::{EventList, EventView, EventsQuery, LogStreamEvent};
 use super::{last_event_id, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
-use crate::events::{is_final, EventLog};
+use crate::events::EventLog;
 
 /// Events read from the store per query while catching up.
 const PAGE: u32 = 500;
@@ -121,63 +120,69 @@ fn to_sse(event: Event) -> SseEvent {
         .data(data)
 }
 
-/// Send the events after `after` (of sandbox `id`, or all) to `tx`: first
-/// from the store, then live, falling back to the store whenever the live
-/// feed lagged. Ends after a sandbox's final event, or when the client goes
-/// away.
+/// Send the events after `after` (of sandbox `id`, or all) to `tx`, always
+/// read from the store after the last one sent (exact with any number of
+/// writers): at once, then whenever this process appends one, and every
+/// poll interval for those other nodes append. Ends after a sandbox's final
+/// event, or when the client goes away. While the store is unavailable it
+/// keeps trying, so the stream resumes when the store is back.
 async fn follow(log: EventLog, id: Option<String>, mut after: i64, tx: mpsc::Sender<Event>) {
-    // Subscribe before reading the history so nothing falls in between;
-    // live events already read from the store are skipped by `seq`.
-    let mut live = log.subscribe();
+    // Subscribe before the first read so that nothing appended between the
+    // read and the wait is missed.
+    let mut appended = log.subscribe();
+    let mut poll = tokio::time::interval(log.poll_interval());
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        loop {
-            let page = match log.store().events(id.as_deref(), after, PAGE).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(%error, "reading events for a stream");
-                    return;
-                }
-            };
-            let full = page.len() == PAGE as usize;
-            for event in page {
-                after = event.seq;
-                let last = id.is_some() && is_final(&event);
-                if tx.send(event).await.is_err() || last {
-                    return;
-                }
+        appended.borrow_and_update();
+        let page = match log.store().events(id.as_deref(), after, PAGE).await {
+            Ok(page) => page,
+            Err(error) if error.is_unavailable() => {
+                tracing::warn!(%error, "reading events for a stream; retrying");
+                Vec::new()
             }
-            if !full {
-                break;
+            Err(error) => {
+                tracing::error!(%error, "reading events for a stream");
+                return;
             }
+        };
+        let full = page.len() == PAGE as usize;
+        for event in page {
+            after = event.seq;
+            let last = id.is_some() && event.ends_sandbox();
+            if tx.send(event).await.is_err() || last {
+                return;
+            }
+        }
+        if full {
+            continue;
         }
         // Resumed after the end: there is nothing more to wait for.
         if let Some(id) = &id {
             match log.store().sandbox(id).await {
-                Ok(Some(record)) if record.state.is_final() => return,
+                Ok(Some(record)) if record.state.is_final() => {
+                    // Its final event may have been appended after the read
+                    // above: read once more before ending.
+                    if let Ok(rest) = log.store().events(Some(id), after, PAGE).await {
+                        for event in rest {
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    return;
+                }
                 Ok(_) => {}
+                Err(error) if error.is_unavailable() => {}
                 Err(error) => {
                     tracing::error!(%error, "reading a sandbox for a stream");
                     return;
                 }
             }
         }
-        loop {
-            let received = tokio::select! {
-                received = live.recv() => received,
-                _ = tx.closed() => return,
-            };
-            match received {
-                Ok(event) if (id.is_none() || event.sandbox_id == id) && event.seq > after => {
-                    after = event.seq;
-                    let last = id.is_some() && is_final(&event);
-                    if tx.send(event).await.is_err() || last {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => break,
-                Err(RecvError::Closed) => return,
-            }
+        tokio::select! {
+            changed = appended.changed() => if changed.is_err() { return },
+            _ = poll.tick() => {}
+            _ = tx.closed() => return,
         }
     }
 }

@@ -7,10 +7,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use hearth_proto::{ByteSize, FileType};
+use hearth_store::event::{DirCreated, FileRemoved, FileTransfer};
+use hearth_store::EventPayload;
 
 use super::model::{FileEntry, FileList, MkdirRequest, PathParam, RemoveQuery, WriteResponse};
 use super::validate::validate_guest_path;
@@ -59,7 +60,7 @@ pub async fn write_file(
     if declared.is_some_and(|n| n > limit.bytes()) {
         return Err(too_large(limit));
     }
-    let (_, sandbox) = state.manager.running(&id).await?;
+    let (live, sandbox) = state.manager.running(&id).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
@@ -88,9 +89,11 @@ pub async fn write_file(
     state
         .manager
         .file_event(
-            &id,
-            "file.written",
-            json!({"path": query.path, "bytes": written.bytes}),
+            &live,
+            EventPayload::FileWritten(FileTransfer {
+                path: query.path.clone(),
+                bytes: written.bytes,
+            }),
         )
         .await;
     Ok(Json(WriteResponse {
@@ -119,7 +122,7 @@ pub async fn read_file(
     ApiQuery(query): ApiQuery<PathParam>,
 ) -> Result<Response, ApiError> {
     validate_guest_path("path", &query.path)?;
-    let (_, sandbox) = state.manager.running(&id).await?;
+    let (live, sandbox) = state.manager.running(&id).await?;
     let stat = sandbox.stat(&query.path).await?;
     if stat.file_type == FileType::Dir {
         return Err(ApiError::new(
@@ -135,9 +138,11 @@ pub async fn read_file(
     state
         .manager
         .file_event(
-            &id,
-            "file.read",
-            json!({"path": query.path, "bytes": stat.size}),
+            &live,
+            EventPayload::FileRead(FileTransfer {
+                path: query.path.clone(),
+                bytes: stat.size,
+            }),
         )
         .await;
     let chunks = futures_util::stream::unfold(Some(reader), |reader| async move {
@@ -176,14 +181,16 @@ pub async fn remove_file(
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     validate_guest_path("path", &query.path)?;
-    let (_, sandbox) = state.manager.running(&id).await?;
+    let (live, sandbox) = state.manager.running(&id).await?;
     sandbox.remove(&query.path, query.recursive).await?;
     state
         .manager
         .file_event(
-            &id,
-            "file.removed",
-            json!({"path": query.path, "recursive": query.recursive}),
+            &live,
+            EventPayload::FileRemoved(FileRemoved {
+                path: query.path.clone(),
+                recursive: query.recursive,
+            }),
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
@@ -262,11 +269,16 @@ pub async fn make_dir(
     ApiJson(request): ApiJson<MkdirRequest>,
 ) -> Result<(StatusCode, Json<FileEntry>), ApiError> {
     validate_guest_path("path", &request.path)?;
-    let (_, sandbox) = state.manager.running(&id).await?;
+    let (live, sandbox) = state.manager.running(&id).await?;
     sandbox.mkdir(&request.path, request.parents).await?;
     state
         .manager
-        .file_event(&id, "dir.created", json!({"path": request.path}))
+        .file_event(
+            &live,
+            EventPayload::DirCreated(DirCreated {
+                path: request.path.clone(),
+            }),
+        )
         .await;
     let stat = sandbox.stat(&request.path).await?;
     Ok((StatusCode::CREATED, Json(FileEntry::from(stat))))

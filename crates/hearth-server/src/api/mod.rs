@@ -12,7 +12,7 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
@@ -21,7 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Router;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -63,7 +63,7 @@ pub struct AppState {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(ErrorResponse))
+    components(schemas(ErrorResponse, hearth_store::EventPayload))
 )]
 struct ApiDoc;
 
@@ -232,10 +232,7 @@ where
             ));
         }
         let body = read_bounded(req.into_body()).await?;
-        match Json::<T>::from_bytes(&body) {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        parse_json(&body).map(ApiJson)
     }
 }
 
@@ -270,22 +267,30 @@ async fn read_bounded(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
     Ok(data)
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let text = rejection.body_text();
-    // "Failed to deserialize ...: memory: invalid type ..." names the
-    // field first.
-    let detail = text
-        .split_once("target type: ")
-        .map(|(_, rest)| rest.to_string())
-        .unwrap_or(text);
-    let field = detail
-        .split_once(": ")
-        .map(|(f, _)| f)
-        .filter(|f| !f.contains(' ') && !f.is_empty())
-        .map(str::to_string);
-    ApiError {
-        field,
-        ..ApiError::bad_request(format!("invalid JSON body: {detail}"))
+/// Parse a JSON body; a 400 names the field at fault by its path in the
+/// document (`memory`, `labels.team`, `argv[1]`), as serde found it.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(value) => match deserializer.end() {
+            Ok(()) => Ok(value),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid JSON body: {e}; send one JSON object"
+            ))),
+        },
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let field = (path != "." && !path.is_empty()).then_some(path);
+            let message = match &field {
+                Some(field) => format!("invalid JSON body: {field}: {inner}"),
+                None => format!("invalid JSON body: {inner}"),
+            };
+            Err(ApiError {
+                field,
+                ..ApiError::bad_request(message)
+            })
+        }
     }
 }
 
@@ -329,5 +334,32 @@ pub fn last_event_id(headers: &axum::http::HeaderMap) -> Result<Option<i64>, Api
             .ok_or_else(|| {
                 ApiError::bad_request("Last-Event-ID must be an event id (a non-negative integer)")
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::{CreateSandboxRequest, ExecRequestBody};
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field_by_its_path() {
+        let field = |body: &str| parse_json::<CreateSandboxRequest>(body.as_bytes()).unwrap_err();
+        let e = field(r#"{"memory": true}"#);
+        assert_eq!(e.field.as_deref(), Some("memory"), "{}", e.message);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = field(r#"{"labels": {"team": 1}}"#);
+        assert_eq!(e.field.as_deref(), Some("labels.team"), "{}", e.message);
+        let e = parse_json::<ExecRequestBody>(br#"{"argv": ["x", 1]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("argv[1]"), "{}", e.message);
+        let e = field(r#"{"bogus": 1}"#);
+        assert_eq!(e.field.as_deref(), Some("bogus"));
+        assert!(e.message.contains("unknown field `bogus`"), "{}", e.message);
+        // Not about one field: no field, a clear message.
+        let e = field(r#"{} {}"#);
+        assert!(e.message.contains("one JSON object"), "{}", e.message);
+        let e = field("[");
+        assert_eq!(e.field, None);
+        assert!(parse_json::<CreateSandboxRequest>(b"{}").is_ok());
     }
 }

@@ -465,15 +465,16 @@ pub struct EventView {
     pub seq: i64,
     /// The sandbox.
     pub sandbox_id: Option<String>,
+    /// The node that recorded it.
+    pub node_id: Option<String>,
     /// When, ms since the epoch.
     pub at_ms: u64,
-    /// `sandbox.creating`, `sandbox.running`, `sandbox.stopping`,
-    /// `sandbox.stopped`, `sandbox.failed`, `sandbox.timed_out`,
-    /// `sandbox.lost`, `sandbox.timeout_set`, `exec.started`,
-    /// `exec.finished`, `file.written`, `file.read`, `file.removed`,
-    /// `dir.created`.
+    /// What happened: one of the kinds of the `EventPayload` schema
+    /// (`sandbox.creating`, `sandbox.running`, `exec.started`, ...).
     pub kind: String,
-    /// Details.
+    /// Schema version of `data`.
+    pub version: u32,
+    /// The payload of `kind`, as described by the `EventPayload` schema.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
@@ -483,8 +484,10 @@ impl From<Event> for EventView {
         Self {
             seq: e.seq,
             sandbox_id: e.sandbox_id,
+            node_id: e.node_id,
             at_ms: e.at_ms,
             kind: e.kind,
+            version: e.version,
             data: e.data,
         }
     }

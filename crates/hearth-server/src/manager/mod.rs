@@ -1,0 +1,593 @@
+//! The sandboxes a node runs: admission, boot, the state machine as
+//! recorded in the store, execs, and the end of each sandbox.
+
+mod error;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use hearth_sandbox::{EndReason, HearthHome, Sandbox, SandboxEnd, SandboxOptions};
+use hearth_store::event::{
+    AdmissionRefused, ExecStarted, SandboxCreating, SandboxEnded, SandboxRunning, SandboxStopping,
+    SandboxTimeoutSet, StopRequester,
+};
+use hearth_store::{
+    EventPayload, Lease, NewSandbox, NodeLoad, SandboxRecord, SandboxState, SharedClock, Transition,
+};
+use hearth_vm::Driver;
+
+use crate::admission::Admission;
+use crate::cluster::Node;
+use crate::events::EventLog;
+use crate::execs::{ExecEntry, ExecMeta, ExecTable, PumpContext};
+use crate::ids::IdSource;
+pub use crate::live::LiveSandbox;
+use crate::metrics::{LimitLabel, Metrics, ReasonLabel};
+use crate::options::ServerOptions;
+pub use crate::specs::{CreateSpec, ExecSpec};
+pub use error::ManagerError;
+
+/// Result of manager operations.
+pub type Result<T, E = ManagerError> = std::result::Result<T, E>;
+
+/// How long the record of a sandbox's end waits for its execs' ends to be
+/// recorded first.
+const EXEC_DRAIN: Duration = Duration::from_secs(5);
+
+/// What a manager is built from.
+#[derive(Clone)]
+pub struct ManagerParts {
+    /// The VMM backend.
+    pub driver: Arc<dyn Driver>,
+    /// The event log (and store).
+    pub events: EventLog,
+    /// This node and its lease.
+    pub node: Node,
+    /// Wall-clock time.
+    pub clock: SharedClock,
+    /// Where sandbox ids come from.
+    pub ids: Arc<dyn IdSource>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The sandboxes of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct SandboxManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    home: HearthHome,
+    parts: ManagerParts,
+    options: ServerOptions,
+    admission: Admission,
+    live: Mutex<HashMap<String, Arc<LiveSandbox>>>,
+    shutting_down: AtomicBool,
+}
+
+fn final_state(reason: EndReason) -> SandboxState {
+    match reason {
+        EndReason::Exited | EndReason::Destroyed | EndReason::HostShutdown => SandboxState::Stopped,
+        EndReason::TimedOut => SandboxState::TimedOut,
+        EndReason::OutOfMemory
+        | EndReason::GuestKernelPanic
+        | EndReason::GuestAgentCrashed
+        | EndReason::VmCrashed
+        | EndReason::BootFailed => SandboxState::Failed,
+    }
+}
+
+/// The event of a sandbox ending in `state`.
+fn end_event(state: SandboxState, ended: SandboxEnded) -> EventPayload {
+    match state {
+        SandboxState::TimedOut => EventPayload::SandboxTimedOut(ended),
+        SandboxState::Failed => EventPayload::SandboxFailed(ended),
+        _ => EventPayload::SandboxStopped(ended),
+    }
+}
+
+impl SandboxManager {
+    /// A manager with nothing running.
+    pub fn new(options: ServerOptions, parts: ManagerParts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                home: options.home.clone(),
+                admission: Admission::new(options.capacity),
+                options,
+                parts,
+                live: Mutex::default(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The admission budget and use.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// What this node runs now, for its heartbeat.
+    pub fn load(&self) -> NodeLoad {
+        let usage = self.inner.admission.usage();
+        NodeLoad {
+            sandboxes: usage.sandboxes,
+            memory_bytes: usage.memory_bytes,
+            vcpus: usage.vcpus,
+        }
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.inner.parts.events
+    }
+
+    /// This node.
+    pub fn node(&self) -> &Node {
+        &self.inner.parts.node
+    }
+
+    /// Server options.
+    pub fn options(&self) -> &ServerOptions {
+        &self.inner.options
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.parts.clock.now_ms()
+    }
+
+    /// A live sandbox.
+    pub fn live(&self, id: &str) -> Option<Arc<LiveSandbox>> {
+        self.inner.live.lock().get(id).cloned()
+    }
+
+    /// A running sandbox, or why not: unknown, or not running.
+    pub async fn running(&self, id: &str) -> Result<(Arc<LiveSandbox>, Sandbox)> {
+        if let Some(live) = self.live(id) {
+            if let (Some(sandbox), SandboxState::Running) = (live.sandbox(), live.state()) {
+                return Ok((live, sandbox));
+            }
+            return Err(ManagerError::NotRunning {
+                id: id.to_string(),
+                state: live.state().to_string(),
+            });
+        }
+        match self.events().store().sandbox(id).await? {
+            Some(record) => Err(ManagerError::NotRunning {
+                id: id.to_string(),
+                state: record.state.to_string(),
+            }),
+            None => Err(ManagerError::NotFound { id: id.to_string() }),
+        }
+    }
+
+    async fn move_to(
+        &self,
+        live: &LiveSandbox,
+        change: Transition,
+        payload: EventPayload,
+    ) -> Result<bool> {
+        let recorded = self
+            .events()
+            .transition(&live.id, &live.lease, &change, payload)
+            .await?;
+        if let (Some(_), Some(to)) = (&recorded, change.state) {
+            let from = std::mem::replace(&mut *live.state.lock(), to);
+            self.inner.parts.metrics.moved(Some(from), to);
+        }
+        Ok(recorded.is_some())
+    }
+
+    /// Admit, record and boot a sandbox; returns once it runs (or failed).
+    /// The boot goes on if the caller goes away; the sandbox is then found
+    /// by listing.
+    pub async fn create(&self, spec: CreateSpec) -> Result<SandboxRecord> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let options = spec.options;
+        // A missing image is the caller's mistake, not a failed sandbox.
+        let images = self.inner.home.images_dir().to_path_buf();
+        let image = options.image.clone();
+        tokio::task::spawn_blocking(move || hearth_vm::image::open(&images, &image))
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?
+            .map_err(|e| ManagerError::ImageUnavailable {
+                image: options.image.clone(),
+                message: e.to_string(),
+            })?;
+        let lease = self.node().lease();
+        let reservation = match self.inner.admission.reserve(options.memory, options.vcpus) {
+            Ok(r) => r,
+            Err(refusal) => {
+                self.inner
+                    .parts
+                    .metrics
+                    .admission_refusals
+                    .get_or_create(&LimitLabel {
+                        limit: refusal.limit.into(),
+                    })
+                    .inc();
+                let payload = EventPayload::AdmissionRefused(AdmissionRefused {
+                    limit: refusal.limit.into(),
+                    message: refusal.message.clone(),
+                    memory_bytes: options.memory.bytes(),
+                    vcpus: options.vcpus,
+                });
+                self.events().record_or_log(None, &lease, payload).await;
+                return Err(ManagerError::CapacityExceeded {
+                    limit: refusal.limit,
+                    message: refusal.message,
+                });
+            }
+        };
+        let id = self.inner.parts.ids.sandbox_id();
+        let new = NewSandbox {
+            id: id.clone(),
+            image: options.image.clone(),
+            vcpus: options.vcpus,
+            memory_bytes: options.memory.bytes(),
+            disk_bytes: options.disk.bytes(),
+            timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
+            labels: options.labels.clone(),
+            created_ms: self.now_ms(),
+        };
+        let details = SandboxCreating {
+            image: new.image.clone(),
+            vcpus: new.vcpus,
+            memory_bytes: new.memory_bytes,
+            disk_bytes: new.disk_bytes,
+            timeout_ms: new.timeout_ms,
+            labels: new.labels.clone(),
+            env_keys: spec.env.keys().cloned().collect(),
+        };
+        self.events().insert_sandbox(&new, &lease, details).await?;
+        self.inner.parts.metrics.creates.inc();
+        self.inner.parts.metrics.moved(None, SandboxState::Creating);
+        let live = Arc::new(LiveSandbox {
+            id: id.clone(),
+            lease,
+            env: spec.env,
+            sandbox: Mutex::new(None),
+            state: Mutex::new(SandboxState::Creating),
+            expires_ms: Mutex::new(None),
+            cancel_boot: CancellationToken::new(),
+            ended: watch::channel(false).0,
+            execs: ExecTable::default(),
+            _reservation: reservation,
+        });
+        self.inner.live.lock().insert(id.clone(), live.clone());
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let manager = self.clone();
+        // A child of the create request, though it outlives it: the trace
+        // of a create shows the boot.
+        let span = tracing::info_span!("sandbox", id = %id);
+        tokio::spawn(
+            async move {
+                let result = manager.boot(live, options).await;
+                let _ = done_tx.send(result);
+            }
+            .instrument(span),
+        );
+        match done_rx.await {
+            Ok(Ok(())) => self.record(&id).await,
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ManagerError::Internal(
+                "the boot task ended without an answer".into(),
+            )),
+        }
+    }
+
+    async fn boot(&self, live: Arc<LiveSandbox>, options: SandboxOptions) -> Result<()> {
+        let accel = self.inner.options.accel;
+        let options = SandboxOptions { accel, ..options };
+        let timeout = options.timeout;
+        let driver = self.inner.parts.driver.clone();
+        let created = tokio::select! {
+            created = Sandbox::create_with_id(&self.inner.home, driver.as_ref(), live.id.clone(), options) => Some(created),
+            _ = live.cancel_boot.cancelled() => None,
+        };
+        let sandbox = match created {
+            Some(Ok(sandbox)) => sandbox,
+            Some(Err(error)) => {
+                let ended = SandboxEnded {
+                    reason: EndReason::BootFailed.as_str().into(),
+                    message: error.to_string(),
+                    ..SandboxEnded::default()
+                };
+                self.record_end(&live, SandboxState::Failed, EndReason::BootFailed, ended)
+                    .await;
+                return Err(error.into());
+            }
+            None => {
+                let ended = SandboxEnded {
+                    reason: EndReason::Destroyed.as_str().into(),
+                    message: "destroyed while booting".into(),
+                    ..SandboxEnded::default()
+                };
+                self.record_end(&live, SandboxState::Stopped, EndReason::Destroyed, ended)
+                    .await;
+                return Err(ManagerError::DestroyedWhileBooting {
+                    id: live.id.clone(),
+                });
+            }
+        };
+        let info = sandbox.info().clone();
+        self.inner
+            .parts
+            .metrics
+            .boot_seconds
+            .observe(info.boot_ms as f64 / 1000.0);
+        *live.expires_ms.lock() = timeout.map(|t| self.now_ms() + t.as_millis() as u64);
+        *live.sandbox.lock() = Some(sandbox.clone());
+        let accel = info.accel.accel.to_string();
+        let change = Transition {
+            state: Some(SandboxState::Running),
+            accelerator: Some(accel.clone()),
+            boot_ms: Some(info.boot_ms),
+            ..Transition::default()
+        };
+        let payload = EventPayload::SandboxRunning(SandboxRunning {
+            accelerator: accel,
+            accelerator_reason: info.accel.reason.clone(),
+            boot_ms: info.boot_ms,
+            guest: info.guest.clone(),
+        });
+        let recorded = self.move_to(&live, change, payload).await;
+        let manager = self.clone();
+        let monitor_live = live.clone();
+        tokio::spawn(
+            async move { manager.monitor(monitor_live, sandbox.clone()).await }
+                .instrument(tracing::Span::current()),
+        );
+        match recorded {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Not recorded as running (the store is down, or this node
+                // lost the sandbox): nobody may use it.
+                if let Some(sandbox) = live.sandbox() {
+                    sandbox
+                        .terminate(
+                            EndReason::BootFailed,
+                            &format!("its start could not be recorded: {error}"),
+                        )
+                        .await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Wait for the sandbox to end and record how.
+    async fn monitor(&self, live: Arc<LiveSandbox>, sandbox: Sandbox) {
+        let end: SandboxEnd = sandbox.wait().await;
+        live.execs.drain(EXEC_DRAIN).await;
+        if end.reason.is_failure() {
+            self.inner.parts.metrics.vm_crashes.inc();
+        }
+        drop(sandbox);
+        let ended = SandboxEnded {
+            reason: end.reason.as_str().into(),
+            message: end.message.clone(),
+            lifetime_ms: Some(end.lifetime_ms),
+            console_tail: end.console_tail.clone(),
+            console_log: end.console_log.as_ref().map(|p| p.display().to_string()),
+        };
+        self.record_end(&live, final_state(end.reason), end.reason, ended)
+            .await;
+        tracing::info!(reason = %end.reason, "sandbox ended");
+    }
+
+    /// Record that `live` ended in `state` for `reason`, count it, and
+    /// forget it.
+    async fn record_end(
+        &self,
+        live: &LiveSandbox,
+        state: SandboxState,
+        reason: EndReason,
+        ended: SandboxEnded,
+    ) {
+        self.inner
+            .parts
+            .metrics
+            .ends
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().into(),
+            })
+            .inc();
+        let change = Transition {
+            state: Some(state),
+            end_reason: Some(reason.as_str().into()),
+            end_message: Some(ended.message.clone()),
+            ..Transition::default()
+        };
+        if let Err(error) = self.move_to(live, change, end_event(state, ended)).await {
+            tracing::error!(%error, %state, "cannot record the end of a sandbox");
+        }
+        self.forget(live);
+    }
+
+    fn forget(&self, live: &LiveSandbox) {
+        live.sandbox.lock().take();
+        self.inner.live.lock().remove(&live.id);
+        live.ended.send_replace(true);
+    }
+
+    /// The stored record of a sandbox.
+    pub async fn record(&self, id: &str) -> Result<SandboxRecord> {
+        self.events()
+            .store()
+            .sandbox(id)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_string() })
+    }
+
+    /// Destroy a sandbox and return its final record. Destroying an ended
+    /// sandbox returns its record unchanged.
+    pub async fn destroy(&self, id: &str) -> Result<SandboxRecord> {
+        let Some(live) = self.live(id) else {
+            return self.record(id).await;
+        };
+        match live.sandbox() {
+            Some(sandbox) => {
+                let change = Transition {
+                    state: Some(SandboxState::Stopping),
+                    ..Transition::default()
+                };
+                let payload = EventPayload::SandboxStopping(SandboxStopping {
+                    requested_by: StopRequester::Api,
+                });
+                // The VM goes even when the store cannot record the request.
+                if let Err(error) = self.move_to(&live, change, payload).await {
+                    tracing::warn!(%error, "cannot record the stop request; destroying anyway");
+                }
+                sandbox.destroy().await;
+            }
+            None => live.cancel_boot.cancel(),
+        }
+        live.wait_ended().await;
+        self.record(id).await
+    }
+
+    /// Move a running sandbox's timeout to `timeout` from now.
+    pub async fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxRecord> {
+        let (live, sandbox) = self.running(id).await?;
+        sandbox.set_timeout(Some(timeout));
+        let expires = self.now_ms() + timeout.as_millis() as u64;
+        *live.expires_ms.lock() = Some(expires);
+        let change = Transition {
+            timeout_ms: Some(Some(timeout.as_millis() as u64)),
+            ..Transition::default()
+        };
+        let payload = EventPayload::SandboxTimeoutSet(SandboxTimeoutSet {
+            timeout_ms: timeout.as_millis() as u64,
+            expires_ms: expires,
+        });
+        self.move_to(&live, change, payload).await?;
+        self.record(id).await
+    }
+
+    /// Start a command in a running sandbox.
+    pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<Arc<ExecEntry>> {
+        let (live, sandbox) = self.running(id).await?;
+        let mut options = spec.options;
+        for (key, value) in &live.env {
+            options
+                .env
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+        options.stdin = spec.stdin.is_some() || spec.stdin_open;
+        let meta = ExecMeta {
+            sandbox_id: id.to_string(),
+            lease: live.lease.clone(),
+            argv: options.argv.clone(),
+            cwd: options.cwd.clone(),
+            background: spec.background,
+            started_ms: self.now_ms(),
+            capacity: self.inner.options.exec_replay_buffer.bytes() as usize,
+        };
+        let env_keys: Vec<String> = options.env.keys().cloned().collect();
+        let timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
+        let execution = sandbox.exec(options).await?;
+        let context = PumpContext {
+            events: self.events().clone(),
+            metrics: self.inner.parts.metrics.clone(),
+            detach_grace: self.inner.options.detach_grace,
+        };
+        let (entry, pump) = ExecEntry::start(execution, meta.clone(), context);
+        live.execs.insert(entry.clone(), pump);
+        let payload = EventPayload::ExecStarted(ExecStarted {
+            exec_id: entry.id().to_string(),
+            argv: meta.argv,
+            cwd: meta.cwd,
+            env_keys,
+            timeout_ms,
+            background: meta.background,
+        });
+        self.events()
+            .record_or_log(Some(id), &live.lease, payload)
+            .await;
+        if let Some(data) = spec.stdin {
+            if let Err(message) = entry.write_stdin(data, !spec.stdin_open).await {
+                tracing::warn!(%message, "writing the initial stdin failed");
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Record a file operation on a running sandbox.
+    pub async fn file_event(&self, live: &LiveSandbox, payload: EventPayload) {
+        self.events()
+            .record_or_log(Some(&live.id), &live.lease, payload)
+            .await;
+    }
+
+    /// Drop every sandbox run under `lost`, a lease this node no longer
+    /// holds: their records belong to whoever took over (they are lost),
+    /// so their VMs are killed without writing anything.
+    pub async fn abandon(&self, lost: &Lease, why: &str) {
+        let doomed: Vec<_> = self
+            .inner
+            .live
+            .lock()
+            .values()
+            .filter(|l| &l.lease == lost)
+            .cloned()
+            .collect();
+        for live in doomed {
+            tracing::error!(sandbox = %live.id, "killing a sandbox this node no longer owns: {why}");
+            match live.sandbox() {
+                Some(sandbox) => {
+                    sandbox.terminate(EndReason::HostShutdown, why).await;
+                }
+                None => live.cancel_boot.cancel(),
+            }
+            let _ = tokio::time::timeout(EXEC_DRAIN, live.wait_ended()).await;
+            self.forget(&live);
+        }
+    }
+
+    /// Destroy every sandbox (on server shutdown), waiting at most `grace`
+    /// for each end to be recorded. New creates are refused from now on.
+    pub async fn shutdown_all(&self, grace: Duration) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let live: Vec<_> = self.inner.live.lock().values().cloned().collect();
+        let mut waits = Vec::new();
+        for live in live {
+            let manager = self.clone();
+            waits.push(tokio::spawn(async move {
+                match live.sandbox() {
+                    Some(sandbox) => {
+                        let change = Transition {
+                            state: Some(SandboxState::Stopping),
+                            ..Transition::default()
+                        };
+                        let payload = EventPayload::SandboxStopping(SandboxStopping {
+                            requested_by: StopRequester::ServerShutdown,
+                        });
+                        let _ = manager.move_to(&live, change, payload).await;
+                        // The writable layer is discarded anyway: no need
+                        // for a clean power-off.
+                        sandbox
+                            .terminate(EndReason::HostShutdown, "the server shut down")
+                            .await;
+                    }
+                    None => live.cancel_boot.cancel(),
+                }
+                let _ = tokio::time::timeout(grace, live.wait_ended()).await;
+            }));
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+}

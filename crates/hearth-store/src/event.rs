@@ -1,0 +1,518 @@
+//! The event log's entries: one enum of every event kind with a typed
+//! payload, so that producers cannot misspell a kind or forget a field, and
+//! readers (the API, the SDK, the OpenAPI document) see one schema.
+//!
+//! Stored as the kind's name, the payload as JSON and a schema version
+//! ([`EVENT_VERSION`]). A payload's fields may be added to within a version
+//! (readers ignore unknown fields and default missing optional ones); a
+//! change that old readers would misread bumps the version. Events of kinds
+//! this build does not know (written by a newer node) are still served as
+//! stored: [`Event`] keeps the raw kind and data, and [`Event::payload`]
+//! decodes them when the kind is known.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::StoreError;
+use crate::model::SandboxState;
+
+/// Version of the payload schemas this build writes.
+pub const EVENT_VERSION: u32 = 1;
+
+/// One entry of the event log, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event id: strictly increasing across the store, in the order events
+    /// became visible, so "every event after N" is exact.
+    pub seq: i64,
+    /// The sandbox it concerns, if any.
+    pub sandbox_id: Option<String>,
+    /// The node that recorded it, if any.
+    pub node_id: Option<String>,
+    /// When it was recorded, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened, dotted (`sandbox.running`, `exec.finished`, ...).
+    pub kind: String,
+    /// Schema version of `data`.
+    pub version: u32,
+    /// The payload, a JSON object.
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// The typed payload; an error for a kind this build does not know.
+    pub fn payload(&self) -> Result<EventPayload, StoreError> {
+        EventPayload::from_parts(&self.kind, self.data.clone())
+    }
+
+    /// Whether this event is a sandbox's last: nothing follows it in that
+    /// sandbox's history.
+    pub fn ends_sandbox(&self) -> bool {
+        SANDBOX_END_KINDS.contains(&self.kind.as_str())
+    }
+}
+
+/// Kinds that end a sandbox's history.
+pub const SANDBOX_END_KINDS: [&str; 4] = [
+    "sandbox.stopped",
+    "sandbox.failed",
+    "sandbox.timed_out",
+    "sandbox.lost",
+];
+
+/// Every kind of event, with its payload. Serialized adjacently tagged:
+/// `{"kind": "sandbox.running", "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", content = "data")]
+pub enum EventPayload {
+    /// A sandbox was admitted and its VM is booting.
+    #[serde(rename = "sandbox.creating")]
+    SandboxCreating(SandboxCreating),
+    /// A sandbox booted and accepts execs.
+    #[serde(rename = "sandbox.running")]
+    SandboxRunning(SandboxRunning),
+    /// A sandbox is being destroyed.
+    #[serde(rename = "sandbox.stopping")]
+    SandboxStopping(SandboxStopping),
+    /// A sandbox ended normally (destroyed, powered off, server shutdown).
+    #[serde(rename = "sandbox.stopped")]
+    SandboxStopped(SandboxEnded),
+    /// A sandbox ended by a failure (boot failure, crash, out of memory).
+    #[serde(rename = "sandbox.failed")]
+    SandboxFailed(SandboxEnded),
+    /// A sandbox ran past its timeout and was killed.
+    #[serde(rename = "sandbox.timed_out")]
+    SandboxTimedOut(SandboxEnded),
+    /// The node running a sandbox died or lost its lease.
+    #[serde(rename = "sandbox.lost")]
+    SandboxLost(SandboxLost),
+    /// A running sandbox's timeout was moved.
+    #[serde(rename = "sandbox.timeout_set")]
+    SandboxTimeoutSet(SandboxTimeoutSet),
+    /// A command started in a sandbox.
+    #[serde(rename = "exec.started")]
+    ExecStarted(ExecStarted),
+    /// A command ended.
+    #[serde(rename = "exec.finished")]
+    ExecFinished(ExecFinished),
+    /// A file was written.
+    #[serde(rename = "file.written")]
+    FileWritten(FileTransfer),
+    /// A file was read.
+    #[serde(rename = "file.read")]
+    FileRead(FileTransfer),
+    /// A file or directory was removed.
+    #[serde(rename = "file.removed")]
+    FileRemoved(FileRemoved),
+    /// A directory was created.
+    #[serde(rename = "dir.created")]
+    DirCreated(DirCreated),
+    /// A create was refused: the node was at capacity.
+    #[serde(rename = "admission.refused")]
+    AdmissionRefused(AdmissionRefused),
+    /// A node took a lease (started, or came back after losing its lease).
+    #[serde(rename = "node.joined")]
+    NodeJoined(NodeJoined),
+    /// A node shut down cleanly and gave up its lease.
+    #[serde(rename = "node.left")]
+    NodeLeft(NodeLeft),
+    /// A node's lease expired; another node took over its sandboxes.
+    #[serde(rename = "node.expired")]
+    NodeExpired(NodeExpired),
+    /// A node tried to write as the owner of something it no longer owns
+    /// (its lease was taken over), and the store refused.
+    #[serde(rename = "node.fenced")]
+    NodeFenced(NodeFenced),
+}
+
+impl EventPayload {
+    /// The kind's name, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SandboxCreating(_) => "sandbox.creating",
+            Self::SandboxRunning(_) => "sandbox.running",
+            Self::SandboxStopping(_) => "sandbox.stopping",
+            Self::SandboxStopped(_) => "sandbox.stopped",
+            Self::SandboxFailed(_) => "sandbox.failed",
+            Self::SandboxTimedOut(_) => "sandbox.timed_out",
+            Self::SandboxLost(_) => "sandbox.lost",
+            Self::SandboxTimeoutSet(_) => "sandbox.timeout_set",
+            Self::ExecStarted(_) => "exec.started",
+            Self::ExecFinished(_) => "exec.finished",
+            Self::FileWritten(_) => "file.written",
+            Self::FileRead(_) => "file.read",
+            Self::FileRemoved(_) => "file.removed",
+            Self::DirCreated(_) => "dir.created",
+            Self::AdmissionRefused(_) => "admission.refused",
+            Self::NodeJoined(_) => "node.joined",
+            Self::NodeLeft(_) => "node.left",
+            Self::NodeExpired(_) => "node.expired",
+            Self::NodeFenced(_) => "node.fenced",
+        }
+    }
+
+    /// The sandbox state this event records a move to, if it is a state
+    /// change.
+    pub fn sandbox_state(&self) -> Option<SandboxState> {
+        match self {
+            Self::SandboxCreating(_) => Some(SandboxState::Creating),
+            Self::SandboxRunning(_) => Some(SandboxState::Running),
+            Self::SandboxStopping(_) => Some(SandboxState::Stopping),
+            Self::SandboxStopped(_) => Some(SandboxState::Stopped),
+            Self::SandboxFailed(_) => Some(SandboxState::Failed),
+            Self::SandboxTimedOut(_) => Some(SandboxState::TimedOut),
+            Self::SandboxLost(_) => Some(SandboxState::Lost),
+            _ => None,
+        }
+    }
+
+    /// The payload's JSON object.
+    pub fn data(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                map.remove("data").unwrap_or(serde_json::Value::Null)
+            }
+            // Every variant is a struct of plain fields: serializing it
+            // cannot fail or give anything but an object.
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Decode a stored kind and payload.
+    pub fn from_parts(kind: &str, data: serde_json::Value) -> Result<Self, StoreError> {
+        serde_json::from_value(serde_json::json!({"kind": kind, "data": data})).map_err(|e| {
+            StoreError::Corrupt {
+                what: "event payload",
+                detail: format!("{kind}: {e}"),
+            }
+        })
+    }
+}
+
+/// `sandbox.creating`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxCreating {
+    /// Guest image.
+    pub image: String,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Guest memory, bytes.
+    pub memory_bytes: u64,
+    /// Writable layer, bytes.
+    pub disk_bytes: u64,
+    /// Lifetime from readiness, ms; null for none.
+    pub timeout_ms: Option<u64>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Names of the sandbox-wide environment variables (never values).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+}
+
+/// `sandbox.running`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxRunning {
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    /// Why that accelerator.
+    pub accelerator_reason: String,
+    /// From the create request to the guest answering, ms.
+    pub boot_ms: u64,
+    /// What the guest agent reported.
+    #[schema(value_type = Object)]
+    pub guest: hearth_proto::GuestInfo,
+}
+
+/// Who asked a sandbox to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopRequester {
+    /// A client, through the API.
+    Api,
+    /// The server, shutting down.
+    ServerShutdown,
+}
+
+/// `sandbox.stopping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxStopping {
+    /// Who asked.
+    pub requested_by: StopRequester,
+}
+
+/// `sandbox.stopped`, `sandbox.failed`, `sandbox.timed_out`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxEnded {
+    /// End reason: `destroyed`, `exited`, `timed_out`, `out_of_memory`,
+    /// `guest_kernel_panic`, `guest_agent_crashed`, `vm_crashed`,
+    /// `boot_failed`, `host_shutdown`.
+    pub reason: String,
+    /// How it ended, for a human.
+    pub message: String,
+    /// From the create to the end, ms (absent when it never booted).
+    #[serde(default)]
+    pub lifetime_ms: Option<u64>,
+    /// Last console lines, for failures.
+    #[serde(default)]
+    pub console_tail: Vec<String>,
+    /// Where the console log was kept, for failures.
+    #[serde(default)]
+    pub console_log: Option<String>,
+}
+
+/// `sandbox.lost`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxLost {
+    /// Always `lost`.
+    pub reason: String,
+    /// What happened, for a human.
+    pub message: String,
+    /// The state it was in.
+    pub previous_state: SandboxState,
+    /// The node that ran it (empty for sandboxes of servers older than
+    /// nodes).
+    pub node_id: String,
+    /// That node's lease epoch when it ran it.
+    pub node_epoch: i64,
+    /// Where its console log was kept, when the node that ran it found it
+    /// at restart.
+    #[serde(default)]
+    pub console_log: Option<String>,
+}
+
+/// `sandbox.timeout_set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxTimeoutSet {
+    /// The new lifetime, counted from `at_ms`.
+    pub timeout_ms: u64,
+    /// When it will time out, ms since the epoch.
+    pub expires_ms: u64,
+}
+
+/// `exec.started`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecStarted {
+    /// Exec id.
+    pub exec_id: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Working directory asked for.
+    pub cwd: Option<String>,
+    /// Names of its environment variables (never values).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+    /// Its timeout, ms.
+    pub timeout_ms: Option<u64>,
+    /// Started with no client attached.
+    #[serde(default)]
+    pub background: bool,
+}
+
+/// `exec.finished`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecFinished {
+    /// Exec id.
+    pub exec_id: String,
+    /// `exited`, `signaled`, `oom_killed`, `timed_out`, `killed`,
+    /// `spawn_failed`, or `failed` (the host lost it).
+    pub reason: String,
+    /// Shell-style exit code.
+    #[serde(default)]
+    pub code: Option<i32>,
+    /// The signal that ended it.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// What happened, for a human.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Run time, ms.
+    pub duration_ms: u64,
+    /// Bytes it wrote to stdout.
+    #[serde(default)]
+    pub stdout_bytes: Option<u64>,
+    /// Bytes it wrote to stderr.
+    #[serde(default)]
+    pub stderr_bytes: Option<u64>,
+    /// Why the host killed it, if it did.
+    #[serde(default)]
+    pub killed_because: Option<String>,
+}
+
+/// `file.written`, `file.read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileTransfer {
+    /// Path in the guest.
+    pub path: String,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// `file.removed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileRemoved {
+    /// Path in the guest.
+    pub path: String,
+    /// Removed a directory with its contents.
+    pub recursive: bool,
+}
+
+/// `dir.created`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DirCreated {
+    /// Path in the guest.
+    pub path: String,
+}
+
+/// `admission.refused`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdmissionRefused {
+    /// The limit that was reached: `sandboxes`, `memory` or `vcpus`.
+    pub limit: String,
+    /// What was refused and why, for a human.
+    pub message: String,
+    /// Memory asked for, bytes.
+    pub memory_bytes: u64,
+    /// vCPUs asked for.
+    pub vcpus: u32,
+}
+
+/// `node.joined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeJoined {
+    /// The new lease's epoch (the fencing token).
+    pub epoch: i64,
+    /// Where other nodes reach it.
+    pub url: String,
+    /// Host name.
+    pub hostname: String,
+    /// The epoch it had before, if it was known.
+    #[serde(default)]
+    pub previous_epoch: Option<i64>,
+    /// The state its previous lease was in (`alive` when it restarted
+    /// before its lease expired).
+    #[serde(default)]
+    pub previous_state: Option<String>,
+}
+
+/// `node.left`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeLeft {
+    /// The lease given up.
+    pub epoch: i64,
+}
+
+/// `node.expired`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeExpired {
+    /// The node whose lease expired.
+    pub expired_node: String,
+    /// Its epoch.
+    pub epoch: i64,
+    /// Its last heartbeat, ms since the epoch.
+    pub last_heartbeat_ms: u64,
+    /// How long it had not been seen to heartbeat, ms.
+    pub silent_ms: u64,
+}
+
+/// `node.fenced`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeFenced {
+    /// The node that tried to write.
+    pub fenced_node: String,
+    /// The epoch it wrote under.
+    pub epoch: i64,
+    /// What it tried to do.
+    pub attempted: String,
+    /// Why the store refused.
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<EventPayload> {
+        vec![
+            EventPayload::SandboxCreating(SandboxCreating {
+                image: "default".into(),
+                vcpus: 1,
+                ..SandboxCreating::default()
+            }),
+            EventPayload::SandboxStopping(SandboxStopping {
+                requested_by: StopRequester::Api,
+            }),
+            EventPayload::SandboxFailed(SandboxEnded {
+                reason: "boot_failed".into(),
+                message: "no".into(),
+                ..SandboxEnded::default()
+            }),
+            EventPayload::SandboxLost(SandboxLost {
+                reason: "lost".into(),
+                message: "gone".into(),
+                previous_state: SandboxState::Running,
+                node_id: "nd-a".into(),
+                node_epoch: 3,
+                console_log: None,
+            }),
+            EventPayload::ExecFinished(ExecFinished {
+                exec_id: "x1".into(),
+                reason: "exited".into(),
+                code: Some(0),
+                duration_ms: 5,
+                ..ExecFinished::default()
+            }),
+            EventPayload::NodeFenced(NodeFenced {
+                fenced_node: "nd-a".into(),
+                epoch: 1,
+                attempted: "sandbox.running".into(),
+                reason: "lease taken over".into(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn payloads_round_trip_through_kind_and_data() {
+        for payload in samples() {
+            let kind = payload.kind();
+            let data = payload.data();
+            assert!(data.is_object(), "{kind}: {data}");
+            let back = EventPayload::from_parts(kind, data).unwrap();
+            assert_eq!(back, payload);
+        }
+    }
+
+    #[test]
+    fn state_changes_name_their_state_and_ends_are_known() {
+        for payload in samples() {
+            if let Some(state) = payload.sandbox_state() {
+                assert_eq!(payload.kind(), format!("sandbox.{state}"));
+                let event = Event {
+                    seq: 1,
+                    sandbox_id: None,
+                    node_id: None,
+                    at_ms: 0,
+                    kind: payload.kind().into(),
+                    version: EVENT_VERSION,
+                    data: payload.data(),
+                };
+                assert_eq!(event.ends_sandbox(), state.is_final());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_payloads_are_errors_not_panics() {
+        let error = EventPayload::from_parts("sandbox.teleported", serde_json::json!({}));
+        assert!(error.is_err());
+        let error = EventPayload::from_parts("file.read", serde_json::json!({"path": 1}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("file.read"), "{error}");
+        // Fields added by a newer writer are ignored.
+        let newer = serde_json::json!({"path": "/a", "bytes": 3, "sha256": "ab"});
+        assert!(EventPayload::from_parts("file.read", newer).is_ok());
+    }
+}
