@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use hearth_vm::image::{self, BuildOptions, ImageError};
+use hearth_image::{BuildOptions, Image, ImageError};
 
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -57,10 +57,10 @@ fn leftovers(images_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn build_logged(opts: &BuildOptions) -> (image::Image, Vec<String>, f64) {
+fn build_logged(opts: &BuildOptions) -> (Image, Vec<String>, f64) {
     let mut lines = Vec::new();
     let t = Instant::now();
-    let img = image::build(opts, &mut |l: &str| {
+    let img = hearth_image::build(opts, &mut |l: &str| {
         eprintln!("[image] {l}");
         lines.push(l.to_string());
     })
@@ -102,8 +102,8 @@ fn real_build_then_cache_behaviour() {
 
     // A dynamically linked agent is refused before anything is downloaded.
     let dynamic = compile_agent(work.path(), false);
-    let err =
-        image::build(&BuildOptions::new(&images_dir, &dynamic), &mut |_: &str| {}).unwrap_err();
+    let err = hearth_image::build(&BuildOptions::new(&images_dir, &dynamic), &mut |_: &str| {})
+        .unwrap_err();
     assert!(matches!(err, ImageError::GuestAgentDynamic(_)), "{err}");
     assert!(err.to_string().contains("scripts/build-guest.sh"), "{err}");
 
@@ -200,7 +200,7 @@ fn real_build_then_cache_behaviour() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     fs::write(img.initramfs(), &bytes).unwrap();
-    let opened = image::open(&images_dir, "default").unwrap();
+    let opened = hearth_image::open(&images_dir, "default").unwrap();
     let err = opened.verify().unwrap_err().to_string();
     assert!(
         err.contains("initramfs.cpio.gz") && err.contains("hearth image build"),
@@ -232,7 +232,7 @@ fn real_build_then_cache_behaviour() {
     );
     // The initramfs is reproducible: the rebuild has the original digest.
     assert_eq!(img3.manifest().files["initramfs.cpio.gz"], initramfs_digest);
-    image::open(&images_dir, "default")
+    hearth_image::open(&images_dir, "default")
         .unwrap()
         .verify()
         .unwrap();
@@ -245,16 +245,22 @@ fn real_build_then_cache_behaviour() {
         .unwrap();
     let kernel_len = f.metadata().unwrap().len();
     f.set_len(kernel_len - 1).unwrap();
-    let err = image::open(&images_dir, "default").unwrap_err().to_string();
+    let err = hearth_image::open(&images_dir, "default")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("vmlinuz is"), "{err}");
     assert_eq!(fs::metadata(img.rootfs()).unwrap().len(), rootfs_len);
 
     // 5. Without a manifest the image can't be opened, and the error says what to do.
     fs::remove_file(img.dir().join("manifest.json")).unwrap();
-    let err = image::open(&images_dir, "default").unwrap_err().to_string();
+    let err = hearth_image::open(&images_dir, "default")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("manifest.json is missing"), "{err}");
     assert!(err.contains("run `hearth image build`"), "{err}");
-    let err = image::open(&images_dir, "other").unwrap_err().to_string();
+    let err = hearth_image::open(&images_dir, "other")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("image 'other' not found in"), "{err}");
 
     assert!(
