@@ -1,7 +1,7 @@
 //! PID-1 mode: turn the initramfs into a running sandbox, serve the host on
 //! the virtio-serial port, and power off on request.
 //!
-//! Boot contract (the image builder's side is in `hearth-vm`): `/init` is
+//! Boot contract (the image builder's side is in `hearth-image`): `/init` is
 //! this binary, `/etc/hearth/modules` lists module paths in load order,
 //! `/dev/vda` is the read-only base rootfs and `/dev/vdb` the writable
 //! scratch filesystem. Any failure here is fatal: it is printed to the

@@ -16,7 +16,7 @@ pub enum SandboxError {
     InvalidOption(String),
     /// The guest image is missing or broken.
     #[error(transparent)]
-    Image(#[from] hearth_vm::image::ImageError),
+    Image(#[from] hearth_image::ImageError),
     /// The VM layer failed.
     #[error(transparent)]
     Vm(#[from] hearth_vm::VmError),

@@ -139,7 +139,7 @@ impl Sandbox {
         let image = {
             let dir = home.images_dir().to_path_buf();
             let name = options.image.clone();
-            tokio::task::spawn_blocking(move || hearth_vm::image::open(&dir, &name))
+            tokio::task::spawn_blocking(move || hearth_image::open(&dir, &name))
                 .await
                 .map_err(|e| SandboxError::InvalidOption(format!("image lookup failed: {e}")))??
         };
@@ -154,7 +154,7 @@ impl Sandbox {
         home: &HearthHome,
         driver: &dyn Driver,
         options: SandboxOptions,
-        image: hearth_vm::image::Image,
+        image: hearth_image::Image,
         accel: AccelChoice,
         id: String,
         started: Instant,

@@ -43,7 +43,7 @@ async fn run(client: &GuestClient, id: &str, script: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_serves_a_new_connection_after_the_host_reconnects() {
     let t = TestHome::new();
-    let image = hearth_vm::image::open(t.home.images_dir(), "default").unwrap();
+    let image = hearth_image::open(t.home.images_dir(), "default").unwrap();
     let accel = hearth_vm::accel::detect(hearth_vm::AccelPreference::Auto).unwrap();
     let state_dir = t.home.sandboxes_dir().join("sb-reconnect");
     let vm = t

@@ -12,7 +12,7 @@ async fn guest_runs_its_own_kernel_and_cannot_see_host_files() {
     std::fs::write(&marker, "host secret").unwrap();
     let sandbox = t.small().await;
 
-    let image = hearth_vm::image::open(t.home.images_dir(), "default").unwrap();
+    let image = hearth_image::open(t.home.images_dir(), "default").unwrap();
     let guest_release = sh(&sandbox, "uname -r").await.stdout_text();
     assert_eq!(guest_release.trim(), image.manifest().inputs.kernel_release);
     let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -41,7 +41,7 @@ fn sha256_file(path: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_never_outlive_a_sandbox_or_touch_the_base_image() {
     let t = TestHome::new();
-    let image = hearth_vm::image::open(t.home.images_dir(), "default").unwrap();
+    let image = hearth_image::open(t.home.images_dir(), "default").unwrap();
     let before = sha256_file(&image.rootfs());
 
     let first = t.small().await;

@@ -1,16 +1,16 @@
-//! VM drivers, accelerator detection and the guest image builder.
+//! VM drivers and accelerator detection.
 //!
 //! The [`Driver`] / [`Vm`] traits hide which VMM runs a sandbox; the one
-//! backend today is [`qemu::QemuDriver`] (QEMU's `microvm` machine, KVM where
-//! usable, TCG otherwise). The [`image`] module builds the kernel, initramfs
-//! and root filesystem every VM boots from.
+//! real backend today is [`qemu::QemuDriver`] (QEMU's `microvm` machine, KVM
+//! where usable, TCG otherwise); [`fake::FakeDriver`] runs the guest agent
+//! on the host for tests. A VM boots from the kernel, initramfs and root
+//! filesystem paths in its [`VmSpec`]; the `hearth-image` crate builds them.
 
 pub mod accel;
 pub mod console;
 pub mod driver;
 pub mod error;
 pub mod fake;
-pub mod image;
 pub mod procfs;
 pub mod qemu;
 pub mod scratch;

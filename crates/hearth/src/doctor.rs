@@ -34,11 +34,11 @@ pub async fn run(home: &HearthHome, args: DoctorArgs) -> Result<i32> {
     let images_dir = home.images_dir().to_path_buf();
     let verify = args.verify;
     let image = tokio::task::spawn_blocking(move || {
-        let image = hearth_vm::image::open(&images_dir, "default")?;
+        let image = hearth_image::open(&images_dir, "default")?;
         if verify {
             image.verify()?;
         }
-        Ok::<_, hearth_vm::image::ImageError>(image)
+        Ok::<_, hearth_image::ImageError>(image)
     })
     .await?;
     match image {
@@ -73,7 +73,7 @@ pub async fn run(home: &HearthHome, args: DoctorArgs) -> Result<i32> {
             missing.join(", ")
         );
     }
-    match hearth_vm::image::default_guest_agent_path() {
+    match hearth_image::default_guest_agent_path() {
         Some(path) => println!("guest agent: {}", path.display()),
         None => println!("guest agent: not built (run scripts/build-guest.sh)"),
     }

@@ -1,8 +1,8 @@
 //! `hearth image build`.
 
 use anyhow::{Context, Result};
+use hearth_image::BuildOptions;
 use hearth_sandbox::HearthHome;
-use hearth_vm::image::{self, BuildOptions};
 
 use crate::cli::ImageBuildArgs;
 
@@ -10,7 +10,7 @@ use crate::cli::ImageBuildArgs;
 pub async fn build(home: &HearthHome, args: ImageBuildArgs) -> Result<i32> {
     let guest_agent = args
         .guest_agent
-        .or_else(image::default_guest_agent_path)
+        .or_else(hearth_image::default_guest_agent_path)
         .context(
         "no guest agent binary found: build it with scripts/build-guest.sh or pass --guest-agent",
     )?;
@@ -21,7 +21,7 @@ pub async fn build(home: &HearthHome, args: ImageBuildArgs) -> Result<i32> {
     options.suite = args.suite;
     options.extra_packages = args.packages;
     let built = tokio::task::spawn_blocking(move || {
-        image::build(&options, &mut |line: &str| eprintln!("image: {line}"))
+        hearth_image::build(&options, &mut |line: &str| eprintln!("image: {line}"))
     })
     .await??;
     let m = built.manifest();

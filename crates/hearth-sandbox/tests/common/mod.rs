@@ -27,7 +27,7 @@ impl TestHome {
             .tempdir_in("/tmp")
             .expect("temp dir");
         let images = images_dir();
-        if hearth_vm::image::open(&images, "default").is_err() {
+        if hearth_image::open(&images, "default").is_err() {
             panic!(
                 "no guest image in {}: run scripts/test.sh (it builds the image) or `hearth image build`",
                 images.display()

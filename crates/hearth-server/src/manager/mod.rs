@@ -196,7 +196,7 @@ impl SandboxManager {
         // A missing image is the caller's mistake, not a failed sandbox.
         let images = self.inner.home.images_dir().to_path_buf();
         let image = options.image.clone();
-        tokio::task::spawn_blocking(move || hearth_vm::image::open(&images, &image))
+        tokio::task::spawn_blocking(move || hearth_image::open(&images, &image))
             .await
             .map_err(|e| ManagerError::Internal(e.to_string()))?
             .map_err(|e| ManagerError::ImageUnavailable {

@@ -15,6 +15,9 @@
 //! kernel, busybox or guest agent change. Any file whose size or digest no longer matches
 //! the manifest is rebuilt, never used. [`open`] is the cheap check for callers that are
 //! about to boot an image; [`Image::verify`] checks every digest.
+//!
+//! This crate knows nothing about VMs: [`Image::kernel`], [`Image::initramfs`] and
+//! [`Image::rootfs`] are plain paths, which callers put into `hearth_vm::VmSpec`.
 
 mod apt;
 mod build;

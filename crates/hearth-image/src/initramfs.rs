@@ -75,7 +75,7 @@ impl InitramfsContents<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::cpio::read_archive;
+    use crate::cpio::read_archive;
     use std::io::Read;
 
     #[test]
