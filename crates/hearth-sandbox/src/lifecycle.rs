@@ -100,6 +100,11 @@ fn request_end(shared: &Shared, reason: EndReason, message: &str) {
 }
 
 /// A fresh sandbox id: `sb-` and 12 random hex digits.
+///
+/// # Panics
+///
+/// If the operating system's random number generator fails (see
+/// [`random_hex`]).
 pub fn new_sandbox_id() -> String {
     format!("sb-{}", random_hex(6))
 }
