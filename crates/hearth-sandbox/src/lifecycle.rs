@@ -27,7 +27,7 @@ use crate::end::{classify, human_duration, EndReason, SandboxEnd};
 use crate::error::{Result, SandboxError};
 use crate::home::HearthHome;
 use crate::ids::random_hex;
-use crate::options::SandboxOptions;
+use crate::options::{deadline_after, SandboxOptions};
 use crate::registry::{keep_console_log, now_ms, OwnerRecord};
 
 /// Facts about a running sandbox.
@@ -264,11 +264,12 @@ impl Sandbox {
             boot_ms,
             created_unix_ms: record.created_unix_ms,
         };
+        // Validated already; an error here drops the armed guard, which
+        // kills the VM.
+        let deadline = lifetime_deadline(options.timeout)?;
         let mut guard = guard;
         guard.armed = false;
-        shared
-            .deadline
-            .send_replace(options.timeout.map(|t| (Instant::now() + t, t)));
+        shared.deadline.send_replace(deadline);
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 id,
@@ -324,9 +325,12 @@ impl Sandbox {
     }
 
     /// Move the deadline to `timeout` from now (or remove it with `None`).
-    pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let deadline = timeout.map(|t| (Instant::now() + t, t));
+    /// A zero timeout or one over [`MAX_TIMEOUT`](crate::options::MAX_TIMEOUT)
+    /// is refused, leaving the deadline as it was.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = lifetime_deadline(timeout)?;
         self.inner.shared.deadline.send_replace(deadline);
+        Ok(())
     }
 
     /// Kill the VM, record `reason`, remove every file the sandbox created,
@@ -383,6 +387,14 @@ impl Sandbox {
             Err(_) => error,
         }
     }
+}
+
+/// The deadline of a sandbox lifetime of `timeout` starting now, and the
+/// timeout itself (for the end message); `None` for no limit.
+fn lifetime_deadline(timeout: Option<Duration>) -> Result<Option<(Instant, Duration)>> {
+    timeout
+        .map(|t| deadline_after("timeout", t).map(|at| (at, t)))
+        .transpose()
 }
 
 /// Kills the VM if `create` fails or is cancelled before it returns.
@@ -484,6 +496,20 @@ async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_lifetime_is_refused_not_overflowed() {
+        let err = lifetime_deadline(Some(Duration::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout must be at most 30 days"), "{err}");
+        assert_eq!(lifetime_deadline(None).unwrap(), None);
+        let (at, limit) = lifetime_deadline(Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(limit, Duration::from_secs(5));
+        assert!(at > Instant::now());
+    }
 
     #[test]
     fn ids_are_unique() {

@@ -48,7 +48,7 @@ async fn the_timeout_can_be_extended() {
             ..Default::default()
         })
         .await;
-    sandbox.set_timeout(Some(Duration::from_secs(120)));
+    sandbox.set_timeout(Some(Duration::from_secs(120))).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
         sandbox.end().is_none(),
