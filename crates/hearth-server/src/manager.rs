@@ -433,7 +433,7 @@ impl SandboxManager {
         timeout: Duration,
     ) -> Result<SandboxRecord, ApiError> {
         let (live, sandbox) = self.running(id).await?;
-        sandbox.set_timeout(Some(timeout));
+        sandbox.set_timeout(Some(timeout))?;
         let expires = now_ms() + timeout.as_millis() as u64;
         *live.expires_ms.lock().expect("expiry lock") = Some(expires);
         let change = Transition {
