@@ -118,14 +118,16 @@ impl Sandbox {
     ) -> Result<Sandbox> {
         options.validate()?;
         let started = Instant::now();
-        let image = {
+        let (image, accel) = {
             let dir = home.images_dir().to_path_buf();
             let name = options.image.clone();
-            tokio::task::spawn_blocking(move || hearth_vm::image::open(&dir, &name))
-                .await
-                .map_err(|e| SandboxError::InvalidOption(format!("image lookup failed: {e}")))??
+            let preference = options.accel;
+            blocking("looking up the image and accelerator", move || {
+                let image = hearth_vm::image::open(&dir, &name)?;
+                Ok((image, hearth_vm::accel::detect(preference)?))
+            })
+            .await?
         };
-        let accel = hearth_vm::accel::detect(options.accel)?;
         let id = new_sandbox_id();
         let span = tracing::info_span!("sandbox", id = %id);
         Self::boot(home, driver, options, image, accel, id, started)
@@ -145,15 +147,22 @@ impl Sandbox {
         tracing::info!(accel = %accel.accel, vcpus = options.vcpus, memory = %options.memory, disk = %options.disk, "creating sandbox");
 
         let state_dir = home.sandboxes_dir().join(&id);
-        std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
-            "creating {}",
-            state_dir.display()
-        )))?;
-        let mut record = OwnerRecord::new(&id);
-        if let Err(e) = record.save(&state_dir) {
-            let _ = std::fs::remove_dir_all(&state_dir);
-            return Err(e);
-        }
+        let record = {
+            let (state_dir, id) = (state_dir.clone(), id.clone());
+            blocking("creating the sandbox state directory", move || {
+                std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
+                    "creating {}",
+                    state_dir.display()
+                )))?;
+                let record = OwnerRecord::new(&id);
+                if let Err(e) = record.save(&state_dir) {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                    return Err(e);
+                }
+                Ok(record)
+            })
+            .await?
+        };
 
         let spec = VmSpec {
             name: id.clone(),
@@ -170,13 +179,23 @@ impl Sandbox {
         let vm: Arc<dyn Vm> = match driver.launch(spec).await {
             Ok(vm) => Arc::from(vm),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&state_dir);
+                let state_dir = state_dir.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&state_dir)).await;
                 return Err(e.into());
             }
         };
-        record.vmm = vm.pid().and_then(ProcessId::of);
-        if let Err(error) = record.save(&state_dir) {
-            tracing::warn!(%error, "could not record the VMM process");
+        {
+            let mut record = record.clone();
+            let (state_dir, vmm_pid) = (state_dir.clone(), vm.pid());
+            let saved = blocking("recording the VMM process", move || {
+                record.vmm = vmm_pid.and_then(ProcessId::of);
+                record.save(&state_dir)
+            })
+            .await;
+            if let Err(error) = saved {
+                tracing::warn!(%error, "could not record the VMM process");
+            }
         }
 
         let shared = Arc::new(Shared {
@@ -397,6 +416,19 @@ fn lifetime_deadline(timeout: Option<Duration>) -> Result<Option<(Instant, Durat
         .transpose()
 }
 
+/// Run blocking filesystem or process work (`what`) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SandboxError::Io {
+            context: format!("{what} failed"),
+            source: std::io::Error::other(e),
+        })?
+}
+
 /// Kills the VM if `create` fails or is cancelled before it returns.
 struct BootGuard {
     vm: Arc<dyn Vm>,
@@ -477,15 +509,28 @@ async fn monitor(
         .clone();
     let mut end = classify(&exit, requested);
     end.lifetime_ms = started.elapsed().as_millis() as u64;
-    if end.reason.is_failure() {
+    let failed = end.reason.is_failure();
+    if failed {
         let tail = &exit.console_tail;
         end.console_tail = tail[tail.len().saturating_sub(40)..].to_vec();
-        end.console_log = keep_console_log(&home, &id, &state_dir);
     }
-    if let Err(error) = std::fs::remove_dir_all(&state_dir) {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(sandbox = %id, %error, "could not remove sandbox state directory");
-        }
+    let cleanup = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let console_log = failed
+                .then(|| keep_console_log(&home, &id, &state_dir))
+                .flatten();
+            if let Err(error) = std::fs::remove_dir_all(&state_dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(sandbox = %id, %error, "could not remove sandbox state directory");
+                }
+            }
+            console_log
+        })
+    };
+    match cleanup.await {
+        Ok(console_log) => end.console_log = console_log,
+        Err(error) => tracing::warn!(sandbox = %id, %error, "the state directory cleanup failed"),
     }
     // Callers get the end too; logging failures louder than info would make
     // every CLI error print twice.
