@@ -2,6 +2,7 @@
 //! over a real HTTP/2 connection on a socketpair.
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,11 +18,15 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
 
 struct Client {
     sender: SendRequest<ResponseBody>,
     _agent: Agent,
+    /// The agent's side of the connection; ends when the connection closes.
+    serving: Option<JoinHandle<Result<(), hyper::Error>>>,
 }
 
 async fn connect() -> Client {
@@ -33,7 +38,7 @@ impl Client {
     async fn over(agent: Agent) -> Client {
         let (server_end, client_end) = UnixStream::pair().unwrap();
         let serving = agent.clone();
-        tokio::spawn(async move { serving.serve_connection(server_end).await });
+        let serving = tokio::spawn(async move { serving.serve_connection(server_end).await });
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_end))
                 .await
@@ -42,7 +47,18 @@ impl Client {
         Client {
             sender,
             _agent: agent,
+            serving: Some(serving),
         }
+    }
+
+    /// Wait (bounded) until the agent has finished serving this connection.
+    async fn served(&mut self) {
+        let serving = self.serving.take().expect("connection served once");
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the agent closes the connection")
+            .expect("serving task")
+            .expect("the connection ends cleanly");
     }
 }
 
@@ -435,6 +451,7 @@ async fn concurrent_execs_do_not_block_each_other() {
         let mut client = Client {
             sender: sender.clone(),
             _agent: client._agent.clone(),
+            serving: None,
         };
         let req = sh(id, "sleep 3; echo done");
         async move { client.exec(req, None).await }
@@ -649,22 +666,29 @@ async fn files_round_trip_and_errors() {
 async fn serve_unix_binary_answers_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth-guest"))
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hearth-guest"))
         .arg("serve-unix")
         .arg(&socket)
-        .stderr(std::process::Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match UnixStream::connect(&socket).await {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+    // The agent logs when it listens.
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.starts_with("hearth-guest: serving on") {
+                return;
             }
-            Err(e) => panic!("agent did not listen: {e}"),
         }
-    };
+        panic!("the agent exited before it listened");
+    })
+    .await
+    .expect("the agent listens");
+    // Keep reading its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let stream = UnixStream::connect(&socket).await.unwrap();
     let stream = hearth_proto::handshake::host(stream, "t1").await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -676,21 +700,39 @@ async fn serve_unix_binary_answers_and_shuts_down() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        None
-    })
-    .await
-    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the agent exits after answering the shutdown")
+        .unwrap();
+    assert!(status.success(), "agent exited with {status}");
+    assert!(!socket.exists(), "the agent left its socket behind");
+}
+
+#[tokio::test]
+async fn shutdown_answers_lets_running_execs_report_and_closes_connections() {
+    let agent = Agent::start(AgentOptions::default()).expect("agent starts");
+    let mut client = Client::over(agent.clone()).await;
+    let (_stdin, mut running) = client
+        .exec_streaming(&request("running", &["sleep", "3600"]))
+        .await;
+    assert_eq!(running.next().await.unwrap().kind, FrameKind::Started);
+
+    let response = client
+        .send(Method::POST, routes::SHUTDOWN, empty_body())
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    // What the binary does next: kill the workloads and wait for the
+    // connections to close, which they do once everything is written.
+    let finishing = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.finish_shutdown().await }
+    });
+    let outcome = running.outcome().await;
+    assert_eq!(outcome.exit().reason, ExitReason::Killed, "{outcome:?}");
+    client.served().await;
     assert!(
-        status.is_some_and(|s| s.success()),
-        "agent did not exit: {status:?}"
+        finishing.await.unwrap(),
+        "finish_shutdown gave up although the connection closed"
     );
 }
 
