@@ -60,6 +60,18 @@ impl Client {
             .expect("serving task")
             .expect("the connection ends cleanly");
     }
+
+    /// Hang up and wait (bounded) until the agent has noticed.
+    async fn close(self) {
+        let Client {
+            sender, serving, ..
+        } = self;
+        drop(sender);
+        let serving = serving.expect("connection served once");
+        let _ = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the agent notices the hang-up");
+    }
 }
 
 fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -393,11 +405,11 @@ async fn large_output_streams() {
 #[tokio::test]
 async fn timeout_kills_the_process_tree() {
     let mut client = connect().await;
-    let mut req = sh("slow", "sleep 60 & echo $!; wait");
+    // The shell waits for a child that would outlive any test timeout, so
+    // the exec ends at all only because the timeout killed the tree.
+    let mut req = sh("slow", "sleep 3600 & echo $!; wait");
     req.timeout_ms = Some(300);
-    let started = Instant::now();
     let outcome = client.exec(req, None).await;
-    assert!(started.elapsed() < Duration::from_secs(20));
     let exit = outcome.exit();
     assert_eq!(exit.reason, ExitReason::TimedOut);
     assert_eq!(exit.code, 137);
@@ -444,27 +456,40 @@ async fn kill_by_id() {
 #[tokio::test]
 async fn concurrent_execs_do_not_block_each_other() {
     let client = connect().await;
-    let started = Instant::now();
-    let mut a = client.sender.clone();
-    let mut b = client.sender.clone();
-    let run = |sender: &mut SendRequest<ResponseBody>, id: &str| {
+    // Opening a FIFO blocks until its other end is opened too: each command
+    // can only finish if the other one runs at the same time. Run one after
+    // the other, the first would block until its timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("meet");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.display();
+    let run = |id: &str, script: String| {
         let mut client = Client {
-            sender: sender.clone(),
+            sender: client.sender.clone(),
             _agent: client._agent.clone(),
             serving: None,
         };
-        let req = sh(id, "sleep 3; echo done");
+        let mut req = sh(id, &script);
+        req.timeout_ms = Some(30_000);
         async move { client.exec(req, None).await }
     };
-    let (x, y) = tokio::join!(run(&mut a, "c1"), run(&mut b, "c2"));
-    assert_eq!(x.stdout, b"done\n");
-    assert_eq!(y.stdout, b"done\n");
-    // Sequentially this would take at least 6 s.
-    assert!(
-        started.elapsed() < Duration::from_millis(5500),
-        "{:?}",
-        started.elapsed()
+    let (writer, reader) = tokio::join!(
+        run("c1", format!("echo hello > {fifo}; echo wrote")),
+        run("c2", format!("read line < {fifo}; echo \"read $line\"")),
     );
+    for outcome in [&writer, &reader] {
+        assert_eq!(
+            (outcome.exit().reason, outcome.exit().code),
+            (ExitReason::Exited, 0),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(writer.stdout, b"wrote\n");
+    assert_eq!(reader.stdout, b"read hello\n");
 }
 
 #[tokio::test]
@@ -748,8 +773,8 @@ async fn processes_survive_a_reconnect() {
         .trim()
         .parse()
         .unwrap();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first connection is over (and its execs killed) before the next.
+    first.close().await;
 
     let mut second = Client::over(agent).await;
     let outcome = second
