@@ -49,7 +49,7 @@ async fn exit_codes_stdin_env_cwd_and_missing_commands() {
     assert_eq!(out.report.code, 128 + 15);
 
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,7 +64,7 @@ async fn output_is_binary_safe() {
     let expected: Vec<u8> = (0..=255u8).cycle().take(256 * 1000).collect();
     assert_eq!(out.stdout, expected);
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 fn peak_rss_kib() -> u64 {
@@ -112,7 +112,7 @@ async fn a_hundred_megabytes_of_output_stream_with_bounded_memory() {
         "host memory grew by {grown_mib} MiB while streaming"
     );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +151,7 @@ async fn execs_in_one_sandbox_run_concurrently() {
     }
     assert_eq!(output, b"got first\n");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,5 +200,5 @@ async fn kill_and_drop_end_a_running_command() {
     }
     assert!(gone, "the dropped exec's process kept running");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }

@@ -17,7 +17,7 @@ async fn a_clean_shutdown_powers_the_guest_off() {
         end.console_log.is_none(),
         "a clean end keeps no failure log"
     );
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,7 +35,7 @@ async fn orphaned_processes_are_reaped_by_the_agent() {
     .stdout_text();
     assert_eq!(zombies.trim(), "0", "zombie processes were left unreaped");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,5 +57,5 @@ async fn the_timeout_can_be_extended() {
     );
     assert_eq!(sh(&sandbox, "echo alive").await.stdout_text(), "alive\n");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }

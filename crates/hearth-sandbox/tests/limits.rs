@@ -41,7 +41,7 @@ async fn memory_limit_oom_kills_the_hog_and_the_guest_carries_on() {
     assert!(usage.workload_memory_peak_bytes > 64 << 20, "{usage:?}");
 
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +57,7 @@ async fn vcpus_are_what_was_asked_for() {
     assert_eq!(sh(&sandbox, "nproc").await.stdout_text(), "2\n");
     assert_eq!(sandbox.info().guest.vcpus, 2);
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,7 +86,7 @@ async fn disk_quota_gives_enospc_inside_the_guest() {
         "ok\n"
     );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,7 +115,7 @@ async fn sandbox_timeout_ends_in_a_timeout_report() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(sandbox.end().unwrap().reason, EndReason::TimedOut);
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,7 +136,7 @@ async fn exec_timeout_kills_the_whole_process_tree() {
     .stdout_text();
     assert_eq!(left.trim(), "0", "sleep processes survived the timeout");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,5 +196,5 @@ async fn the_agent_stays_responsive_under_cpu_fork_and_memory_pressure() {
         .await
         .expect("destroy works under load");
     assert_eq!(end.reason, EndReason::Destroyed);
-    t.assert_clean();
+    t.assert_clean().await;
 }
