@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sh, TestHome};
-use hearth_sandbox::EndReason;
+use common::{sh, wait_until, TestHome};
+use hearth_sandbox::{EndReason, Sandbox};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clean_shutdown_powers_the_guest_off() {
@@ -20,20 +20,61 @@ async fn a_clean_shutdown_powers_the_guest_off() {
     t.assert_clean().await;
 }
 
+/// `pid:starttime` of each process still alive (zombies included) among
+/// `processes`; the start time tells a reused pid from the original.
+async fn still_there(sandbox: &Sandbox, processes: &str) -> String {
+    let script = format!(
+        "for ps in {processes}; do p=${{ps%:*}}; \
+         [ \"$(cut -d' ' -f22 /proc/$p/stat 2>/dev/null)\" = \"${{ps#*:}}\" ] && \
+         echo \"$p $(grep '^State:' /proc/$p/status | cut -f2) ppid $(grep '^PPid:' /proc/$p/status | cut -f2)\"; \
+         done; true"
+    );
+    sh(sandbox, &script).await.stdout_text()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orphaned_processes_are_reaped_by_the_agent() {
     let t = TestHome::new();
     let sandbox = t.small().await;
-    // Children that outlive their parent are reparented to PID 1 (the agent).
-    sh(&sandbox, "for i in 1 2 3 4 5; do (sleep 0.2 &); done").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let zombies = sh(
+    // Each subshell starts a sleeper and exits at once: the sleepers are
+    // orphans, reparented to PID 1 (the agent), which alone can reap them.
+    let out = sh(
         &sandbox,
-        "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+        "for i in 1 2 3 4 5; do (sleep 3600 >/dev/null 2>&1 & \
+         sleep_pid=$!; echo $sleep_pid:$(cut -d' ' -f22 /proc/$sleep_pid/stat)); done",
     )
-    .await
-    .stdout_text();
-    assert_eq!(zombies.trim(), "0", "zombie processes were left unreaped");
+    .await;
+    let orphans: Vec<String> = out
+        .stdout_text()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(orphans.len(), 5, "{out:?}");
+    let orphans = orphans.join(" ");
+
+    // They exist, and their parent is PID 1.
+    let alive = still_there(&sandbox, &orphans).await;
+    let lines: Vec<&str> = alive.lines().collect();
+    assert_eq!(lines.len(), 5, "orphans {orphans}: {alive}");
+    assert!(
+        lines.iter().all(|l| l.ends_with("ppid 1")),
+        "not reparented to PID 1: {alive}"
+    );
+
+    // Killed, they become zombies of PID 1 until the agent's reaper
+    // collects them; without it they would stay zombies for ever.
+    let pids: Vec<&str> = orphans
+        .split_whitespace()
+        .map(|ps| ps.split(':').next().unwrap())
+        .collect();
+    sh(&sandbox, &format!("kill -9 {}", pids.join(" "))).await;
+    let left = wait_until(
+        Duration::from_secs(30),
+        || still_there(&sandbox, &orphans),
+        String::is_empty,
+    )
+    .await;
+    assert!(left.is_empty(), "killed orphans were never reaped: {left}");
     sandbox.destroy().await;
     t.assert_clean().await;
 }
