@@ -92,6 +92,15 @@ impl fmt::Debug for Sandbox {
     }
 }
 
+impl Shared {
+    /// Move the deadline to `timeout` from now; the monitor follows.
+    fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = lifetime_deadline(timeout)?;
+        self.deadline.send_replace(deadline);
+        Ok(())
+    }
+}
+
 fn request_end(shared: &Shared, reason: EndReason, message: &str) {
     let mut requested = shared.requested_end.lock().expect("requested_end lock");
     if requested.is_none() {
@@ -347,9 +356,7 @@ impl Sandbox {
     /// A zero timeout or one over [`MAX_TIMEOUT`](crate::options::MAX_TIMEOUT)
     /// is refused, leaving the deadline as it was.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
-        let deadline = lifetime_deadline(timeout)?;
-        self.inner.shared.deadline.send_replace(deadline);
-        Ok(())
+        self.inner.shared.set_timeout(timeout)
     }
 
     /// Kill the VM, record `reason`, remove every file the sandbox created,
@@ -541,6 +548,138 @@ async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use hearth_vm::driver::BoxFuture;
+    use hearth_vm::{Accel, GuestStream, VmExit, VmSpec};
+
+    /// A VM that runs until it is killed.
+    struct FakeVm {
+        spec: VmSpec,
+        killed: AtomicBool,
+        exit: watch::Sender<Option<VmExit>>,
+    }
+
+    impl FakeVm {
+        fn new(state_dir: &Path) -> Self {
+            Self {
+                spec: VmSpec {
+                    name: "sb-fake".into(),
+                    state_dir: state_dir.to_path_buf(),
+                    kernel: PathBuf::new(),
+                    initramfs: PathBuf::new(),
+                    rootfs: PathBuf::new(),
+                    disk_bytes: 0,
+                    vcpus: 1,
+                    memory_mib: 128,
+                    accel: Accel::Tcg,
+                    kernel_args: Vec::new(),
+                },
+                killed: AtomicBool::new(false),
+                exit: watch::channel(None).0,
+            }
+        }
+
+        fn killed(&self) -> bool {
+            self.killed.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Vm for FakeVm {
+        fn pid(&self) -> Option<u32> {
+            None
+        }
+        fn spec(&self) -> &VmSpec {
+            &self.spec
+        }
+        fn connect(&self) -> BoxFuture<'_, hearth_vm::Result<GuestStream>> {
+            Box::pin(async { Err(hearth_vm::VmError::InvalidSpec("fake VM".into())) })
+        }
+        fn wait(&self) -> BoxFuture<'_, VmExit> {
+            let mut exit = self.exit.subscribe();
+            Box::pin(async move {
+                let exit = exit.wait_for(Option::is_some).await.expect("fake VM");
+                exit.clone().expect("exited")
+            })
+        }
+        fn try_exit(&self) -> Option<VmExit> {
+            self.exit.borrow().clone()
+        }
+        fn kill(&self) {
+            self.killed.store(true, Ordering::SeqCst);
+            self.exit.send_replace(Some(VmExit {
+                status: None,
+                console_tail: Vec::new(),
+                vmm_stderr_tail: Vec::new(),
+            }));
+        }
+        fn console_log(&self) -> &Path {
+            Path::new("/nonexistent/console.log")
+        }
+    }
+
+    /// The monitor on a fake VM, with the sandbox's lifetime started.
+    fn watched(timeout: Duration) -> (tempfile::TempDir, Arc<FakeVm>, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = HearthHome::at(dir.path());
+        let state_dir = home.sandboxes_dir().join("sb-fake");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let vm = Arc::new(FakeVm::new(&state_dir));
+        let shared = Arc::new(Shared {
+            requested_end: Mutex::new(None),
+            deadline: watch::channel(None).0,
+            end: watch::channel(None).0,
+        });
+        shared.set_timeout(Some(timeout)).unwrap();
+        tokio::spawn(monitor(
+            vm.clone(),
+            shared.clone(),
+            home,
+            "sb-fake".into(),
+            state_dir,
+            Instant::now(),
+        ));
+        (dir, vm, shared)
+    }
+
+    // Time is paused: sleeps advance a virtual clock, instantly and exactly.
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_kills_at_the_deadline_and_says_why() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        assert!(!vm.killed(), "killed before the deadline");
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert!(vm.killed());
+        assert_eq!(end.reason, EndReason::TimedOut, "{end}");
+        assert!(end.message.contains("10s timeout"), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extended_timeout_moves_the_kill() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(2));
+        // Let the monitor arm the original deadline first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shared.set_timeout(Some(Duration::from_secs(120))).unwrap();
+        tokio::time::sleep(Duration::from_secs(119)).await;
+        assert!(!vm.killed(), "killed at the original deadline");
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert_eq!(end.reason, EndReason::TimedOut, "{end}");
+        assert!(end.message.contains("2m timeout"), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_timeout_leaves_the_deadline_alone() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(shared.set_timeout(Some(Duration::MAX)).is_err());
+        assert!(shared.set_timeout(Some(Duration::ZERO)).is_err());
+        tokio::time::sleep(Duration::from_millis(3_999)).await;
+        assert!(!vm.killed());
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert!(end.message.contains("5s timeout"), "{end}");
+    }
 
     #[test]
     fn a_huge_lifetime_is_refused_not_overflowed() {

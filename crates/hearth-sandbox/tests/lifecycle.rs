@@ -4,8 +4,9 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{sh, wait_until, TestHome};
-use hearth_sandbox::{EndReason, Sandbox};
+use hearth_sandbox::{EndReason, ExecOptions, Sandbox};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clean_shutdown_powers_the_guest_off() {
@@ -82,21 +83,43 @@ async fn orphaned_processes_are_reaped_by_the_agent() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_timeout_can_be_extended() {
     let t = TestHome::new();
+    let original = Duration::from_secs(3);
     let sandbox = t
         .sandbox(hearth_sandbox::SandboxOptions {
             memory: "256M".parse().unwrap(),
-            timeout: Some(Duration::from_secs(2)),
+            timeout: Some(original),
             ..Default::default()
         })
         .await;
+    // The lifetime starts just before create returns, so the original
+    // deadline is at or before this instant.
+    let original_deadline = tokio::time::Instant::now() + original;
     sandbox.set_timeout(Some(Duration::from_secs(120))).unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // A command that runs across the original deadline completes: had the
+    // monitor kept the old deadline, the VM would be killed under it.
+    let mut across = sandbox
+        .exec(ExecOptions {
+            stdin: true,
+            ..ExecOptions::new(["cat"])
+        })
+        .await
+        .unwrap();
+    let stdin = across.take_stdin().unwrap();
+    tokio::time::sleep_until(original_deadline).await;
+    stdin.write(Bytes::from_static(b"alive\n")).await.unwrap();
+    stdin.close();
+    let out = across
+        .collect(1024)
+        .await
+        .expect("the command outlives the original deadline");
+    assert_eq!(out.stdout_text(), "alive\n");
     assert!(
         sandbox.end().is_none(),
         "ended despite the extension: {:?}",
         sandbox.end()
     );
-    assert_eq!(sh(&sandbox, "echo alive").await.stdout_text(), "alive\n");
+    assert!(sandbox.set_timeout(Some(Duration::MAX)).is_err());
     sandbox.destroy().await;
     t.assert_clean().await;
 }
