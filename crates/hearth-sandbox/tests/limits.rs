@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sh, TestHome};
+use common::{sh, wait_until, TestHome};
 use hearth_proto::ExitReason;
 use hearth_sandbox::{EndReason, ExecOptions, SandboxError, SandboxOptions};
 
@@ -163,7 +163,29 @@ async fn the_agent_stays_responsive_under_cpu_fork_and_memory_pressure() {
                 .unwrap(),
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Check responsiveness once the workload really misbehaves: the fork
+    // bomb holds a good part of the pid limit and the memory hog has used
+    // at least half of the memory limit (a peak, so it stays true after
+    // the hog is stopped).
+    let usage = wait_until(
+        Duration::from_secs(60),
+        || async {
+            tokio::time::timeout(Duration::from_secs(30), sandbox.usage())
+                .await
+                .expect("usage answered while the workload misbehaves")
+                .unwrap()
+        },
+        |usage| {
+            usage.pids >= 256
+                && usage.workload_memory_peak_bytes * 2 >= usage.workload_memory_limit_bytes
+        },
+    )
+    .await;
+    assert!(
+        usage.pids >= 256
+            && usage.workload_memory_peak_bytes * 2 >= usage.workload_memory_limit_bytes,
+        "the hogs never got going: {usage:?}"
+    );
     for _ in 0..3 {
         let answered = tokio::time::timeout(Duration::from_secs(30), sh(&sandbox, "echo ok"))
             .await
