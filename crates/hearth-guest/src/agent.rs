@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hearth_proto::{GuestInfo, Hello, PROTOCOL_VERSION};
 use tokio::sync::watch;
@@ -15,6 +16,11 @@ use crate::{memguard, sys, usage};
 
 /// Least memory the workload may be left with by `agent_reserve_mib`.
 const MIN_WORKLOAD_MEMORY: u64 = 16 * 1024 * 1024;
+
+/// Longest wait, after a shutdown request, for the connections to close.
+/// They close as soon as their responses (the shutdown's own 204 first) are
+/// written; this only bounds a host that stops reading.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// How the agent runs.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +52,8 @@ pub struct AgentState {
     /// Milliseconds from kernel start to the first request served.
     pub boot_ms: OnceLock<u64>,
     shutdown: watch::Sender<bool>,
+    /// Connections being served.
+    connections: watch::Sender<usize>,
 }
 
 /// Cloneable handle to a running agent.
@@ -87,6 +95,7 @@ impl Agent {
             workload_memory_limit: AtomicU64::new(0),
             boot_ms: OnceLock::new(),
             shutdown,
+            connections: watch::channel(0).0,
         });
         memguard::spawn(&state);
         Ok(Self { state })
@@ -109,6 +118,44 @@ impl Agent {
         if let Some(cgroups) = &self.state.cgroups {
             cgroups.kill_workload();
         }
+    }
+
+    /// After a shutdown request: kill the workloads, so that their exec
+    /// streams end, and wait until every connection has closed. Each closes
+    /// gracefully once its responses, the shutdown's own 204 among them,
+    /// are written out (see [`Agent::serve_connection`]); so when this
+    /// returns the host has its answer and the process may exit. Gives up
+    /// after [`SHUTDOWN_DRAIN`]; returns whether every connection closed.
+    pub async fn finish_shutdown(&self) -> bool {
+        self.kill_workloads();
+        let mut open = self.state.connections.subscribe();
+        let closed = tokio::time::timeout(SHUTDOWN_DRAIN, open.wait_for(|open| *open == 0)).await;
+        if closed.is_err() {
+            crate::info!(
+                "connections still open {} s after the shutdown request; exiting anyway",
+                SHUTDOWN_DRAIN.as_secs()
+            );
+        }
+        closed.is_ok()
+    }
+
+    /// Count a connection as open until the returned guard is dropped.
+    pub(crate) fn open_connection(&self) -> OpenConnection {
+        self.state.connections.send_modify(|open| *open += 1);
+        OpenConnection {
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// A connection being served; see [`Agent::open_connection`].
+pub(crate) struct OpenConnection {
+    state: Arc<AgentState>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.state.connections.send_modify(|open| *open -= 1);
     }
 }
 

@@ -261,9 +261,11 @@ async fn supervise(
     let (protocol_tx, mut protocol_rx) = oneshot::channel();
     let feeder = tokio::spawn(feed_stdin(request_body, decoder, stdin, protocol_tx));
 
-    let deadline = request
-        .timeout_ms
-        .map(|ms| tokio::time::Instant::from_std(started) + Duration::from_millis(ms));
+    // `validate` bounds timeout_ms, so this cannot overflow; checked anyway,
+    // as a deadline past the end of the clock is no deadline.
+    let deadline = request.timeout_ms.and_then(|ms| {
+        tokio::time::Instant::from_std(started).checked_add(Duration::from_millis(ms))
+    });
     let timer = tokio::time::sleep_until(
         deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365)),
     );

@@ -72,8 +72,8 @@ async fn serve() -> Agent {
     crate::info!("ready in {} ms", usage::uptime_ms());
     tokio::spawn(channel::serve_port(agent.clone(), port));
     agent.shutdown_requested().await;
-    // Let the 204 reach the host before the VM disappears.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The 204 must reach the host before the VM disappears.
+    agent.finish_shutdown().await;
     agent
 }
 

@@ -33,23 +33,33 @@ impl Agent {
     /// Serve one HTTP/2 connection on `io` until it ends. Running execs
     /// whose streams belonged to it are killed when it ends; everything else
     /// (background processes, files) survives for the next connection.
+    ///
+    /// Once shutdown is requested the connection closes gracefully: it takes
+    /// no new requests, finishes those in flight, and returns after its last
+    /// bytes (the shutdown's 204 among them) are written and flushed.
     pub async fn serve_connection<IO>(&self, io: IO) -> std::result::Result<(), hyper::Error>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let _open = self.open_connection();
         let state = self.state.clone();
         let service = service_fn(move |request| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(route(state, request).await) }
         });
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .max_frame_size(MAX_H2_FRAME)
             .max_header_list_size(MAX_HEADER_LIST)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .serve_connection(TokioIo::new(io), service)
-            .await
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = self.shutdown_requested() => connection.as_mut().graceful_shutdown(),
+        }
+        connection.await
     }
 
     /// Host mode: serve every connection accepted on a Unix socket at
@@ -80,9 +90,8 @@ impl Agent {
                 }
             }
         }
-        self.kill_workloads();
-        // Let the 204 reach the host before the process exits.
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The 204 must reach the host before the process exits.
+        self.finish_shutdown().await;
         let _ = std::fs::remove_file(path);
         Ok(())
     }

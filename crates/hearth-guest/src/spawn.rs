@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use hearth_proto::limits::{MAX_ARGV, MAX_ENV, MAX_PATH};
+use hearth_proto::limits::{MAX_ARGV, MAX_ENV, MAX_PATH, MAX_TIMEOUT};
 use hearth_proto::ExecRequest;
 use tokio::sync::oneshot;
 
@@ -71,6 +71,15 @@ pub fn validate(request: &ExecRequest) -> Result<()> {
         }
         if value.contains('\0') {
             return invalid(format!("environment variable {key} contains a NUL byte"));
+        }
+    }
+    if let Some(ms) = request.timeout_ms {
+        // A buggy or hostile host must not make the deadline overflow.
+        if u128::from(ms) > MAX_TIMEOUT.as_millis() {
+            return invalid(format!(
+                "timeout_ms must be at most {} (30 days), got {ms}",
+                MAX_TIMEOUT.as_millis()
+            ));
         }
     }
     if let Some(cwd) = &request.cwd {
@@ -223,6 +232,19 @@ mod tests {
         assert!(validate(&r).is_err());
         let r = request(&vec!["x"; MAX_ARGV + 1]);
         assert!(matches!(validate(&r), Err(GuestError::TooLarge(_))));
+    }
+
+    #[test]
+    fn huge_timeouts_are_refused() {
+        let mut r = request(&["true"]);
+        r.timeout_ms = Some(u64::MAX);
+        let err = validate(&r).unwrap_err().to_string();
+        assert!(
+            err.contains("timeout_ms must be at most 2592000000"),
+            "{err}"
+        );
+        r.timeout_ms = Some(MAX_TIMEOUT.as_millis() as u64);
+        assert!(validate(&r).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! over a real HTTP/2 connection on a socketpair.
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,11 +18,15 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
 
 struct Client {
     sender: SendRequest<ResponseBody>,
     _agent: Agent,
+    /// The agent's side of the connection; ends when the connection closes.
+    serving: Option<JoinHandle<Result<(), hyper::Error>>>,
 }
 
 async fn connect() -> Client {
@@ -33,7 +38,7 @@ impl Client {
     async fn over(agent: Agent) -> Client {
         let (server_end, client_end) = UnixStream::pair().unwrap();
         let serving = agent.clone();
-        tokio::spawn(async move { serving.serve_connection(server_end).await });
+        let serving = tokio::spawn(async move { serving.serve_connection(server_end).await });
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_end))
                 .await
@@ -42,7 +47,30 @@ impl Client {
         Client {
             sender,
             _agent: agent,
+            serving: Some(serving),
         }
+    }
+
+    /// Wait (bounded) until the agent has finished serving this connection.
+    async fn served(&mut self) {
+        let serving = self.serving.take().expect("connection served once");
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the agent closes the connection")
+            .expect("serving task")
+            .expect("the connection ends cleanly");
+    }
+
+    /// Hang up and wait (bounded) until the agent has noticed.
+    async fn close(self) {
+        let Client {
+            sender, serving, ..
+        } = self;
+        drop(sender);
+        let serving = serving.expect("connection served once");
+        let _ = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the agent notices the hang-up");
     }
 }
 
@@ -377,11 +405,11 @@ async fn large_output_streams() {
 #[tokio::test]
 async fn timeout_kills_the_process_tree() {
     let mut client = connect().await;
-    let mut req = sh("slow", "sleep 60 & echo $!; wait");
+    // The shell waits for a child that would outlive any test timeout, so
+    // the exec ends at all only because the timeout killed the tree.
+    let mut req = sh("slow", "sleep 3600 & echo $!; wait");
     req.timeout_ms = Some(300);
-    let started = Instant::now();
     let outcome = client.exec(req, None).await;
-    assert!(started.elapsed() < Duration::from_secs(20));
     let exit = outcome.exit();
     assert_eq!(exit.reason, ExitReason::TimedOut);
     assert_eq!(exit.code, 137);
@@ -428,26 +456,40 @@ async fn kill_by_id() {
 #[tokio::test]
 async fn concurrent_execs_do_not_block_each_other() {
     let client = connect().await;
-    let started = Instant::now();
-    let mut a = client.sender.clone();
-    let mut b = client.sender.clone();
-    let run = |sender: &mut SendRequest<ResponseBody>, id: &str| {
+    // Opening a FIFO blocks until its other end is opened too: each command
+    // can only finish if the other one runs at the same time. Run one after
+    // the other, the first would block until its timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("meet");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo = fifo.display();
+    let run = |id: &str, script: String| {
         let mut client = Client {
-            sender: sender.clone(),
+            sender: client.sender.clone(),
             _agent: client._agent.clone(),
+            serving: None,
         };
-        let req = sh(id, "sleep 3; echo done");
+        let mut req = sh(id, &script);
+        req.timeout_ms = Some(30_000);
         async move { client.exec(req, None).await }
     };
-    let (x, y) = tokio::join!(run(&mut a, "c1"), run(&mut b, "c2"));
-    assert_eq!(x.stdout, b"done\n");
-    assert_eq!(y.stdout, b"done\n");
-    // Sequentially this would take at least 6 s.
-    assert!(
-        started.elapsed() < Duration::from_millis(5500),
-        "{:?}",
-        started.elapsed()
+    let (writer, reader) = tokio::join!(
+        run("c1", format!("echo hello > {fifo}; echo wrote")),
+        run("c2", format!("read line < {fifo}; echo \"read $line\"")),
     );
+    for outcome in [&writer, &reader] {
+        assert_eq!(
+            (outcome.exit().reason, outcome.exit().code),
+            (ExitReason::Exited, 0),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(writer.stdout, b"wrote\n");
+    assert_eq!(reader.stdout, b"read hello\n");
 }
 
 #[tokio::test]
@@ -649,22 +691,29 @@ async fn files_round_trip_and_errors() {
 async fn serve_unix_binary_answers_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth-guest"))
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hearth-guest"))
         .arg("serve-unix")
         .arg(&socket)
-        .stderr(std::process::Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match UnixStream::connect(&socket).await {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
+    // The agent logs when it listens.
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.starts_with("hearth-guest: serving on") {
+                return;
             }
-            Err(e) => panic!("agent did not listen: {e}"),
         }
-    };
+        panic!("the agent exited before it listened");
+    })
+    .await
+    .expect("the agent listens");
+    // Keep reading its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let stream = UnixStream::connect(&socket).await.unwrap();
     let stream = hearth_proto::handshake::host(stream, "t1").await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -676,21 +725,39 @@ async fn serve_unix_binary_answers_and_shuts_down() {
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        None
-    })
-    .await
-    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the agent exits after answering the shutdown")
+        .unwrap();
+    assert!(status.success(), "agent exited with {status}");
+    assert!(!socket.exists(), "the agent left its socket behind");
+}
+
+#[tokio::test]
+async fn shutdown_answers_lets_running_execs_report_and_closes_connections() {
+    let agent = Agent::start(AgentOptions::default()).expect("agent starts");
+    let mut client = Client::over(agent.clone()).await;
+    let (_stdin, mut running) = client
+        .exec_streaming(&request("running", &["sleep", "3600"]))
+        .await;
+    assert_eq!(running.next().await.unwrap().kind, FrameKind::Started);
+
+    let response = client
+        .send(Method::POST, routes::SHUTDOWN, empty_body())
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    // What the binary does next: kill the workloads and wait for the
+    // connections to close, which they do once everything is written.
+    let finishing = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.finish_shutdown().await }
+    });
+    let outcome = running.outcome().await;
+    assert_eq!(outcome.exit().reason, ExitReason::Killed, "{outcome:?}");
+    client.served().await;
     assert!(
-        status.is_some_and(|s| s.success()),
-        "agent did not exit: {status:?}"
+        finishing.await.unwrap(),
+        "finish_shutdown gave up although the connection closed"
     );
 }
 
@@ -706,8 +773,8 @@ async fn processes_survive_a_reconnect() {
         .trim()
         .parse()
         .unwrap();
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first connection is over (and its execs killed) before the next.
+    first.close().await;
 
     let mut second = Client::over(agent).await;
     let outcome = second

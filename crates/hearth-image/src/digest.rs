@@ -28,7 +28,6 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
 }
 
 /// Returns the lowercase hex SHA-256 of a byte slice.
-#[cfg(test)]
 pub fn sha256_bytes(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

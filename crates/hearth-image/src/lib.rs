@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::build;
 pub use elf::is_static_elf;
+use error::IoContext;
 pub use error::{ImageError, Result};
 pub use kernel::REQUIRED_MODULES;
 pub use manifest::{FileDigest, Inputs, Manifest, FORMAT_VERSION};
@@ -191,6 +192,51 @@ pub fn open(images_dir: &Path, name: &str) -> Result<Image> {
         }
     }
     Ok(image)
+}
+
+/// Write an image named `name` whose files are placeholders (a few bytes
+/// each), for VM drivers that boot nothing from them: the fake driver of
+/// tests, which runs the guest agent on the host. [`open`] accepts it;
+/// QEMU could not boot it. The manifest says so in its inputs.
+pub fn write_placeholder(images_dir: &Path, name: &str) -> Result<Image> {
+    validate_name(name)?;
+    let dir = images_dir.join(name);
+    std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+    let mut files = std::collections::BTreeMap::new();
+    for file in [KERNEL_FILE, INITRAMFS_FILE, ROOTFS_FILE] {
+        let contents = format!("placeholder {file}: this image boots nothing\n");
+        std::fs::write(dir.join(file), &contents)
+            .ctx(|| format!("writing {}", dir.join(file).display()))?;
+        files.insert(
+            file.to_string(),
+            FileDigest {
+                sha256: digest::sha256_bytes(contents.as_bytes()),
+                size: contents.len() as u64,
+            },
+        );
+    }
+    let placeholder = "placeholder".to_string();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name: name.to_string(),
+        created: manifest::now_rfc3339(),
+        inputs: Inputs {
+            suite: placeholder.clone(),
+            mirror: placeholder.clone(),
+            extra_packages: Vec::new(),
+            rootfs_recipe: 0,
+            initramfs_recipe: 0,
+            kernel_package: placeholder.clone(),
+            kernel_version: placeholder.clone(),
+            kernel_release: placeholder.clone(),
+            busybox_version: placeholder.clone(),
+            guest_agent_sha256: placeholder,
+            modules: Vec::new(),
+        },
+        files,
+    };
+    manifest.write_atomic(&dir.join(MANIFEST_FILE))?;
+    open(images_dir, name)
 }
 
 /// Where the guest agent binary probably is: `$HEARTH_GUEST_AGENT`, else `hearth-guest`

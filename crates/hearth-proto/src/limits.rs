@@ -1,4 +1,4 @@
-//! Size limits on everything that crosses the host↔guest channel.
+//! Size and time limits on everything that crosses the host↔guest channel.
 //!
 //! The host enforces these on bytes coming from the guest (which may be
 //! hostile); the guest enforces them on bytes from the host (which may be
@@ -32,3 +32,9 @@ pub const MAX_PATH: usize = 4096;
 
 /// Most entries returned by one directory listing.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// Longest timeout of any kind (a sandbox's lifetime, its boot, one exec):
+/// 30 days. The HTTP API accepts no more, the host library refuses more,
+/// and the guest refuses a longer exec `timeout_ms`, so no deadline
+/// arithmetic can overflow.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);

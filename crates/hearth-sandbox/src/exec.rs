@@ -11,6 +11,7 @@ use hearth_proto::{limits, ExecRequest, ExitReport};
 use crate::client::{ExecEvent, ExecStream, StdinWriter};
 use crate::error::{Result, SandboxError};
 use crate::lifecycle::Sandbox;
+use crate::options::check_timeout;
 
 /// A command to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,8 +69,8 @@ impl ExecOptions {
                 ));
             }
         }
-        if self.timeout.is_some_and(|t| t.is_zero()) {
-            return invalid("exec timeout must be positive".into());
+        if let Some(timeout) = self.timeout {
+            check_timeout("exec timeout", timeout)?;
         }
         Ok(())
     }
@@ -238,6 +239,24 @@ mod tests {
             ..ExecOptions::new(["true"])
         };
         assert!(opts.validate().is_err());
+    }
+
+    #[test]
+    fn huge_exec_timeouts_are_refused() {
+        let opts = ExecOptions {
+            timeout: Some(Duration::MAX),
+            ..ExecOptions::new(["true"])
+        };
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("exec timeout must be at most 30 days"),
+            "{err}"
+        );
+        let opts = ExecOptions {
+            timeout: Some(crate::options::MAX_TIMEOUT),
+            ..ExecOptions::new(["true"])
+        };
+        opts.validate().unwrap();
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::end::{classify, human_duration, EndReason, SandboxEnd};
 use crate::error::{Result, SandboxError};
 use crate::home::HearthHome;
 use crate::ids::random_hex;
-use crate::options::SandboxOptions;
+use crate::options::{deadline_after, SandboxOptions};
 use crate::registry::{keep_console_log, now_ms, OwnerRecord};
 
 /// Facts about a running sandbox.
@@ -92,6 +92,15 @@ impl fmt::Debug for Sandbox {
     }
 }
 
+impl Shared {
+    /// Move the deadline to `timeout` from now; the monitor follows.
+    fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = lifetime_deadline(timeout)?;
+        self.deadline.send_replace(deadline);
+        Ok(())
+    }
+}
+
 fn request_end(shared: &Shared, reason: EndReason, message: &str) {
     let mut requested = shared.requested_end.lock().expect("requested_end lock");
     if requested.is_none() {
@@ -100,6 +109,11 @@ fn request_end(shared: &Shared, reason: EndReason, message: &str) {
 }
 
 /// A fresh sandbox id: `sb-` and 12 random hex digits.
+///
+/// # Panics
+///
+/// If the operating system's random number generator fails (see
+/// [`random_hex`]).
 pub fn new_sandbox_id() -> String {
     format!("sb-{}", random_hex(6))
 }
@@ -136,14 +150,16 @@ impl Sandbox {
         }
         options.validate()?;
         let started = Instant::now();
-        let image = {
+        let (image, accel) = {
             let dir = home.images_dir().to_path_buf();
             let name = options.image.clone();
-            tokio::task::spawn_blocking(move || hearth_image::open(&dir, &name))
-                .await
-                .map_err(|e| SandboxError::InvalidOption(format!("image lookup failed: {e}")))??
+            let preference = options.accel;
+            blocking("looking up the image and accelerator", move || {
+                let image = hearth_image::open(&dir, &name)?;
+                Ok((image, hearth_vm::accel::detect(preference)?))
+            })
+            .await?
         };
-        let accel = hearth_vm::accel::detect(options.accel)?;
         let span = tracing::info_span!("sandbox", id = %id);
         Self::boot(home, driver, options, image, accel, id, started)
             .instrument(span)
@@ -162,15 +178,22 @@ impl Sandbox {
         tracing::info!(accel = %accel.accel, vcpus = options.vcpus, memory = %options.memory, disk = %options.disk, "creating sandbox");
 
         let state_dir = home.sandboxes_dir().join(&id);
-        std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
-            "creating {}",
-            state_dir.display()
-        )))?;
-        let mut record = OwnerRecord::new(&id);
-        if let Err(e) = record.save(&state_dir) {
-            let _ = std::fs::remove_dir_all(&state_dir);
-            return Err(e);
-        }
+        let record = {
+            let (state_dir, id) = (state_dir.clone(), id.clone());
+            blocking("creating the sandbox state directory", move || {
+                std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
+                    "creating {}",
+                    state_dir.display()
+                )))?;
+                let record = OwnerRecord::new(&id);
+                if let Err(e) = record.save(&state_dir) {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                    return Err(e);
+                }
+                Ok(record)
+            })
+            .await?
+        };
 
         let spec = VmSpec {
             name: id.clone(),
@@ -187,13 +210,23 @@ impl Sandbox {
         let vm: Arc<dyn Vm> = match driver.launch(spec).await {
             Ok(vm) => Arc::from(vm),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&state_dir);
+                let state_dir = state_dir.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&state_dir)).await;
                 return Err(e.into());
             }
         };
-        record.vmm = vm.pid().and_then(ProcessId::of);
-        if let Err(error) = record.save(&state_dir) {
-            tracing::warn!(%error, "could not record the VMM process");
+        {
+            let mut record = record.clone();
+            let (state_dir, vmm_pid) = (state_dir.clone(), vm.pid());
+            let saved = blocking("recording the VMM process", move || {
+                record.vmm = vmm_pid.and_then(ProcessId::of);
+                record.save(&state_dir)
+            })
+            .await;
+            if let Err(error) = saved {
+                tracing::warn!(%error, "could not record the VMM process");
+            }
         }
 
         let shared = Arc::new(Shared {
@@ -281,11 +314,12 @@ impl Sandbox {
             boot_ms,
             created_unix_ms: record.created_unix_ms,
         };
+        // Validated already; an error here drops the armed guard, which
+        // kills the VM.
+        let deadline = lifetime_deadline(options.timeout)?;
         let mut guard = guard;
         guard.armed = false;
-        shared
-            .deadline
-            .send_replace(options.timeout.map(|t| (Instant::now() + t, t)));
+        shared.deadline.send_replace(deadline);
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 id,
@@ -341,9 +375,10 @@ impl Sandbox {
     }
 
     /// Move the deadline to `timeout` from now (or remove it with `None`).
-    pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let deadline = timeout.map(|t| (Instant::now() + t, t));
-        self.inner.shared.deadline.send_replace(deadline);
+    /// A zero timeout or one over [`MAX_TIMEOUT`](crate::options::MAX_TIMEOUT)
+    /// is refused, leaving the deadline as it was.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        self.inner.shared.set_timeout(timeout)
     }
 
     /// Kill the VM, record `reason`, remove every file the sandbox created,
@@ -400,6 +435,27 @@ impl Sandbox {
             Err(_) => error,
         }
     }
+}
+
+/// The deadline of a sandbox lifetime of `timeout` starting now, and the
+/// timeout itself (for the end message); `None` for no limit.
+fn lifetime_deadline(timeout: Option<Duration>) -> Result<Option<(Instant, Duration)>> {
+    timeout
+        .map(|t| deadline_after("timeout", t).map(|at| (at, t)))
+        .transpose()
+}
+
+/// Run blocking filesystem or process work (`what`) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SandboxError::Io {
+            context: format!("{what} failed"),
+            source: std::io::Error::other(e),
+        })?
 }
 
 /// Kills the VM if `create` fails or is cancelled before it returns.
@@ -482,15 +538,28 @@ async fn monitor(
         .clone();
     let mut end = classify(&exit, requested);
     end.lifetime_ms = started.elapsed().as_millis() as u64;
-    if end.reason.is_failure() {
+    let failed = end.reason.is_failure();
+    if failed {
         let tail = &exit.console_tail;
         end.console_tail = tail[tail.len().saturating_sub(40)..].to_vec();
-        end.console_log = keep_console_log(&home, &id, &state_dir);
     }
-    if let Err(error) = std::fs::remove_dir_all(&state_dir) {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(sandbox = %id, %error, "could not remove sandbox state directory");
-        }
+    let cleanup = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let console_log = failed
+                .then(|| keep_console_log(&home, &id, &state_dir))
+                .flatten();
+            if let Err(error) = std::fs::remove_dir_all(&state_dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(sandbox = %id, %error, "could not remove sandbox state directory");
+                }
+            }
+            console_log
+        })
+    };
+    match cleanup.await {
+        Ok(console_log) => end.console_log = console_log,
+        Err(error) => tracing::warn!(sandbox = %id, %error, "the state directory cleanup failed"),
     }
     // Callers get the end too; logging failures louder than info would make
     // every CLI error print twice.
@@ -501,6 +570,152 @@ async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use hearth_vm::driver::BoxFuture;
+    use hearth_vm::{Accel, GuestStream, VmExit, VmSpec};
+
+    /// A VM that runs until it is killed.
+    struct FakeVm {
+        spec: VmSpec,
+        killed: AtomicBool,
+        exit: watch::Sender<Option<VmExit>>,
+    }
+
+    impl FakeVm {
+        fn new(state_dir: &Path) -> Self {
+            Self {
+                spec: VmSpec {
+                    name: "sb-fake".into(),
+                    state_dir: state_dir.to_path_buf(),
+                    kernel: PathBuf::new(),
+                    initramfs: PathBuf::new(),
+                    rootfs: PathBuf::new(),
+                    disk_bytes: 0,
+                    vcpus: 1,
+                    memory_mib: 128,
+                    accel: Accel::Tcg,
+                    kernel_args: Vec::new(),
+                },
+                killed: AtomicBool::new(false),
+                exit: watch::channel(None).0,
+            }
+        }
+
+        fn killed(&self) -> bool {
+            self.killed.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Vm for FakeVm {
+        fn pid(&self) -> Option<u32> {
+            None
+        }
+        fn spec(&self) -> &VmSpec {
+            &self.spec
+        }
+        fn connect(&self) -> BoxFuture<'_, hearth_vm::Result<GuestStream>> {
+            Box::pin(async { Err(hearth_vm::VmError::InvalidSpec("fake VM".into())) })
+        }
+        fn wait(&self) -> BoxFuture<'_, VmExit> {
+            let mut exit = self.exit.subscribe();
+            Box::pin(async move {
+                let exit = exit.wait_for(Option::is_some).await.expect("fake VM");
+                exit.clone().expect("exited")
+            })
+        }
+        fn try_exit(&self) -> Option<VmExit> {
+            self.exit.borrow().clone()
+        }
+        fn kill(&self) {
+            self.killed.store(true, Ordering::SeqCst);
+            self.exit.send_replace(Some(VmExit {
+                status: None,
+                console_tail: Vec::new(),
+                vmm_stderr_tail: Vec::new(),
+            }));
+        }
+        fn console_log(&self) -> &Path {
+            Path::new("/nonexistent/console.log")
+        }
+    }
+
+    /// The monitor on a fake VM, with the sandbox's lifetime started.
+    fn watched(timeout: Duration) -> (tempfile::TempDir, Arc<FakeVm>, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = HearthHome::at(dir.path());
+        let state_dir = home.sandboxes_dir().join("sb-fake");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let vm = Arc::new(FakeVm::new(&state_dir));
+        let shared = Arc::new(Shared {
+            requested_end: Mutex::new(None),
+            deadline: watch::channel(None).0,
+            end: watch::channel(None).0,
+        });
+        shared.set_timeout(Some(timeout)).unwrap();
+        tokio::spawn(monitor(
+            vm.clone(),
+            shared.clone(),
+            home,
+            "sb-fake".into(),
+            state_dir,
+            Instant::now(),
+        ));
+        (dir, vm, shared)
+    }
+
+    // Time is paused: sleeps advance a virtual clock, instantly and exactly.
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_kills_at_the_deadline_and_says_why() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        assert!(!vm.killed(), "killed before the deadline");
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert!(vm.killed());
+        assert_eq!(end.reason, EndReason::TimedOut, "{end}");
+        assert!(end.message.contains("10s timeout"), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_extended_timeout_moves_the_kill() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(2));
+        // Let the monitor arm the original deadline first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shared.set_timeout(Some(Duration::from_secs(120))).unwrap();
+        tokio::time::sleep(Duration::from_secs(119)).await;
+        assert!(!vm.killed(), "killed at the original deadline");
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert_eq!(end.reason, EndReason::TimedOut, "{end}");
+        assert!(end.message.contains("2m timeout"), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_timeout_leaves_the_deadline_alone() {
+        let (_dir, vm, shared) = watched(Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(shared.set_timeout(Some(Duration::MAX)).is_err());
+        assert!(shared.set_timeout(Some(Duration::ZERO)).is_err());
+        tokio::time::sleep(Duration::from_millis(3_999)).await;
+        assert!(!vm.killed());
+        let end = wait_end(&mut shared.end.subscribe()).await;
+        assert!(end.message.contains("5s timeout"), "{end}");
+    }
+
+    #[test]
+    fn a_huge_lifetime_is_refused_not_overflowed() {
+        let err = lifetime_deadline(Some(Duration::MAX))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout must be at most 30 days"), "{err}");
+        assert_eq!(lifetime_deadline(None).unwrap(), None);
+        let (at, limit) = lifetime_deadline(Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(limit, Duration::from_secs(5));
+        assert!(at > Instant::now());
+    }
 
     #[test]
     fn ids_are_unique() {

@@ -21,6 +21,40 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MIN_DISK: ByteSize = ByteSize::mib(32);
 /// Largest writable layer.
 pub const MAX_DISK: ByteSize = ByteSize::gib(1024);
+/// Longest timeout of any kind (lifetime, boot, exec): 30 days, the HTTP
+/// API's limit too. Longer ones are refused, so deadlines never overflow.
+pub const MAX_TIMEOUT: Duration = hearth_proto::limits::MAX_TIMEOUT;
+
+/// Check a timeout option: positive and at most [`MAX_TIMEOUT`]. The error
+/// names `field` and the accepted range.
+pub(crate) fn check_timeout(field: &str, timeout: Duration) -> Result<()> {
+    if timeout.is_zero() {
+        return Err(SandboxError::InvalidOption(format!(
+            "{field} must be positive"
+        )));
+    }
+    if timeout > MAX_TIMEOUT {
+        return Err(SandboxError::InvalidOption(format!(
+            "{field} must be at most 30 days ({}s), got {}s",
+            MAX_TIMEOUT.as_secs(),
+            timeout.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+/// The instant `timeout` from now, for a timeout [`check_timeout`] accepted.
+pub(crate) fn deadline_after(field: &str, timeout: Duration) -> Result<tokio::time::Instant> {
+    check_timeout(field, timeout)?;
+    tokio::time::Instant::now()
+        .checked_add(timeout)
+        .ok_or_else(|| {
+            SandboxError::InvalidOption(format!(
+                "{field} of {}s runs past the end of this system's clock",
+                timeout.as_secs()
+            ))
+        })
+}
 
 /// How to build one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,13 +136,9 @@ impl SandboxOptions {
             ));
         }
         if let Some(timeout) = self.timeout {
-            if timeout.is_zero() {
-                return invalid("timeout must be positive".into());
-            }
+            check_timeout("timeout", timeout)?;
         }
-        if self.boot_timeout.is_zero() {
-            return invalid("boot timeout must be positive".into());
-        }
+        check_timeout("boot_timeout", self.boot_timeout)?;
         if self.pids_max < 16 {
             return invalid(format!(
                 "pids_max must be at least 16, got {}",
@@ -177,6 +207,60 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("between 1 and 64"), "{err}");
+    }
+
+    #[test]
+    fn huge_timeouts_are_refused_naming_the_field_and_the_limit() {
+        let err = SandboxOptions {
+            timeout: Some(Duration::MAX),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("timeout must be at most 30 days"), "{err}");
+        let err = SandboxOptions {
+            boot_timeout: Duration::MAX,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("boot_timeout must be at most 30 days"),
+            "{err}"
+        );
+        let just_over = MAX_TIMEOUT + Duration::from_millis(1);
+        assert!(SandboxOptions {
+            timeout: Some(just_over),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        SandboxOptions {
+            timeout: Some(MAX_TIMEOUT),
+            boot_timeout: MAX_TIMEOUT,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert!(SandboxOptions {
+            timeout: Some(Duration::ZERO),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("timeout must be positive"));
+    }
+
+    #[test]
+    fn deadlines_are_checked_not_overflowed() {
+        let err = deadline_after("timeout", Duration::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout must be at most 30 days"), "{err}");
+        assert!(deadline_after("timeout", MAX_TIMEOUT).is_ok());
     }
 
     #[test]

@@ -108,5 +108,5 @@ async fn the_agent_serves_a_new_connection_after_the_host_reconnects() {
     vm.kill();
     vm.wait().await;
     std::fs::remove_dir_all(&state_dir).unwrap();
-    t.assert_clean();
+    t.assert_clean().await;
 }

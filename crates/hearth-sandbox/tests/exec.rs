@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::{sh, TestHome};
 use hearth_proto::ExitReason;
@@ -49,7 +51,7 @@ async fn exit_codes_stdin_env_cwd_and_missing_commands() {
     assert_eq!(out.report.code, 128 + 15);
 
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,7 +66,7 @@ async fn output_is_binary_safe() {
     let expected: Vec<u8> = (0..=255u8).cycle().take(256 * 1000).collect();
     assert_eq!(out.stdout, expected);
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 fn peak_rss_kib() -> u64 {
@@ -112,7 +114,7 @@ async fn a_hundred_megabytes_of_output_stream_with_bounded_memory() {
         "host memory grew by {grown_mib} MiB while streaming"
     );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,14 +133,34 @@ async fn execs_in_one_sandbox_run_concurrently() {
     let stdin = waiting.take_stdin().unwrap();
     let second = sh(&sandbox, "echo second").await;
     assert_eq!(second.stdout_text(), "second\n");
-    // Long-running work in parallel: two sleeps finish together.
-    let (a, b) = tokio::join!(
-        sh(&sandbox, "sleep 1; echo a"),
-        sh(&sandbox, "sleep 1; echo b")
+    // Two more meet at a FIFO: opening one end blocks until the other end
+    // is opened, so each finishes only if both run at the same time (one
+    // after the other, the first would block until its timeout).
+    sh(&sandbox, "mkfifo /tmp/meet").await;
+    let meet = |script: &str| {
+        sandbox.run(
+            ExecOptions {
+                timeout: Some(Duration::from_secs(60)),
+                ..ExecOptions::new(["sh", "-c", script])
+            },
+            None,
+        )
+    };
+    let (writer, reader) = tokio::join!(
+        meet("echo hello > /tmp/meet; echo wrote"),
+        meet("read line < /tmp/meet; echo \"read $line\"")
     );
+    let (writer, reader) = (writer.unwrap(), reader.unwrap());
+    for out in [&writer, &reader] {
+        assert_eq!(
+            (out.report.reason, out.report.code),
+            (ExitReason::Exited, 0),
+            "{out:?}"
+        );
+    }
     assert_eq!(
-        (a.stdout_text(), b.stdout_text()),
-        ("a\n".into(), "b\n".into())
+        (writer.stdout_text(), reader.stdout_text()),
+        ("wrote\n".into(), "read hello\n".into())
     );
 
     stdin.write(Bytes::from_static(b"first\n")).await.unwrap();
@@ -151,8 +173,19 @@ async fn execs_in_one_sandbox_run_concurrently() {
     }
     assert_eq!(output, b"got first\n");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
+
+/// Wait for the process `argv[1]` to exit (at most 30 s); print whether it did.
+const WAIT_EXIT: &str = r#"
+import os, select, sys
+try:
+    fd = os.pidfd_open(int(sys.argv[1]))
+except ProcessLookupError:
+    print("exited")
+    sys.exit(0)
+print("exited" if select.select([fd], [], [], 30)[0] else "still running")
+"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_and_drop_end_a_running_command() {
@@ -179,26 +212,25 @@ async fn kill_and_drop_end_a_running_command() {
         .exec(ExecOptions::new(["sh", "-c", "exec sleep 301"]))
         .await
         .unwrap();
-    assert!(matches!(
-        dropped.next_event().await.unwrap(),
-        Some(ExecEvent::Started(_))
-    ));
+    let Some(ExecEvent::Started(pid)) = dropped.next_event().await.unwrap() else {
+        panic!("no Started event");
+    };
     drop(dropped);
-    let mut gone = false;
-    for _ in 0..50 {
-        let count = sh(
-            &sandbox,
-            "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done | grep -c '^sleep 301' || true",
+    // A pidfd becomes readable when its process exits: wait on that, in the
+    // guest, for at most 30 s.
+    let exited = sandbox
+        .run(
+            ExecOptions::new(["python3", "-c", WAIT_EXIT, &pid.to_string()]),
+            None,
         )
         .await
-        .stdout_text();
-        if count.trim() == "0" {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the dropped exec's process kept running");
+        .unwrap();
+    assert_eq!(
+        exited.stdout_text(),
+        "exited\n",
+        "the dropped exec's process {} kept running: {exited:?}",
+        pid
+    );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }

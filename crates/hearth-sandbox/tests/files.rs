@@ -37,7 +37,7 @@ async fn a_fifty_megabyte_binary_file_round_trips() {
         .unwrap();
     assert_eq!(hex::encode(Sha256::digest(&back)), digest);
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,5 +78,5 @@ async fn directory_operations_and_errors() {
         Some(ErrorCode::NotFound)
     );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }

@@ -28,7 +28,7 @@ async fn guest_runs_its_own_kernel_and_cannot_see_host_files() {
 
     sandbox.destroy().await;
     std::fs::remove_file(&marker).unwrap();
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 fn sha256_file(path: &std::path::Path) -> String {
@@ -68,5 +68,5 @@ async fn writes_never_outlive_a_sandbox_or_touch_the_base_image() {
     second.destroy().await;
 
     assert_eq!(sha256_file(&image.rootfs()), before, "base image changed");
-    t.assert_clean();
+    t.assert_clean().await;
 }

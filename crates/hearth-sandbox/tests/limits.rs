@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{sh, TestHome};
+use common::{sh, wait_until, TestHome};
 use hearth_proto::ExitReason;
 use hearth_sandbox::{EndReason, ExecOptions, SandboxError, SandboxOptions};
 
@@ -41,7 +41,7 @@ async fn memory_limit_oom_kills_the_hog_and_the_guest_carries_on() {
     assert!(usage.workload_memory_peak_bytes > 64 << 20, "{usage:?}");
 
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +57,7 @@ async fn vcpus_are_what_was_asked_for() {
     assert_eq!(sh(&sandbox, "nproc").await.stdout_text(), "2\n");
     assert_eq!(sandbox.info().guest.vcpus, 2);
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,7 +86,7 @@ async fn disk_quota_gives_enospc_inside_the_guest() {
         "ok\n"
     );
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -115,7 +115,7 @@ async fn sandbox_timeout_ends_in_a_timeout_report() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(sandbox.end().unwrap().reason, EndReason::TimedOut);
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,7 +136,7 @@ async fn exec_timeout_kills_the_whole_process_tree() {
     .stdout_text();
     assert_eq!(left.trim(), "0", "sleep processes survived the timeout");
     sandbox.destroy().await;
-    t.assert_clean();
+    t.assert_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,7 +163,29 @@ async fn the_agent_stays_responsive_under_cpu_fork_and_memory_pressure() {
                 .unwrap(),
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Check responsiveness once the workload really misbehaves: the fork
+    // bomb holds a good part of the pid limit and the memory hog has used
+    // at least half of the memory limit (a peak, so it stays true after
+    // the hog is stopped).
+    let usage = wait_until(
+        Duration::from_secs(60),
+        || async {
+            tokio::time::timeout(Duration::from_secs(30), sandbox.usage())
+                .await
+                .expect("usage answered while the workload misbehaves")
+                .unwrap()
+        },
+        |usage| {
+            usage.pids >= 256
+                && usage.workload_memory_peak_bytes * 2 >= usage.workload_memory_limit_bytes
+        },
+    )
+    .await;
+    assert!(
+        usage.pids >= 256
+            && usage.workload_memory_peak_bytes * 2 >= usage.workload_memory_limit_bytes,
+        "the hogs never got going: {usage:?}"
+    );
     for _ in 0..3 {
         let answered = tokio::time::timeout(Duration::from_secs(30), sh(&sandbox, "echo ok"))
             .await
@@ -196,5 +218,5 @@ async fn the_agent_stays_responsive_under_cpu_fork_and_memory_pressure() {
         .await
         .expect("destroy works under load");
     assert_eq!(end.reason, EndReason::Destroyed);
-    t.assert_clean();
+    t.assert_clean().await;
 }

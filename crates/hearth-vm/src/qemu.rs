@@ -69,38 +69,24 @@ impl QemuDriver {
     }
 
     async fn boot(&self, spec: VmSpec) -> Result<QemuVm> {
-        validate(&spec)?;
-        std::fs::create_dir_all(&spec.state_dir).map_err(VmError::io(format!(
-            "creating {}",
-            spec.state_dir.display()
-        )))?;
-        let scratch_path = spec.state_dir.join("scratch.ext4");
-        let disk_bytes = spec.disk_bytes;
-        let scratch_for_mkfs = scratch_path.clone();
-        tokio::task::spawn_blocking(move || scratch::create_ext4(&scratch_for_mkfs, disk_bytes))
-            .await
-            .map_err(|e| VmError::InvalidSpec(format!("mkfs task failed: {e}")))??;
-
-        let socket_path = spec.state_dir.join("guest.sock");
-        if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(VmError::InvalidSpec(format!(
-                "state directory path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): {}; use a shorter HEARTH_HOME",
-                socket_path.as_os_str().len(),
-                socket_path.display()
-            )));
-        }
-        let _ = std::fs::remove_file(&socket_path);
-        let listener = std::os::unix::net::UnixListener::bind(&socket_path)
-            .map_err(VmError::io(format!("binding {}", socket_path.display())))?;
+        // Files, mkfs and the socket are blocking work: off the runtime.
+        let Prepared {
+            listener,
+            stderr,
+            stderr_path,
+            socket_path,
+            args,
+        } = {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || prepare(&spec))
+                .await
+                .map_err(|e| VmError::InvalidSpec(format!("VM preparation task failed: {e}")))??
+        };
         let listener_fd = listener.as_raw_fd();
-
-        let stderr_path = spec.state_dir.join("qemu.log");
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(VmError::io(format!("creating {}", stderr_path.display())))?;
 
         let mut command = tokio::process::Command::new(&self.binary);
         command
-            .args(qemu_args(&spec, &scratch_path, listener_fd))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
@@ -128,12 +114,20 @@ impl QemuDriver {
                     child.wait().await.ok()
                 }
             };
+            let tails = tokio::task::spawn_blocking(move || {
+                (
+                    // Enough lines that a panic message followed by a long
+                    // call trace and register dump is still in view.
+                    console::tail(&console_path, 400),
+                    console::tail(&stderr_path, 10),
+                )
+            })
+            .await;
+            let (console_tail, vmm_stderr_tail) = tails.unwrap_or_default();
             let exit = VmExit {
                 status,
-                // Enough lines that a panic message followed by a long call
-                // trace and register dump is still in view.
-                console_tail: console::tail(&console_path, 400),
-                vmm_stderr_tail: console::tail(&stderr_path, 10),
+                console_tail,
+                vmm_stderr_tail,
             };
             tracing::debug!(vm = %name, ?exit.status, "qemu exited");
             let _ = exit_tx.send(Some(exit));
@@ -158,6 +152,55 @@ impl Driver for QemuDriver {
     fn launch(&self, spec: VmSpec) -> BoxFuture<'_, Result<Box<dyn Vm>>> {
         Box::pin(async move { Ok(Box::new(self.boot(spec).await?) as Box<dyn Vm>) })
     }
+}
+
+/// What [`prepare`] made for one VM before QEMU starts.
+struct Prepared {
+    /// The guest channel's listening socket, for QEMU to inherit.
+    listener: std::os::unix::net::UnixListener,
+    /// QEMU's stderr.
+    stderr: std::fs::File,
+    stderr_path: PathBuf,
+    socket_path: PathBuf,
+    /// QEMU's command line, naming the listener's fd.
+    args: Vec<String>,
+}
+
+/// The blocking part of a launch: check the spec, create the state
+/// directory and the writable layer, bind the guest socket, open the VMM's
+/// log, and build the command line.
+fn prepare(spec: &VmSpec) -> Result<Prepared> {
+    validate(spec)?;
+    std::fs::create_dir_all(&spec.state_dir).map_err(VmError::io(format!(
+        "creating {}",
+        spec.state_dir.display()
+    )))?;
+    let scratch_path = spec.state_dir.join("scratch.ext4");
+    scratch::create_ext4(&scratch_path, spec.disk_bytes)?;
+
+    let socket_path = spec.state_dir.join("guest.sock");
+    if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(VmError::InvalidSpec(format!(
+            "state directory path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): {}; use a shorter HEARTH_HOME",
+            socket_path.as_os_str().len(),
+            socket_path.display()
+        )));
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+        .map_err(VmError::io(format!("binding {}", socket_path.display())))?;
+
+    let stderr_path = spec.state_dir.join("qemu.log");
+    let stderr = std::fs::File::create(&stderr_path)
+        .map_err(VmError::io(format!("creating {}", stderr_path.display())))?;
+    let args = qemu_args(spec, &scratch_path, listener.as_raw_fd());
+    Ok(Prepared {
+        listener,
+        stderr,
+        stderr_path,
+        socket_path,
+        args,
+    })
 }
 
 fn validate(spec: &VmSpec) -> Result<()> {

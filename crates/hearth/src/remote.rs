@@ -7,8 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
+use sse_stream::{Sse, SseByteStream};
 use tokio::io::AsyncWriteExt;
 
 use hearth_sandbox::HearthHome;
@@ -172,28 +174,27 @@ async fn ls(home: &HearthHome, args: LsArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Split a growing buffer of server-sent events into complete events:
-/// (event name, data).
-fn take_sse_events(buffer: &mut String) -> Vec<(String, String)> {
-    let mut events = Vec::new();
-    while let Some(end) = buffer.find("\n\n") {
-        let block: String = buffer.drain(..end + 2).collect();
-        let (mut name, mut data) = (String::from("message"), String::new());
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                if !data.is_empty() {
-                    data.push('\n');
-                }
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            }
+/// The server-sent events of a response body, as (event name, data).
+/// sse-stream keeps bytes until a whole line has arrived and then checks
+/// the UTF-8, so a character split across network chunks decodes intact;
+/// blocks without data (keep-alives, comments) are skipped.
+fn sse_events<S, E>(body: S) -> impl Stream<Item = Result<(String, String)>>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    SseByteStream::new(body).filter_map(|block| async move {
+        match block {
+            Ok(Sse {
+                event,
+                data: Some(data),
+                ..
+            }) if !data.is_empty() => Ok(Some((event.unwrap_or_else(|| "message".into()), data))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(anyhow!("reading the server's event stream: {e}")),
         }
-        if !data.is_empty() {
-            events.push((name, data));
-        }
-    }
-    events
+        .transpose()
+    })
 }
 
 async fn exec(home: &HearthHome, args: ExecArgs) -> Result<i32> {
@@ -218,39 +219,36 @@ async fn exec(home: &HearthHome, args: ExecArgs) -> Result<i32> {
     let response = api
         .send(api.request(reqwest::Method::POST, &path).json(&body))
         .await?;
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut events = std::pin::pin!(sse_events(response.bytes_stream()));
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    while let Some(chunk) = stream.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk?));
-        for (name, data) in take_sse_events(&mut buffer) {
-            let value: Value = serde_json::from_str(&data)?;
-            let decode = |v: &Value| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(v["data"].as_str().unwrap_or_default())
-                    .unwrap_or_default()
-            };
-            match name.as_str() {
-                "stdout" => {
-                    stdout.write_all(&decode(&value)).await?;
-                    stdout.flush().await?;
-                }
-                "stderr" => {
-                    stderr.write_all(&decode(&value)).await?;
-                    stderr.flush().await?;
-                }
-                "exit" => {
-                    if let Some(message) = value["message"].as_str() {
-                        if value["reason"] != "exited" {
-                            eprintln!("hearth: {message}");
-                        }
-                    }
-                    return Ok(value["code"].as_i64().unwrap_or(1) as i32);
-                }
-                "error" => bail!("{}", value["message"].as_str().unwrap_or("the exec failed")),
-                _ => {}
+    while let Some(event) = events.next().await {
+        let (name, data) = event?;
+        let value: Value = serde_json::from_str(&data)?;
+        let decode = |v: &Value| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v["data"].as_str().unwrap_or_default())
+                .unwrap_or_default()
+        };
+        match name.as_str() {
+            "stdout" => {
+                stdout.write_all(&decode(&value)).await?;
+                stdout.flush().await?;
             }
+            "stderr" => {
+                stderr.write_all(&decode(&value)).await?;
+                stderr.flush().await?;
+            }
+            "exit" => {
+                if let Some(message) = value["message"].as_str() {
+                    if value["reason"] != "exited" {
+                        eprintln!("hearth: {message}");
+                    }
+                }
+                return Ok(value["code"].as_i64().unwrap_or(1) as i32);
+            }
+            "error" => bail!("{}", value["message"].as_str().unwrap_or("the exec failed")),
+            _ => {}
         }
     }
     bail!("the server closed the stream before the command ended")
@@ -387,13 +385,67 @@ async fn logs(home: &HearthHome, args: LogsArgs) -> Result<i32> {
                 .header("Accept", "text/event-stream"),
         )
         .await?;
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    while let Some(chunk) = stream.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk?));
-        for (_, data) in take_sse_events(&mut buffer) {
-            print_event(&serde_json::from_str(&data)?);
-        }
+    let mut events = std::pin::pin!(sse_events(response.bytes_stream()));
+    while let Some(event) = events.next().await {
+        let (_, data) = event?;
+        print_event(&serde_json::from_str(&data)?);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn events_of(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let body = futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        );
+        sse_events(body).map(|event| event.unwrap()).collect().await
+    }
+
+    #[tokio::test]
+    async fn a_character_split_across_chunks_decodes_intact() {
+        let event = "event: exit\ndata: {\"message\": \"caf\u{e9} \u{1f642}\"}\n\n".as_bytes();
+        // Split inside the two-byte é and inside the four-byte emoji.
+        let e_acute = event.iter().position(|&b| b == 0xc3).unwrap();
+        let emoji = event.iter().position(|&b| b == 0xf0).unwrap();
+        let chunks = [
+            &event[..e_acute + 1],
+            &event[e_acute + 1..emoji + 2],
+            &event[emoji + 2..],
+        ];
+        assert_eq!(
+            events_of(&chunks).await,
+            [(
+                "exit".to_string(),
+                "{\"message\": \"caf\u{e9} \u{1f642}\"}".to_string()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn events_are_framed_whatever_the_chunking() {
+        let wire: &[u8] =
+            b": keep-alive\n\nid: 1\nevent: stdout\ndata: {\"a\":1}\n\ndata: plain\ndata: two\n\n";
+        let expected = [
+            ("stdout".to_string(), "{\"a\":1}".to_string()),
+            ("message".to_string(), "plain\ntwo".to_string()),
+        ];
+        assert_eq!(events_of(&[wire]).await, expected);
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(events_of(&bytes).await, expected);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_is_an_error_not_a_replacement_character() {
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(
+            b"data: \xff\n\n",
+        ))]);
+        let first = std::pin::pin!(sse_events(body)).next().await.unwrap();
+        assert!(first.is_err(), "{first:?}");
+    }
 }

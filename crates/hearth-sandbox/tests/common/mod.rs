@@ -80,20 +80,37 @@ impl TestHome {
             .collect()
     }
 
-    /// Assert nothing of any sandbox remains (allowing the VMM a moment to
-    /// be reaped).
-    pub fn assert_clean(&self) {
-        for _ in 0..100 {
-            if self.live_vmms().is_empty() && self.leftovers().is_empty() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "leaked: VMM pids {:?}, files {:?}",
-            self.live_vmms(),
-            self.leftovers()
+    /// Assert nothing of any sandbox remains, allowing the monitor a
+    /// bounded time to reap the VMM and remove the files.
+    pub async fn assert_clean(&self) {
+        let (vmms, files) = wait_until(
+            Duration::from_secs(10),
+            || async { (self.live_vmms(), self.leftovers()) },
+            |(vmms, files)| vmms.is_empty() && files.is_empty(),
+        )
+        .await;
+        assert!(
+            vmms.is_empty() && files.is_empty(),
+            "leaked: VMM pids {vmms:?}, files {files:?}"
         );
+    }
+}
+
+/// Probe until `done` holds for what `probe` saw, or `limit` has passed;
+/// returns the last thing seen. For conditions nothing signals (another
+/// process's files, a guest's process table); each probe is bounded.
+pub async fn wait_until<T, F, Fut>(limit: Duration, mut probe: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let seen = probe().await;
+        if done(&seen) || tokio::time::Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -460,7 +460,7 @@ impl SandboxManager {
     /// Move a running sandbox's timeout to `timeout` from now.
     pub async fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxRecord> {
         let (live, sandbox) = self.running(id).await?;
-        sandbox.set_timeout(Some(timeout));
+        sandbox.set_timeout(Some(timeout))?;
         let expires = self.now_ms() + timeout.as_millis() as u64;
         *live.expires_ms.lock() = Some(expires);
         let change = Transition {
