@@ -7,13 +7,25 @@
 //! appended here, look now"; events written by other nodes are found by
 //! readers polling the store at [`EventLog::poll_interval`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use hearth_store::event::SandboxCreating;
 use hearth_store::{Event, EventPayload, Lease, NewSandbox, Result, Store, Transition};
+
+/// Most events kept for writing later while the store is unavailable;
+/// past it, new ones are dropped (and logged).
+const MAX_LATE: usize = 100_000;
+
+/// An event waiting for the store to come back.
+struct Late {
+    sandbox_id: Option<String>,
+    lease: Lease,
+    payload: EventPayload,
+}
 
 /// The store plus a wake-up for live readers. Cheap to clone.
 #[derive(Clone)]
@@ -22,16 +34,59 @@ pub struct EventLog {
     /// The highest event number this process appended.
     appended: Arc<watch::Sender<i64>>,
     poll_interval: Duration,
+    /// Events of background tasks that the store could not take when they
+    /// happened, written in order once it is back.
+    late: mpsc::UnboundedSender<Late>,
+    late_count: Arc<AtomicUsize>,
 }
 
 impl EventLog {
     /// A log over `store`; live readers also look every `poll_interval`
     /// for events other processes appended.
     pub fn new(store: Store, poll_interval: Duration) -> Self {
-        Self {
+        let (late, queue) = mpsc::unbounded_channel();
+        let log = Self {
             store,
             appended: Arc::new(watch::channel(0).0),
             poll_interval,
+            late,
+            late_count: Arc::default(),
+        };
+        // The writer holds no sender: it ends when every handle is gone.
+        let writer = Self {
+            late: mpsc::unbounded_channel().0,
+            ..log.clone()
+        };
+        tokio::spawn(writer.write_late(queue));
+        log
+    }
+
+    /// Write queued events in order, waiting (backing off to 30 s) while
+    /// the store is unavailable. Ends when every log handle is gone.
+    async fn write_late(self, mut queue: mpsc::UnboundedReceiver<Late>) {
+        while let Some(event) = queue.recv().await {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                let written = self
+                    .record(
+                        event.sandbox_id.as_deref(),
+                        &event.lease,
+                        event.payload.clone(),
+                    )
+                    .await;
+                match written {
+                    Err(error) if error.is_unavailable() => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, kind = event.payload.kind(), "cannot record an event");
+                        break;
+                    }
+                    Ok(_) => break,
+                }
+            }
+            self.late_count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -76,8 +131,11 @@ impl EventLog {
         Ok(event)
     }
 
-    /// Append, logging instead of failing: for events recorded by
-    /// background tasks, which have nobody to return an error to.
+    /// Append, never failing: for events recorded by background tasks,
+    /// which have nobody to return an error to. While the store is
+    /// unavailable (and until what queued meanwhile is written) the event
+    /// waits in order and is written when the store is back; other errors
+    /// are logged.
     pub async fn record_or_log(
         &self,
         sandbox_id: Option<&str>,
@@ -85,8 +143,30 @@ impl EventLog {
         payload: EventPayload,
     ) {
         let kind = payload.kind();
-        if let Err(error) = self.record(sandbox_id, lease, payload).await {
-            tracing::error!(%error, kind, sandbox = ?sandbox_id, "cannot record an event");
+        if self.late_count.load(Ordering::SeqCst) == 0 {
+            match self.record(sandbox_id, lease, payload.clone()).await {
+                Ok(_) => return,
+                Err(error) if error.is_unavailable() => {
+                    tracing::warn!(%error, kind, "the store is unavailable; the event is written when it is back");
+                }
+                Err(error) => {
+                    tracing::error!(%error, kind, sandbox = ?sandbox_id, "cannot record an event");
+                    return;
+                }
+            }
+        }
+        if self.late_count.load(Ordering::SeqCst) >= MAX_LATE {
+            tracing::error!(kind, sandbox = ?sandbox_id, "too many events wait for the store; dropping one");
+            return;
+        }
+        self.late_count.fetch_add(1, Ordering::SeqCst);
+        let late = Late {
+            sandbox_id: sandbox_id.map(str::to_string),
+            lease: lease.clone(),
+            payload,
+        };
+        if self.late.send(late).is_err() {
+            self.late_count.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

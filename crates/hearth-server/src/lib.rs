@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod execs;
+pub mod forward;
 pub mod ids;
 pub mod lease_watch;
 mod live;

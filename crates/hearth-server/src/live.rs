@@ -23,8 +23,6 @@ pub struct LiveSandbox {
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) sandbox: Mutex<Option<Sandbox>>,
     pub(crate) state: Mutex<SandboxState>,
-    /// When it will time out, ms since the epoch.
-    pub(crate) expires_ms: Mutex<Option<u64>>,
     pub(crate) cancel_boot: CancellationToken,
     /// Becomes true once its end is recorded.
     pub(crate) ended: watch::Sender<bool>,
@@ -51,11 +49,6 @@ impl LiveSandbox {
     /// Its current state.
     pub fn state(&self) -> SandboxState {
         *self.state.lock()
-    }
-
-    /// When it will time out, ms since the epoch.
-    pub fn expires_ms(&self) -> Option<u64> {
-        *self.expires_ms.lock()
     }
 
     /// The lease it is owned under.

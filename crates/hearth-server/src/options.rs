@@ -52,6 +52,9 @@ pub struct ServerOptions {
     /// How often live event streams look for events written by other
     /// nodes.
     pub event_poll: Duration,
+    /// The API token file; by default `$HEARTH_HOME/token`. The nodes of a
+    /// cluster are given the same one, so that they accept the same token.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl ServerOptions {
@@ -71,6 +74,7 @@ impl ServerOptions {
             advertise_url: None,
             lease_ttl: Duration::from_secs(15),
             event_poll: Duration::from_millis(500),
+            token_file: None,
             home,
         }
     }

@@ -22,6 +22,7 @@ use crate::api::{self, AppState};
 use crate::cluster::{Heartbeat, Node};
 use crate::error::{Result, ServerError};
 use crate::events::EventLog;
+use crate::forward::Forwarder;
 use crate::ids::{IdSource, RandomIds};
 use crate::manager::{ManagerParts, SandboxManager};
 use crate::metrics::Metrics;
@@ -169,7 +170,10 @@ impl Server {
             Some(store) => store,
             None => Store::open(&options.database, parts.clock.clone()).await?,
         };
-        let token = Arc::new(TokenCheck::new(&home)?);
+        let token = Arc::new(match &options.token_file {
+            Some(path) => TokenCheck::at(path)?,
+            None => TokenCheck::new(&home)?,
+        });
         let metrics = Metrics::new();
         let reaped = {
             let home = home.clone();
@@ -230,6 +234,7 @@ impl Server {
             events,
             metrics,
             token,
+            forwarder: Forwarder::new(node.id()),
         };
         let router = api::router(state);
         let stop_http = CancellationToken::new();

@@ -32,14 +32,21 @@ fn new_token() -> String {
 
 /// Read the token of `home`, creating it (mode 0600) if there is none.
 pub fn ensure_token(home: &HearthHome) -> Result<String> {
-    let path = token_path(home);
+    ensure_token_at(&token_path(home))
+}
+
+/// Read the token file at `path`, creating it (mode 0600) if there is none.
+/// Several servers given the same file (`--token-file`) accept the same
+/// token.
+pub fn ensure_token_at(path: &Path) -> Result<String> {
+    let path = path.to_path_buf();
     let reading = || ServerError::io(format!("reading the API token {}", path.display()));
     match read_token(&path) {
         Ok(token) => return Ok(token),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(reading()(e)),
     }
-    let (tmp, token) = write_new_token(home)?;
+    let (tmp, token) = write_new_token(&path)?;
     // Linking fails if the file appeared meanwhile: then use that one.
     let linked = fs::hard_link(&tmp, &path);
     let _ = fs::remove_file(&tmp);
@@ -58,8 +65,13 @@ pub fn ensure_token(home: &HearthHome) -> Result<String> {
 /// Replace the token of `home` with a new one and return it. Clients with
 /// the old token are refused from then on.
 pub fn rotate_token(home: &HearthHome) -> Result<String> {
-    let path = token_path(home);
-    let (tmp, token) = write_new_token(home)?;
+    rotate_token_at(&token_path(home))
+}
+
+/// Replace the token in the file at `path` with a new one and return it.
+pub fn rotate_token_at(path: &Path) -> Result<String> {
+    let path = path.to_path_buf();
+    let (tmp, token) = write_new_token(&path)?;
     if let Err(e) = fs::rename(&tmp, &path) {
         let _ = fs::remove_file(&tmp);
         return Err(ServerError::io(format!(
@@ -70,16 +82,14 @@ pub fn rotate_token(home: &HearthHome) -> Result<String> {
     Ok(token)
 }
 
-/// A new token, written whole and synced to a private temporary file in
-/// the home, so that the token file itself only ever appears complete.
-fn write_new_token(home: &HearthHome) -> Result<(PathBuf, String)> {
-    fs::create_dir_all(home.root()).map_err(ServerError::io(format!(
-        "creating {}",
-        home.root().display()
-    )))?;
+/// A new token, written whole and synced to a private temporary file beside
+/// `path`, so that the token file itself only ever appears complete.
+fn write_new_token(path: &Path) -> Result<(PathBuf, String)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(ServerError::io(format!("creating {}", dir.display())))?;
+    }
     let token = new_token();
-    let path = token_path(home);
-    let tmp = private_temp(&path, &format!("{token}\n")).map_err(ServerError::io(format!(
+    let tmp = private_temp(path, &format!("{token}\n")).map_err(ServerError::io(format!(
         "writing the API token {}",
         path.display()
     )))?;
@@ -147,38 +157,64 @@ pub fn read_token(path: &Path) -> std::io::Result<String> {
 }
 
 /// Checks presented tokens against the token file, re-reading it when its
-/// modification time changes.
+/// modification time changes (so a rotation takes effect at once). The
+/// file is looked at off the async runtime.
 #[derive(Debug)]
 pub struct TokenCheck {
     path: PathBuf,
-    cached: Mutex<(Option<SystemTime>, String)>,
+    /// The file's identity (inode, modification time) when read, and the
+    /// token. A rotation renames a new file over the old one, so the inode
+    /// changes even within one tick of the coarse modification clock.
+    cached: Mutex<(Option<(u64, SystemTime)>, String)>,
+}
+
+fn identity(meta: &fs::Metadata) -> Option<(u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.ino(), meta.modified().ok()?))
 }
 
 impl TokenCheck {
-    /// A check against `home`'s token, which must exist.
+    /// A check against `home`'s token, which is created if missing.
     pub fn new(home: &HearthHome) -> Result<Self> {
-        let token = ensure_token(home)?;
-        let path = token_path(home);
-        let modified = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        Self::at(&token_path(home))
+    }
+
+    /// A check against the token file at `path`, created if missing.
+    pub fn at(path: &Path) -> Result<Self> {
+        let token = ensure_token_at(path)?;
+        let seen = fs::metadata(path).ok().as_ref().and_then(identity);
         Ok(Self {
-            path,
-            cached: Mutex::new((modified, token)),
+            path: path.to_path_buf(),
+            cached: Mutex::new((seen, token)),
         })
     }
 
+    /// The token file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether `presented` is the current token.
-    pub fn accepts(&self, presented: &str) -> bool {
-        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let mut cached = self.cached.lock();
-        if modified != cached.0 {
-            match read_token(&self.path) {
-                Ok(token) => *cached = (modified, token),
+    pub async fn accepts(&self, presented: &str) -> bool {
+        let modified = tokio::fs::metadata(&self.path)
+            .await
+            .ok()
+            .as_ref()
+            .and_then(identity);
+        let stale = modified != self.cached.lock().0;
+        if stale {
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || read_token(&path)).await;
+            match read {
+                Ok(Ok(token)) => *self.cached.lock() = (modified, token),
                 // Keep the last good token rather than lock everyone out.
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cannot re-read the API token; keeping the previous one")
                 }
+                Err(e) => tracing::warn!(error = %e, "re-reading the API token failed"),
             }
         }
+        let cached = self.cached.lock();
         constant_time_eq(presented.as_bytes(), cached.1.as_bytes())
     }
 }
@@ -196,8 +232,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn token_is_created_private_reused_and_rotated() {
+    #[tokio::test]
+    async fn token_is_created_private_reused_and_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let home = HearthHome::new(dir.path().join("home"), dir.path().join("images"));
         let first = ensure_token(&home).unwrap();
@@ -210,15 +246,17 @@ mod tests {
         assert_eq!(ensure_token(&home).unwrap(), first);
 
         let check = TokenCheck::new(&home).unwrap();
-        assert!(check.accepts(&first));
-        assert!(!check.accepts("hth_wrong"));
-        assert!(!check.accepts(""));
-        // Coarse mtimes could hide a rotation within the same tick.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(check.accepts(&first).await);
+        assert!(!check.accepts("hth_wrong").await);
+        assert!(!check.accepts("").await);
+        // At once, even within one tick of the file clock.
         let second = rotate_token(&home).unwrap();
         assert_ne!(first, second);
-        assert!(check.accepts(&second));
-        assert!(!check.accepts(&first));
+        assert!(check.accepts(&second).await);
+        assert!(!check.accepts(&first).await);
+        let third = rotate_token(&home).unwrap();
+        assert!(check.accepts(&third).await);
+        assert!(!check.accepts(&second).await);
         assert_eq!(
             fs::metadata(token_path(&home))
                 .unwrap()

@@ -135,6 +135,8 @@ pub struct SandboxRecord {
     pub disk_bytes: u64,
     /// Lifetime from readiness, milliseconds; `None` for no limit.
     pub timeout_ms: Option<u64>,
+    /// When a running sandbox times out, ms since the epoch.
+    pub expires_ms: Option<u64>,
     /// Caller labels.
     pub labels: BTreeMap<String, String>,
     /// Accelerator, once the VM started.
@@ -169,6 +171,8 @@ pub struct Transition {
     pub boot_ms: Option<u64>,
     /// New timeout (`Some(None)` clears it).
     pub timeout_ms: Option<Option<u64>>,
+    /// New expiry time (`Some(None)` clears it).
+    pub expires_ms: Option<Option<u64>>,
     /// End reason, for final states.
     pub end_reason: Option<String>,
     /// End message, for final states.

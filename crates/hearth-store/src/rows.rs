@@ -79,6 +79,7 @@ where
         memory_bytes: row.int("memory_bytes")? as u64,
         disk_bytes: row.int("disk_bytes")? as u64,
         timeout_ms: opt_u64(row.opt_int("timeout_ms")?),
+        expires_ms: opt_u64(row.opt_int("expires_ms")?),
         labels,
         accelerator: row.opt_text("accelerator")?,
         boot_ms: opt_u64(row.opt_int("boot_ms")?),

@@ -31,7 +31,10 @@ where
             .push(", state = ")
             .push_bind(state.as_str().to_string());
         if state.is_final() {
-            update.push(", ended_ms = ").push_bind(now as i64);
+            update
+                .push(", ended_ms = ")
+                .push_bind(now as i64)
+                .push(", expires_ms = NULL");
         }
     }
     if let Some(accel) = &change.accelerator {
@@ -44,6 +47,11 @@ where
         update
             .push(", timeout_ms = ")
             .push_bind(timeout.map(|t| t as i64));
+    }
+    if let Some(expires) = change.expires_ms {
+        update
+            .push(", expires_ms = ")
+            .push_bind(expires.map(|t| t as i64));
     }
     if let Some(reason) = &change.end_reason {
         update.push(", end_reason = ").push_bind(reason.clone());

@@ -128,3 +128,110 @@ fn random_suffix() -> String {
     getrandom::fill(&mut bytes).expect("the OS random number generator works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A PostgreSQL server of a test's own (Debian's binaries, a data
+/// directory in /tmp, a free port on 127.0.0.1), for tests that stop and
+/// start the database under a running server. Runs as the `postgres` user,
+/// so the test must run as root. Stopped and removed with the guard.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// Make and start a fresh server.
+    pub fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|dirs| {
+                dirs.flatten()
+                    .map(|d| d.path().join("bin"))
+                    .filter(|b| b.join("initdb").is_file())
+                    .max()
+            })
+            .expect(
+                "PostgreSQL's server binaries in /usr/lib/postgresql/*/bin: run scripts/setup.sh",
+            );
+        let dir = tempfile::Builder::new()
+            .prefix("hpg")
+            .tempdir_in("/tmp")
+            .expect("temporary directory");
+        run(std::process::Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let data = dir.path().join("data");
+        run(as_postgres(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]));
+        let server = PrivatePostgres { dir, bin, port };
+        server.resume();
+        server
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> DatabaseUrl {
+        DatabaseUrl::Postgres(format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.port
+        ))
+    }
+
+    /// Stop it (fast: connections are cut).
+    pub fn stop(&self) {
+        run(as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"]));
+    }
+
+    /// Start it again, on the same port.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run(as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &options, "-w", "start"]));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn as_postgres(program: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+fn run(command: &mut std::process::Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e} (this test must run as root)"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

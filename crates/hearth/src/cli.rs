@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// record its sandboxes lost after seeing it silent that long.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: std::time::Duration,
+    /// The API token file [default: $HEARTH_HOME/token]. Give the nodes of
+    /// a cluster the same file so that they accept the same token.
+    #[arg(long, env = "HEARTH_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// `hearth token ...`.

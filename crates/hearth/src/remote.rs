@@ -43,9 +43,9 @@ impl Api {
         let token = match std::env::var("HEARTH_TOKEN") {
             Ok(token) if !token.is_empty() => token,
             _ => {
-                let path = hearth_server::token::token_path(home);
+                let path = crate::serve::token_file(home);
                 hearth_server::token::read_token(&path).with_context(|| {
-                    format!("reading the API token {} (set HEARTH_TOKEN, or run this where the server's HEARTH_HOME is)", path.display())
+                    format!("reading the API token {} (set HEARTH_TOKEN or HEARTH_TOKEN_FILE, or run this where the server's HEARTH_HOME is)", path.display())
                 })?
             }
         };

@@ -6,7 +6,7 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use hearth_sandbox::HearthHome;
-use hearth_server::token::{ensure_token, rotate_token};
+use hearth_server::token::{ensure_token_at, rotate_token_at, token_path};
 use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
 use hearth_store::DatabaseUrl;
 
@@ -35,6 +35,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.node_id = args.node_id;
     options.advertise_url = args.advertise_url;
     options.lease_ttl = args.lease_ttl;
+    options.token_file = args.token_file;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let server = Server::start(options, ServerParts::standard()?).await?;
@@ -55,10 +56,19 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
 
 /// `hearth token show|rotate`.
 pub fn token(home: &HearthHome, command: TokenCommand) -> Result<i32> {
+    let path = token_file(home);
     let token = match command {
-        TokenCommand::Show => ensure_token(home)?,
-        TokenCommand::Rotate => rotate_token(home)?,
+        TokenCommand::Show => ensure_token_at(&path)?,
+        TokenCommand::Rotate => rotate_token_at(&path)?,
     };
     println!("{token}");
     Ok(0)
+}
+
+/// The token file: `$HEARTH_TOKEN_FILE`, else `$HEARTH_HOME/token`.
+pub fn token_file(home: &HearthHome) -> std::path::PathBuf {
+    std::env::var_os("HEARTH_TOKEN_FILE")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| token_path(home))
 }

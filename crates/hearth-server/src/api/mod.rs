@@ -6,6 +6,7 @@ mod events;
 mod exec;
 mod files;
 pub mod model;
+mod nodes;
 mod sandboxes;
 mod system;
 pub mod validate;
@@ -33,6 +34,7 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorResponse};
 use crate::events::EventLog;
+use crate::forward::{answered_anywhere, sandbox_of, Forwarder, FORWARDED_BY};
 use crate::manager::SandboxManager;
 use crate::metrics::Metrics;
 use crate::token::TokenCheck;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The API token.
     pub token: Arc<TokenCheck>,
+    /// Passes requests to the node that owns their sandbox.
+    pub forwarder: Forwarder,
 }
 
 #[derive(OpenApi)]
@@ -104,6 +108,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(files::make_dir))
         .routes(routes!(events::sandbox_events))
         .routes(routes!(events::server_events))
+        .routes(routes!(nodes::list_nodes))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .split_for_parts();
@@ -127,6 +132,10 @@ pub fn router(state: AppState) -> Router {
     let (routes, openapi) = routes();
     let openapi = Arc::new(openapi.to_json().expect("the OpenAPI document serializes"));
     routes
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            route_to_owner,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::Extension(system::OpenApiJson(openapi)))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -178,7 +187,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         let refusal = match presented {
             None => Some("missing Authorization header: send `Authorization: Bearer <token>`; the token is in $HEARTH_HOME/token"),
             Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
-                Some(token) if state.token.accepts(token) => None,
+                Some(token) if state.token.accepts(token).await => None,
                 Some(_) => Some("invalid API token: it may have been rotated; read the current one from $HEARTH_HOME/token"),
                 None => Some("the Authorization header must be `Bearer <token>`"),
             },
@@ -202,6 +211,64 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// A request about a sandbox whose VM runs on another live node goes to
+/// that node (after this node checked the token); everything else, and
+/// anything a node already forwarded, is answered here.
+async fn route_to_owner(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let Some(id) = sandbox_of(path) else {
+        return next.run(request).await;
+    };
+    if request.headers().contains_key(FORWARDED_BY)
+        || answered_anywhere(request.method(), path)
+        || state.manager.live(id).is_some()
+    {
+        return next.run(request).await;
+    }
+    let owner = match owner_elsewhere(&state, id).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return next.run(request).await,
+        Err(error) => return error.into_response(),
+    };
+    let id = id.to_string();
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    tracing::debug!(sandbox = %id, node = %owner.id, "forwarding to the owner node");
+    state
+        .forwarder
+        .forward(
+            &owner,
+            parts.method,
+            &path_and_query,
+            &parts.headers,
+            body,
+            &format!("sandbox {id}"),
+        )
+        .await
+}
+
+/// The live node that runs sandbox `id`, if that is not this node.
+async fn owner_elsewhere(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<hearth_store::NodeRecord>, ApiError> {
+    let store = state.events.store();
+    let Some(record) = store.sandbox(id).await? else {
+        return Ok(None);
+    };
+    if record.state.is_final() || record.node_id == state.manager.node().id() {
+        return Ok(None);
+    }
+    Ok(store
+        .node(&record.node_id)
+        .await?
+        .filter(|n| n.state == hearth_store::NodeState::Alive && n.epoch == record.node_epoch))
 }
 
 /// `Json` whose rejections are [`ApiError`]s naming the field at fault.

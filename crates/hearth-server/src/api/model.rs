@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use hearth_proto::{ByteSize, ExitReport, FileStat, FileType};
 use hearth_sandbox::options::parse_duration;
-use hearth_store::{Event, SandboxRecord};
+use hearth_store::{Event, NodeCapacity, NodeLoad, NodeRecord, NodeState, SandboxRecord};
 
 use crate::error::ApiError;
 
@@ -107,6 +107,10 @@ pub struct CreateSandboxRequest {
     /// Labels to find the sandbox by (`GET /v1/sandboxes?label=k=v`).
     #[serde(default, alias = "metadata")]
     pub labels: BTreeMap<String, String>,
+    /// Run it on this node (see `GET /v1/nodes`); by default on the live
+    /// node with the most free memory.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The limits a sandbox was given.
@@ -144,6 +148,8 @@ pub struct SandboxView {
     pub boot_ms: Option<u64>,
     /// When a running sandbox will time out, ms since the epoch.
     pub expires_ms: Option<u64>,
+    /// The node that runs (or ran) it.
+    pub node_id: String,
     /// When it ended, ms since the epoch.
     pub ended_ms: Option<u64>,
     /// Why it ended: `destroyed`, `exited`, `timed_out`, `out_of_memory`,
@@ -155,15 +161,15 @@ pub struct SandboxView {
 }
 
 impl SandboxView {
-    /// The view of a stored record; `expires_ms` comes from the live
-    /// sandbox.
-    pub fn from_record(record: SandboxRecord, expires_ms: Option<u64>) -> Self {
+    /// The view of a stored record.
+    pub fn from_record(record: SandboxRecord) -> Self {
         Self {
             expires_ms: if record.state.is_final() {
                 None
             } else {
-                expires_ms
+                record.expires_ms
             },
+            node_id: record.node_id,
             id: record.id,
             state: record.state.as_str().to_string(),
             image: record.image,
@@ -201,6 +207,8 @@ pub struct ListQuery {
     pub state: Option<String>,
     /// `key=value`; repeat for several (all must match).
     pub label: Option<String>,
+    /// Only those of this node.
+    pub node: Option<String>,
     /// Most to return (default and maximum 1000).
     pub limit: Option<u32>,
 }
@@ -597,4 +605,58 @@ mod tests {
         assert_eq!(r.labels.get("a").map(String::as_str), Some("b"));
         assert!(serde_json::from_str::<CreateSandboxRequest>(r#"{"memroy":"256M"}"#).is_err());
     }
+}
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// Node id.
+    pub id: String,
+    /// Where other nodes reach it.
+    pub url: String,
+    /// Host name.
+    pub hostname: String,
+    /// `alive`, `left` (shut down cleanly) or `expired` (stopped
+    /// heartbeating; its sandboxes were recorded lost).
+    pub state: NodeState,
+    /// Lease epoch: grows each time the node takes a lease.
+    pub epoch: i64,
+    /// When it took this lease, ms since the epoch.
+    pub started_ms: u64,
+    /// Its last heartbeat, ms since the epoch.
+    pub heartbeat_ms: u64,
+    /// When its lease runs out unless renewed (by its own clock).
+    pub lease_expires_ms: u64,
+    /// What it may run at once.
+    pub capacity: NodeCapacity,
+    /// What it runs (at its last heartbeat; live for the node answering).
+    pub load: NodeLoad,
+    /// Whether it is the node that answered this request.
+    pub this_node: bool,
+}
+
+impl NodeView {
+    /// The view of a stored node, `me` being the answering node.
+    pub fn from_record(node: NodeRecord, me: &str) -> Self {
+        Self {
+            this_node: node.id == me,
+            id: node.id,
+            url: node.url,
+            hostname: node.hostname,
+            state: node.state,
+            epoch: node.epoch,
+            started_ms: node.started_ms,
+            heartbeat_ms: node.heartbeat_ms,
+            lease_expires_ms: node.lease_expires_ms,
+            capacity: node.capacity,
+            load: node.load,
+        }
+    }
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    /// By id.
+    pub nodes: Vec<NodeView>,
 }

@@ -257,7 +257,6 @@ impl SandboxManager {
             env: spec.env,
             sandbox: Mutex::new(None),
             state: Mutex::new(SandboxState::Creating),
-            expires_ms: Mutex::new(None),
             cancel_boot: CancellationToken::new(),
             ended: watch::channel(false).0,
             execs: ExecTable::default(),
@@ -326,13 +325,13 @@ impl SandboxManager {
             .metrics
             .boot_seconds
             .observe(info.boot_ms as f64 / 1000.0);
-        *live.expires_ms.lock() = timeout.map(|t| self.now_ms() + t.as_millis() as u64);
         *live.sandbox.lock() = Some(sandbox.clone());
         let accel = info.accel.accel.to_string();
         let change = Transition {
             state: Some(SandboxState::Running),
             accelerator: Some(accel.clone()),
             boot_ms: Some(info.boot_ms),
+            expires_ms: Some(timeout.map(|t| self.now_ms() + t.as_millis() as u64)),
             ..Transition::default()
         };
         let payload = EventPayload::SandboxRunning(SandboxRunning {
@@ -409,10 +408,65 @@ impl SandboxManager {
             end_message: Some(ended.message.clone()),
             ..Transition::default()
         };
-        if let Err(error) = self.move_to(live, change, end_event(state, ended)).await {
-            tracing::error!(%error, %state, "cannot record the end of a sandbox");
+        let payload = end_event(state, ended);
+        let before = live.state();
+        match self.move_to(live, change.clone(), payload.clone()).await {
+            Ok(_) => {}
+            Err(ManagerError::Store(error)) if error.is_unavailable() => {
+                // The VM is gone whatever the store says; the end is
+                // recorded as soon as the store is back.
+                tracing::warn!(%error, %state, "the store is unavailable; the end of the sandbox is recorded when it is back");
+                let manager = self.clone();
+                let (id, lease) = (live.id.clone(), live.lease.clone());
+                tokio::spawn(
+                    async move {
+                        manager
+                            .record_later(&id, &lease, before, change, payload)
+                            .await
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(error) => tracing::error!(%error, %state, "cannot record the end of a sandbox"),
         }
         self.forget(live);
+    }
+
+    /// Retry recording a change while the store is unavailable (backing off
+    /// to 30 s between tries), until it is recorded or refused for another
+    /// reason.
+    async fn record_later(
+        &self,
+        id: &str,
+        lease: &Lease,
+        before: SandboxState,
+        change: Transition,
+        payload: EventPayload,
+    ) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            match self
+                .events()
+                .transition(id, lease, &change, payload.clone())
+                .await
+            {
+                Ok(recorded) => {
+                    if let (Some(_), Some(to)) = (recorded, change.state) {
+                        self.inner.parts.metrics.moved(Some(before), to);
+                    }
+                    tracing::info!(sandbox = %id, "recorded the end of a sandbox after the store came back");
+                    return;
+                }
+                Err(error) if error.is_unavailable() => {
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+                Err(error) => {
+                    tracing::error!(%error, sandbox = %id, "cannot record the end of a sandbox");
+                    return;
+                }
+            }
+        }
     }
 
     fn forget(&self, live: &LiveSandbox) {
@@ -462,9 +516,9 @@ impl SandboxManager {
         let (live, sandbox) = self.running(id).await?;
         sandbox.set_timeout(Some(timeout))?;
         let expires = self.now_ms() + timeout.as_millis() as u64;
-        *live.expires_ms.lock() = Some(expires);
         let change = Transition {
             timeout_ms: Some(Some(timeout.as_millis() as u64)),
+            expires_ms: Some(Some(expires)),
             ..Transition::default()
         };
         let payload = EventPayload::SandboxTimeoutSet(SandboxTimeoutSet {

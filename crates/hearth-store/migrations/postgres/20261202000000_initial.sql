@@ -34,6 +34,8 @@ CREATE TABLE sandboxes (
     disk_bytes   BIGINT NOT NULL,
     -- Lifetime from readiness in milliseconds; NULL means no limit.
     timeout_ms   BIGINT,
+    -- When a running sandbox times out, ms since the epoch.
+    expires_ms   BIGINT,
     -- JSON object of caller labels.
     labels       TEXT NOT NULL DEFAULT '{}',
     accelerator  TEXT,

@@ -28,6 +28,9 @@ CREATE TABLE nodes (
 ALTER TABLE sandboxes ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE sandboxes ADD COLUMN node_epoch INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sandboxes DROP COLUMN server_pid;
+-- When a running sandbox times out, ms since the epoch, so that any node
+-- can show it.
+ALTER TABLE sandboxes ADD COLUMN expires_ms INTEGER;
 CREATE INDEX sandboxes_by_owner ON sandboxes (node_id, node_epoch);
 
 -- Which node wrote an event, and the version of its payload's schema.

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod served;
+
 /// The guest images: `HEARTH_IMAGES`, or the default home's.
 pub fn images() -> PathBuf {
     std::env::var_os("HEARTH_IMAGES")
