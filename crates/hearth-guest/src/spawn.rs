@@ -13,7 +13,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use hearth_proto::limits::{MAX_ARGV, MAX_ENV, MAX_PATH, MAX_TIMEOUT};
 use hearth_proto::ExecRequest;
 use tokio::sync::oneshot;
 
@@ -35,61 +34,16 @@ pub const DEFAULT_ENV: [(&str, &str); 4] = [
     ("TERM", "dumb"),
 ];
 
-/// Longest exec id accepted.
-pub const MAX_EXEC_ID: usize = 256;
-
-/// Check an exec request before anything is started.
+/// Check an exec request before anything is started (the check every
+/// layer shares, `hearth_proto::exec_check`).
 pub fn validate(request: &ExecRequest) -> Result<()> {
-    let invalid = |m: String| Err(GuestError::InvalidArgument(m));
-    if request.id.is_empty() || request.id.len() > MAX_EXEC_ID || request.id.contains('\0') {
-        return invalid(format!(
-            "exec id must be 1 to {MAX_EXEC_ID} bytes without NUL, got {:?}",
-            request.id
-        ));
-    }
-    if request.argv.is_empty() || request.argv[0].is_empty() {
-        return invalid("argv must not be empty".into());
-    }
-    if request.argv.len() > MAX_ARGV {
-        return Err(GuestError::TooLarge(format!(
-            "argv has {} arguments, the limit is {MAX_ARGV}",
-            request.argv.len()
-        )));
-    }
-    if request.env.len() > MAX_ENV {
-        return Err(GuestError::TooLarge(format!(
-            "env has {} variables, the limit is {MAX_ENV}",
-            request.env.len()
-        )));
-    }
-    if let Some(i) = request.argv.iter().position(|a| a.contains('\0')) {
-        return invalid(format!("argv[{i}] contains a NUL byte"));
-    }
-    for (key, value) in &request.env {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return invalid(format!("invalid environment variable name {key:?}"));
+    request.check().map_err(|e| {
+        if e.too_large {
+            GuestError::TooLarge(e.message)
+        } else {
+            GuestError::InvalidArgument(e.message)
         }
-        if value.contains('\0') {
-            return invalid(format!("environment variable {key} contains a NUL byte"));
-        }
-    }
-    if let Some(ms) = request.timeout_ms {
-        // A buggy or hostile host must not make the deadline overflow.
-        if u128::from(ms) > MAX_TIMEOUT.as_millis() {
-            return invalid(format!(
-                "timeout_ms must be at most {} (30 days), got {ms}",
-                MAX_TIMEOUT.as_millis()
-            ));
-        }
-    }
-    if let Some(cwd) = &request.cwd {
-        if !cwd.starts_with('/') || cwd.contains('\0') || cwd.len() > MAX_PATH {
-            return invalid(format!(
-                "cwd must be an absolute path without NUL, got {cwd:?}"
-            ));
-        }
-    }
-    Ok(())
+    })
 }
 
 /// The environment of an exec: defaults overridden by the request.
@@ -204,6 +158,7 @@ pub fn spawn_failure(argv0: &str, error: &io::Error) -> (i32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_proto::limits::{MAX_ARGV, MAX_TIMEOUT};
 
     fn request(argv: &[&str]) -> ExecRequest {
         ExecRequest {
@@ -240,7 +195,7 @@ mod tests {
         r.timeout_ms = Some(u64::MAX);
         let err = validate(&r).unwrap_err().to_string();
         assert!(
-            err.contains("timeout_ms must be at most 2592000000"),
+            err.contains("timeout must be at most 30 days (2592000000 ms)"),
             "{err}"
         );
         r.timeout_ms = Some(MAX_TIMEOUT.as_millis() as u64);

@@ -10,6 +10,7 @@
 //! panicking or allocating without bound. See `VERSIONING.md` for how the
 //! protocol may change.
 
+pub mod exec_check;
 pub mod frame;
 pub mod handshake;
 pub mod limits;
@@ -17,6 +18,7 @@ pub mod messages;
 pub mod routes;
 pub mod size;
 
+pub use exec_check::{check_exec, InvalidExec};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameKind};
 pub use messages::*;
 pub use size::{ByteSize, ByteSizeError};

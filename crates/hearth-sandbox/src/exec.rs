@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use hearth_proto::{limits, ExecRequest, ExitReport};
+use hearth_proto::{ExecRequest, ExitReport};
 
 use crate::client::{ExecEvent, ExecStream, StdinWriter};
 use crate::error::{Result, SandboxError};
@@ -42,33 +42,11 @@ impl ExecOptions {
     }
 
     fn validate(&self) -> Result<()> {
-        let invalid = |m: String| Err(SandboxError::InvalidOption(m));
-        if self.argv.is_empty() || self.argv[0].is_empty() {
-            return invalid("the command is empty: give a program to run".into());
-        }
-        if self.argv.len() > limits::MAX_ARGV {
-            return invalid(format!("more than {} arguments", limits::MAX_ARGV));
-        }
-        if self.env.len() > limits::MAX_ENV {
-            return invalid(format!(
-                "more than {} environment variables",
-                limits::MAX_ENV
-            ));
-        }
-        for key in self.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return invalid(format!(
-                    "environment variable name {key:?} is not valid (empty, or contains '=' or NUL)"
-                ));
-            }
-        }
-        if let Some(cwd) = &self.cwd {
-            if !cwd.starts_with('/') {
-                return invalid(format!(
-                    "working directory {cwd:?} must be an absolute path"
-                ));
-            }
-        }
+        let timeout_ms = self
+            .timeout
+            .map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64);
+        hearth_proto::check_exec(&self.argv, &self.env, self.cwd.as_deref(), timeout_ms)
+            .map_err(|e| SandboxError::InvalidOption(e.message))?;
         if let Some(timeout) = self.timeout {
             check_timeout("exec timeout", timeout)?;
         }

@@ -10,7 +10,9 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +104,7 @@ impl Shared {
 }
 
 fn request_end(shared: &Shared, reason: EndReason, message: &str) {
-    let mut requested = shared.requested_end.lock().expect("requested_end lock");
+    let mut requested = shared.requested_end.lock();
     if requested.is_none() {
         *requested = Some((reason, message.to_string()));
     }
@@ -531,11 +533,7 @@ async fn monitor(
             }
         }
     };
-    let requested = shared
-        .requested_end
-        .lock()
-        .expect("requested_end lock")
-        .clone();
+    let requested = shared.requested_end.lock().clone();
     let mut end = classify(&exit, requested);
     end.lifetime_ms = started.elapsed().as_millis() as u64;
     let failed = end.reason.is_failure();

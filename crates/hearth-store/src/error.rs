@@ -12,7 +12,7 @@ pub enum StoreError {
         detail: String,
     },
     /// The database could not be opened or reached at start.
-    #[error("cannot open the store at {url}: {source}")]
+    #[error("cannot open the store at {url}: {source}; check that the database runs there and that the user, password and database name are right")]
     Open {
         /// Database URL or file, password hidden.
         url: String,

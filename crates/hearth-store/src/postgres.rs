@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Writer};
 use crate::error::{query, Result, StoreError};
@@ -41,6 +41,17 @@ impl PgBackend {
             source,
         })?;
         let options = options.application_name("hearth");
+        // One connection first, so that a refusal says why (the pool would
+        // only say it timed out).
+        let first = tokio::time::timeout(ACQUIRE_TIMEOUT * 2, PgConnection::connect_with(&options))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        match first {
+            Ok(conn) => {
+                let _ = conn.close().await;
+            }
+            Err(source) => return Err(StoreError::Open { url: shown, source }),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
@@ -90,7 +92,7 @@ impl FakeDriver {
     /// Kill the running VM named `name` (as a VMM crash would); false when
     /// there is none.
     pub fn kill(&self, name: &str) -> bool {
-        match self.running.lock().expect("fake VM table").get(name) {
+        match self.running.lock().get(name) {
             Some(kill) => {
                 kill.notify_one();
                 true
@@ -101,13 +103,7 @@ impl FakeDriver {
 
     /// Names of the VMs that run now.
     pub fn running(&self) -> Vec<String> {
-        let mut names: Vec<_> = self
-            .running
-            .lock()
-            .expect("fake VM table")
-            .keys()
-            .cloned()
-            .collect();
+        let mut names: Vec<_> = self.running.lock().keys().cloned().collect();
         names.sort();
         names
     }
@@ -157,10 +153,7 @@ impl FakeDriver {
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
-        self.running
-            .lock()
-            .expect("fake VM table")
-            .insert(spec.name.clone(), kill.clone());
+        self.running.lock().insert(spec.name.clone(), kill.clone());
         let running = self.running.clone();
         let name = spec.name.clone();
         let kill_signal = kill.clone();
@@ -173,7 +166,7 @@ impl FakeDriver {
                     child.wait().await.ok()
                 }
             };
-            running.lock().expect("fake VM table").remove(&name);
+            running.lock().remove(&name);
             let exit = VmExit {
                 status,
                 console_tail: console::tail(&console_for_exit, 400),

@@ -10,7 +10,9 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
@@ -355,7 +357,7 @@ impl Vm for QemuVm {
         if self.exit.borrow().is_some() {
             return None;
         }
-        *self.pid.lock().expect("pid lock")
+        *self.pid.lock()
     }
 
     fn spec(&self) -> &VmSpec {

@@ -8,7 +8,9 @@
 
 use std::os::fd::RawFd;
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use tokio::process::{Child, Command};
 
@@ -39,7 +41,6 @@ fn launcher() -> mpsc::Sender<Request> {
             Mutex::new(tx)
         })
         .lock()
-        .expect("launcher lock")
         .clone()
 }
 

@@ -174,6 +174,31 @@ fn bad_input_gives_one_line_errors_and_starts_nothing() {
 
     let out = env.run(&["sandbox", "run", "--timeout", "-3s", "--", "true"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // A database that cannot be reached, or a URL that is not one: one
+    // line naming the URL, its password hidden, and a non-zero exit.
+    for (url, needle) in [
+        (
+            "postgres://hearth:s3cret@127.0.0.1:1/hearth",
+            "Connection refused",
+        ),
+        (
+            "mysql://hearth:s3cret@localhost/hearth",
+            "unsupported scheme",
+        ),
+        (
+            "postgres://hearth:s3cret@127.0.0.1:notaport/hearth",
+            "invalid port",
+        ),
+    ] {
+        let out = env.run(&["serve", "--listen", "127.0.0.1:0", "--database", url]);
+        assert_eq!(out.status.code(), Some(125), "{url}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(stderr.contains("hearth:***@"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
     env.assert_clean();
 }
 

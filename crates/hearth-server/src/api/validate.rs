@@ -49,21 +49,30 @@ pub fn create_spec(request: CreateSandboxRequest) -> Result<CreateSpec, ApiError
 
 /// What `POST /v1/sandboxes/{id}/exec` asks for, checked field by field.
 pub fn exec_spec(body: ExecRequestBody) -> Result<ExecSpec, ApiError> {
-    if body.argv.is_empty() || body.argv[0].is_empty() {
-        return Err(ApiError::invalid(
-            "argv",
-            "argv is empty: give the program to run and its arguments, e.g. [\"python3\", \"-c\", \"print(1)\"]",
-        ));
-    }
-    if let Some(i) = body.argv.iter().position(|a| a.contains('\0')) {
-        return Err(ApiError::invalid(
-            "argv",
-            format!("argv[{i}] contains a NUL byte"),
-        ));
-    }
-    if let Some(cwd) = &body.cwd {
-        validate_guest_path("cwd", cwd)?;
-    }
+    let timeout = body.timeout.map(|t| t.parse("timeout")).transpose()?;
+    let timeout_ms = timeout.map(|t| t.as_millis() as u64);
+    // The check the library and the guest make too.
+    hearth_proto::check_exec(&body.argv, &body.env, body.cwd.as_deref(), timeout_ms).map_err(
+        |e| {
+            let status = if e.too_large {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                axum::http::StatusCode::BAD_REQUEST
+            };
+            ApiError {
+                field: Some(e.field.to_string()),
+                ..ApiError::new(
+                    status,
+                    if e.too_large {
+                        "too_large"
+                    } else {
+                        "invalid_argument"
+                    },
+                    e.message,
+                )
+            }
+        },
+    )?;
     let stdin = match (body.stdin, body.stdin_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -86,9 +95,9 @@ pub fn exec_spec(body: ExecRequestBody) -> Result<ExecSpec, ApiError> {
     };
     let options = ExecOptions {
         argv: body.argv,
-        env: env_checked("env", body.env)?,
+        env: body.env,
         cwd: body.cwd,
-        timeout: body.timeout.map(|t| t.parse("timeout")).transpose()?,
+        timeout,
         stdin: false,
     };
     Ok(ExecSpec {
