@@ -1,7 +1,7 @@
 //! A fake VM backend for tests and development: each "VM" is the guest
-//! agent running on the host (`hearth-guest serve-unix`), as PID 1 of its
-//! own PID namespace, so that killing the "VM" kills every process its
-//! commands started, as a real VM's death would. It boots in milliseconds
+//! agent running on the host (`hearth-guest serve-unix`) in its own PID
+//! namespace, so that killing the "VM" kills every process its commands
+//! started, as a real VM's death would. It boots in milliseconds
 //! and speaks the real guest protocol, so everything above the driver (the
 //! sandbox lifecycle, the server's state machine, the run engine) runs for
 //! real without QEMU.
@@ -124,8 +124,9 @@ impl FakeDriver {
         let console = std::fs::File::create(&console_path)
             .map_err(VmError::io(format!("creating {}", console_path.display())))?;
         let mut command = tokio::process::Command::new(&self.unshare);
-        // The agent is PID 1 of a new PID namespace; --kill-child kills it
-        // (and with it the whole namespace) when unshare dies.
+        // A shell is PID 1 of a new PID namespace and the agent its child
+        // (an agent that is PID 1 would boot a VM); --kill-child kills the
+        // shell, and with it the whole namespace, when unshare dies.
         command.args(["--pid", "--fork", "--kill-child", "--"]);
         if self.faults.crash_boot.load(Ordering::SeqCst) {
             command.args([
@@ -136,7 +137,10 @@ impl FakeDriver {
         } else if self.faults.hang_boot.load(Ordering::SeqCst) {
             command.args(["sleep", "infinity"]);
         } else {
-            command.arg(&self.agent).arg("serve-unix").arg(&socket_path);
+            command
+                .args(["sh", "-c", "\"$0\" serve-unix \"$1\" & wait $!"])
+                .arg(&self.agent)
+                .arg(&socket_path);
         }
         command
             .stdin(Stdio::null())

@@ -1,0 +1,252 @@
+//! `hearth-bench-cluster`: what running several nodes on one PostgreSQL
+//! costs and gives, in one process on this machine:
+//!
+//! - the create + destroy rate of one node against two (clients spread over
+//!   the nodes; creates placed by free capacity), with the fake VM driver,
+//!   so that the figure is Hearth's control plane (store, placement,
+//!   forwarding), not VM boot;
+//! - the round trip of `true` through the node that runs the sandbox
+//!   against through the other node (forwarded), with real VMs under
+//!   `--qemu` (default: fake VMs).
+//!
+//! ```sh
+//! scripts/postgres.sh
+//! cargo build -p hearth-guest      # the fake driver runs it
+//! cargo run --release -p hearth-bench --bin hearth-bench-cluster
+//! cargo run --release -p hearth-bench --bin hearth-bench-cluster -- --qemu --execs 100
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+use hearth_sandbox::HearthHome;
+use hearth_server::ids::RandomIds;
+use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
+use hearth_store::testing::TestDatabase;
+use hearth_store::SystemClock;
+use hearth_vm::fake::FakeDriver;
+use hearth_vm::qemu::QemuDriver;
+use hearth_vm::Driver;
+
+#[derive(Debug, Parser)]
+#[command(about = "Cluster figures: create rate with one node and two, forwarded exec latency")]
+struct Args {
+    /// Concurrent clients creating and destroying sandboxes.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// How long each create-rate run lasts, seconds.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Exec round trips per path.
+    #[arg(long, default_value_t = 300)]
+    execs: usize,
+    /// Real VMs (QEMU) for the exec latency, from the default image.
+    #[arg(long)]
+    qemu: bool,
+}
+
+struct Node {
+    server: Server,
+    url: String,
+}
+
+async fn start_node(
+    dir: &Path,
+    db: &TestDatabase,
+    id: &str,
+    driver: Arc<dyn Driver>,
+    images: &Path,
+) -> Result<Node> {
+    let home = HearthHome::new(dir.join(id), images);
+    let mut options = ServerOptions::new(home);
+    options.listen = "127.0.0.1:0".parse()?;
+    options.database = db.url.clone();
+    options.node_id = Some(id.into());
+    options.token_file = Some(dir.join("token"));
+    options.capacity = Capacity {
+        max_sandboxes: 64,
+        memory_bytes: 64 << 30,
+        vcpus: 256,
+    };
+    let parts = ServerParts {
+        driver,
+        clock: SystemClock::shared(),
+        ids: Arc::new(RandomIds),
+        store: None,
+    };
+    let server = Server::start(options, parts).await?;
+    let url = format!("http://{}", server.addr());
+    Ok(Node { server, url })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn call(
+    http: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Result<Value> {
+    let mut request = http.request(method, &url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let value: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{url}: {status} {value}");
+    }
+    Ok(value)
+}
+
+/// Clients create and destroy sandboxes for `seconds`, spread over
+/// `urls`; returns (lives, create latencies).
+async fn create_rate(urls: &[String], token: &str, args: &Args) -> Result<(usize, Vec<Duration>)> {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let url = urls[c % urls.len()].clone();
+        let token = token.to_string();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut times = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let sandbox = call(
+                    &http,
+                    &token,
+                    reqwest::Method::POST,
+                    format!("{url}/v1/sandboxes"),
+                    Some(json!({"memory": "256M"})),
+                )
+                .await?;
+                times.push(started.elapsed());
+                let id = sandbox["id"].as_str().context("an id")?;
+                call(
+                    &http,
+                    &token,
+                    reqwest::Method::DELETE,
+                    format!("{url}/v1/sandboxes/{id}"),
+                    None,
+                )
+                .await?;
+            }
+            anyhow::Ok(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    all.sort();
+    Ok((all.len(), all))
+}
+
+async fn exec_latency(url: &str, id: &str, token: &str, n: usize) -> Result<Vec<Duration>> {
+    let http = reqwest::Client::new();
+    let mut times = Vec::new();
+    for _ in 0..n + 10 {
+        let started = Instant::now();
+        let out = call(
+            &http,
+            token,
+            reqwest::Method::POST,
+            format!("{url}/v1/sandboxes/{id}/exec?wait=true"),
+            Some(json!({"argv": ["true"]})),
+        )
+        .await?;
+        if out["exit"]["code"] != 0 {
+            bail!("true failed: {out}");
+        }
+        times.push(started.elapsed());
+    }
+    // The first few warm the connections up.
+    let mut times = times.split_off(10);
+    times.sort();
+    Ok(times)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new().prefix("hb").tempdir_in("/tmp")?;
+    let fake_images = dir.path().join("images");
+    hearth_image::write_placeholder(&fake_images, "default")?;
+    let fake: Arc<dyn Driver> = Arc::new(FakeDriver::locate()?);
+
+    // Create rate: one node, then two.
+    for nodes in [1usize, 2] {
+        let db = TestDatabase::postgres().await;
+        let mut started = Vec::new();
+        for n in 0..nodes {
+            started.push(start_node(dir.path(), &db, &format!("nd-r{nodes}-{n}"), fake.clone(), &fake_images).await?);
+        }
+        let token = std::fs::read_to_string(dir.path().join("token"))?.trim().to_string();
+        let urls: Vec<String> = started.iter().map(|n| n.url.clone()).collect();
+        let (lives, times) = create_rate(&urls, &token, &args).await?;
+        println!(
+            "create+destroy, {nodes} node(s), {} clients, fake VMs: {:.1} sandboxes/s; create p50 {:.1} ms, p99 {:.1} ms",
+            args.clients,
+            lives as f64 / args.seconds as f64,
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 0.99)),
+        );
+        for node in started {
+            node.server.shutdown().await?;
+        }
+    }
+
+    // Exec round trip, direct and forwarded.
+    let db = TestDatabase::postgres().await;
+    let (driver, images, what): (Arc<dyn Driver>, std::path::PathBuf, &str) = if args.qemu {
+        (
+            Arc::new(QemuDriver::locate()?),
+            HearthHome::from_env().images_dir().to_path_buf(),
+            "real VMs (TCG)",
+        )
+    } else {
+        (fake, fake_images, "fake VMs")
+    };
+    let a = start_node(dir.path(), &db, "nd-a", driver.clone(), &images).await?;
+    let b = start_node(dir.path(), &db, "nd-b", driver, &images).await?;
+    let token = std::fs::read_to_string(dir.path().join("token"))?.trim().to_string();
+    let http = reqwest::Client::new();
+    let sandbox = call(
+        &http,
+        &token,
+        reqwest::Method::POST,
+        format!("{}/v1/sandboxes", a.url),
+        Some(json!({"node": "nd-a", "memory": "256M"})),
+    )
+    .await?;
+    let id = sandbox["id"].as_str().context("an id")?.to_string();
+    let direct = exec_latency(&a.url, &id, &token, args.execs).await?;
+    let forwarded = exec_latency(&b.url, &id, &token, args.execs).await?;
+    println!(
+        "exec `true`, {what}: through the owner p50 {:.2} ms p99 {:.2} ms; through the other node p50 {:.2} ms p99 {:.2} ms (+{:.2} ms at p50)",
+        ms(percentile(&direct, 0.5)),
+        ms(percentile(&direct, 0.99)),
+        ms(percentile(&forwarded, 0.5)),
+        ms(percentile(&forwarded, 0.99)),
+        ms(percentile(&forwarded, 0.5)) - ms(percentile(&direct, 0.5)),
+    );
+    a.server.shutdown().await?;
+    b.server.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `hearth-bench-store`: how long one sandbox state change with its event
+//! takes in the store, on SQLite and on PostgreSQL, alone and with several
+//! writers at once (the event counter serializes event commits on
+//! PostgreSQL: this measures what that costs).
+//!
+//! ```sh
+//! scripts/postgres.sh                       # a local PostgreSQL
+//! cargo run --release -p hearth-bench --bin hearth-bench-store -- --changes 2000
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use hearth_store::event::{SandboxCreating, SandboxEnded, SandboxStopping, StopRequester};
+use hearth_store::testing::TestDatabase;
+use hearth_store::{
+    EventPayload, Lease, NewSandbox, NodeCapacity, NodeSpec, SandboxState, Store, SystemClock,
+    Transition,
+};
+
+#[derive(Debug, Parser)]
+#[command(about = "Store latency: one sandbox state change with its event")]
+struct Args {
+    /// State changes to time per backend (each sandbox makes three).
+    #[arg(long, default_value_t = 1500)]
+    changes: usize,
+    /// Concurrent writers for the throughput run.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Only this backend (`sqlite` or `postgres`).
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn lease(store: &Store) -> Result<Lease> {
+    let spec = NodeSpec {
+        id: "nd-bench".into(),
+        url: "http://127.0.0.1:1".into(),
+        hostname: "bench".into(),
+        home: "/bench".into(),
+        capacity: NodeCapacity::default(),
+    };
+    let (node, _) = store.register_node(&spec, Duration::from_secs(3600)).await?;
+    node.lease().context("a fresh lease")
+}
+
+/// Insert a sandbox and take it through stopping to stopped, timing each
+/// of the three state changes.
+async fn life(store: &Store, lease: &Lease, id: &str, times: &mut Vec<Duration>) -> Result<()> {
+    let new = NewSandbox {
+        id: id.into(),
+        image: "default".into(),
+        vcpus: 1,
+        memory_bytes: 256 << 20,
+        disk_bytes: 1 << 30,
+        timeout_ms: None,
+        labels: Default::default(),
+        created_ms: 0,
+    };
+    let started = Instant::now();
+    store
+        .insert_sandbox(&new, lease, SandboxCreating::default())
+        .await?;
+    times.push(started.elapsed());
+    let steps = [
+        (
+            SandboxState::Stopping,
+            EventPayload::SandboxStopping(SandboxStopping {
+                requested_by: StopRequester::Api,
+            }),
+        ),
+        (
+            SandboxState::Stopped,
+            EventPayload::SandboxStopped(SandboxEnded::default()),
+        ),
+    ];
+    for (state, payload) in steps {
+        let change = Transition {
+            state: Some(state),
+            ..Transition::default()
+        };
+        let started = Instant::now();
+        store
+            .transition(id, lease, &change, payload)
+            .await?
+            .context("the change is allowed")?;
+        times.push(started.elapsed());
+    }
+    Ok(())
+}
+
+async fn bench(backend: &str, args: &Args) -> Result<()> {
+    let db = TestDatabase::of(backend).await;
+    let store = Store::open(&db.url, SystemClock::shared()).await?;
+    let lease = lease(&store).await?;
+    // Warm up connections and caches.
+    let mut warm = Vec::new();
+    for i in 0..20 {
+        life(&store, &lease, &format!("sb-warm-{i}"), &mut warm).await?;
+    }
+    let mut times = Vec::new();
+    let lives = args.changes.div_ceil(3);
+    for i in 0..lives {
+        life(&store, &lease, &format!("sb-one-{i}"), &mut times).await?;
+    }
+    times.sort();
+    println!(
+        "{backend:8} one writer:  {} changes, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        times.len(),
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+        ms(*times.last().unwrap_or(&Duration::ZERO)),
+    );
+
+    // Several writers at once, each through its own connections.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let all = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    for w in 0..args.writers {
+        let store = Store::open(&db.url, SystemClock::shared()).await?;
+        let lease = lease.clone();
+        let all = all.clone();
+        let per_writer = lives / args.writers.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            for i in 0..per_writer {
+                life(&store, &lease, &format!("sb-many-{w}-{i}"), &mut times).await?;
+            }
+            all.lock().await.extend(times);
+            store.close().await;
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    let mut times = std::mem::take(&mut *all.lock().await);
+    times.sort();
+    println!(
+        "{backend:8} {} writers: {} changes in {:.2} s = {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+        args.writers,
+        times.len(),
+        elapsed.as_secs_f64(),
+        times.len() as f64 / elapsed.as_secs_f64(),
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+    );
+    store.close().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    println!("store: time of one sandbox state change with its event (insert, stopping, stopped)");
+    for backend in ["sqlite", "postgres"] {
+        if args.backend.as_deref().is_some_and(|b| b != backend) {
+            continue;
+        }
+        bench(backend, &args).await?;
+    }
+    Ok(())
+}
