@@ -158,27 +158,39 @@ async fn create_rate(urls: &[String], token: &str, args: &Args) -> Result<(usize
     Ok((all.len(), all))
 }
 
-async fn exec_latency(url: &str, id: &str, token: &str, n: usize) -> Result<Vec<Duration>> {
+/// Round trips of `true`, alternating between `direct` and `forwarded` so
+/// that both see the same machine load; (direct, forwarded) sorted.
+async fn exec_latency(
+    direct: &str,
+    forwarded: &str,
+    id: &str,
+    token: &str,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let http = reqwest::Client::new();
-    let mut times = Vec::new();
-    for _ in 0..n + 10 {
-        let started = Instant::now();
-        let out = call(
-            &http,
-            token,
-            reqwest::Method::POST,
-            format!("{url}/v1/sandboxes/{id}/exec?wait=true"),
-            Some(json!({"argv": ["true"]})),
-        )
-        .await?;
-        if out["exit"]["code"] != 0 {
-            bail!("true failed: {out}");
+    let mut times = (Vec::new(), Vec::new());
+    for i in 0..n + 10 {
+        for (url, out) in [(direct, &mut times.0), (forwarded, &mut times.1)] {
+            let started = Instant::now();
+            let result = call(
+                &http,
+                token,
+                reqwest::Method::POST,
+                format!("{url}/v1/sandboxes/{id}/exec?wait=true"),
+                Some(json!({"argv": ["true"]})),
+            )
+            .await?;
+            if result["exit"]["code"] != 0 {
+                bail!("true failed: {result}");
+            }
+            // The first few warm the connections up.
+            if i >= 10 {
+                out.push(started.elapsed());
+            }
         }
-        times.push(started.elapsed());
     }
-    // The first few warm the connections up.
-    let mut times = times.split_off(10);
-    times.sort();
+    times.0.sort();
+    times.1.sort();
     Ok(times)
 }
 
@@ -236,8 +248,7 @@ async fn main() -> Result<()> {
     )
     .await?;
     let id = sandbox["id"].as_str().context("an id")?.to_string();
-    let direct = exec_latency(&a.url, &id, &token, args.execs).await?;
-    let forwarded = exec_latency(&b.url, &id, &token, args.execs).await?;
+    let (direct, forwarded) = exec_latency(&a.url, &b.url, &id, &token, args.execs).await?;
     println!(
         "exec `true`, {what}: through the owner p50 {:.2} ms p99 {:.2} ms; through the other node p50 {:.2} ms p99 {:.2} ms (+{:.2} ms at p50)",
         ms(percentile(&direct, 0.5)),

@@ -127,12 +127,18 @@ async fn bench(backend: &str, args: &Args) -> Result<()> {
         ms(*times.last().unwrap_or(&Duration::ZERO)),
     );
 
-    // Several writers at once, each through its own connections.
+    // Several writers at once: on PostgreSQL each through its own pool
+    // (like separate nodes), on SQLite through the one store a server
+    // holds (one process per file).
     let started = Instant::now();
     let mut tasks = Vec::new();
     let all = Arc::new(tokio::sync::Mutex::new(Vec::new()));
     for w in 0..args.writers {
-        let store = Store::open(&db.url, SystemClock::shared()).await?;
+        let store = if backend == "sqlite" {
+            store.clone()
+        } else {
+            Store::open(&db.url, SystemClock::shared()).await?
+        };
         let lease = lease.clone();
         let all = all.clone();
         let per_writer = lives / args.writers.max(1);
@@ -142,7 +148,6 @@ async fn bench(backend: &str, args: &Args) -> Result<()> {
                 life(&store, &lease, &format!("sb-many-{w}-{i}"), &mut times).await?;
             }
             all.lock().await.extend(times);
-            store.close().await;
             anyhow::Ok(())
         }));
     }
