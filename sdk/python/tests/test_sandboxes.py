@@ -50,6 +50,22 @@ def test_get_and_list(client: Hearth, sandbox: Sandbox, run_id: str) -> None:
     assert len(client.sandboxes.list(limit=1)) == 1
 
 
+def test_nodes_and_placement(client: Hearth, sandbox: Sandbox) -> None:
+    nodes = client.nodes()
+    assert len(nodes) == 1
+    node = nodes[0]
+    assert node.this_node and node.state == "alive" and node.epoch >= 1
+    assert node.capacity["sandboxes"] >= 1 and node.load["sandboxes"] >= 1
+    assert sandbox.info.node_id == node.id
+    assert sandbox.id in [s.id for s in client.sandboxes.list(node=node.id)]
+    assert client.sandboxes.list(node="nd-nobody") == []
+    with pytest.raises(InvalidArgument) as caught:
+        client.sandboxes.create(node="nd-nobody")
+    assert caught.value.field == "node"
+    events = sandbox.events()
+    assert all(e.node_id == node.id and e.version == 1 for e in events)
+
+
 def test_unknown_sandbox_is_not_found(client: Hearth) -> None:
     with pytest.raises(NotFound) as caught:
         client.sandboxes.get("sb-000000000000")

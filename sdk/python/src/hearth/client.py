@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ._http import Http
-from .models import Health
+from .models import Health, NodeInfo
 from .sandboxes import Sandboxes
 
 if TYPE_CHECKING:
@@ -172,6 +172,12 @@ class Hearth:
     def health(self) -> Health:
         """``GET /healthz``: whether the server is up, and its version."""
         return Health.from_json(self._http.json("GET", "/healthz"))
+
+    def nodes(self) -> list[NodeInfo]:
+        """``GET /v1/nodes``: every node sharing this server's store, with its
+        lease, capacity and load."""
+        body = self._http.json("GET", "/v1/nodes")
+        return [NodeInfo.from_json(item) for item in body.get("nodes", [])]
 
     def metrics(self) -> str:
         """``GET /metrics``: Prometheus text exposition."""

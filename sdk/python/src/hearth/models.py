@@ -99,6 +99,8 @@ class SandboxInfo:
     #: Why it ended: ``destroyed``, ``timed_out``, ``out_of_memory``, ...
     end_reason: str | None
     end_message: str | None
+    #: The node that runs (or ran) it.
+    node_id: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -121,6 +123,7 @@ class SandboxInfo:
             ended_ms=_opt_int(data.get("ended_ms")),
             end_reason=_opt_str(data.get("end_reason")),
             end_message=_opt_str(data.get("end_message")),
+            node_id=str(data.get("node_id") or ""),
         )
 
 
@@ -278,6 +281,10 @@ class SandboxEvent:
     at_ms: int
     kind: str
     data: dict[str, Any] = field(default_factory=dict)
+    #: The node that recorded it.
+    node_id: str | None = None
+    #: Schema version of ``data``.
+    version: int = 1
 
     @property
     def is_final(self) -> bool:
@@ -294,6 +301,46 @@ class SandboxEvent:
             at_ms=int(data.get("at_ms", 0)),
             kind=str(data["kind"]),
             data=dict(details) if isinstance(details, Mapping) else {},
+            node_id=_opt_str(data.get("node_id")),
+            version=int(data.get("version", 1)),
+        )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of the cluster (a ``hearth serve`` process) and its lease."""
+
+    id: str
+    url: str
+    hostname: str
+    #: ``alive``, ``left`` (shut down cleanly) or ``expired`` (stopped
+    #: heartbeating; its sandboxes were recorded lost).
+    state: str
+    #: Lease epoch: grows each time the node takes a lease.
+    epoch: int
+    heartbeat_ms: int
+    lease_expires_ms: int
+    #: What it may run: ``sandboxes``, ``memory_bytes``, ``vcpus``.
+    capacity: dict[str, int]
+    #: What it runs now, same keys.
+    load: dict[str, int]
+    #: Whether it is the node that answered.
+    this_node: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NodeInfo:
+        """Build from a NodeView object."""
+        return cls(
+            id=str(data["id"]),
+            url=str(data.get("url", "")),
+            hostname=str(data.get("hostname", "")),
+            state=str(data["state"]),
+            epoch=int(data.get("epoch", 0)),
+            heartbeat_ms=int(data.get("heartbeat_ms", 0)),
+            lease_expires_ms=int(data.get("lease_expires_ms", 0)),
+            capacity={str(k): int(v) for k, v in dict(data.get("capacity") or {}).items()},
+            load={str(k): int(v) for k, v in dict(data.get("load") or {}).items()},
+            this_node=bool(data.get("this_node", False)),
         )
 
 

@@ -57,6 +57,7 @@ class Sandboxes:
         timeout: Duration | None = None,
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        node: str | None = None,
     ) -> Sandbox:
         """Create a sandbox and wait until it runs.
 
@@ -69,6 +70,8 @@ class Sandboxes:
                 (default 10 minutes); extend with :meth:`Sandbox.set_timeout`.
             env: Environment for every command run in it.
             labels: Labels to find it by with :meth:`list`.
+            node: Run it on this node (see :meth:`Hearth.nodes`); by default
+                the server places it on the live node with the most room.
 
         Returns a :class:`Sandbox`; use it in a ``with`` block to have it
         destroyed at the end.
@@ -80,6 +83,7 @@ class Sandboxes:
             ("memory", memory),
             ("disk", disk),
             ("timeout", timeout),
+            ("node", node),
         ):
             if value is not None:
                 body[key] = value
@@ -105,14 +109,16 @@ class Sandboxes:
         *,
         state: None | str | Iterable[str] = None,
         labels: Mapping[str, str] | None = None,
+        node: str | None = None,
         limit: int | None = None,
     ) -> builtins.list[Sandbox]:
-        """Sandboxes, newest first.
+        """Sandboxes of every node, newest first.
 
         Args:
             state: Only these states, e.g. ``"running"`` or
                 ``["running", "creating"]``.
             labels: Only sandboxes carrying all of these labels.
+            node: Only those of this node.
             limit: At most this many (server default and maximum 1000).
         """
         params: list[tuple[str, str]] = []
@@ -121,6 +127,8 @@ class Sandboxes:
             params.append(("state", ",".join(states)))
         for key, value in (labels or {}).items():
             params.append(("label", f"{key}={value}"))
+        if node is not None:
+            params.append(("node", node))
         if limit is not None:
             params.append(("limit", str(limit)))
         body = self._http.json("GET", "/v1/sandboxes", params=params)
