@@ -207,9 +207,20 @@ async fn main() -> Result<()> {
         let db = TestDatabase::postgres().await;
         let mut started = Vec::new();
         for n in 0..nodes {
-            started.push(start_node(dir.path(), &db, &format!("nd-r{nodes}-{n}"), fake.clone(), &fake_images).await?);
+            started.push(
+                start_node(
+                    dir.path(),
+                    &db,
+                    &format!("nd-r{nodes}-{n}"),
+                    fake.clone(),
+                    &fake_images,
+                )
+                .await?,
+            );
         }
-        let token = std::fs::read_to_string(dir.path().join("token"))?.trim().to_string();
+        let token = std::fs::read_to_string(dir.path().join("token"))?
+            .trim()
+            .to_string();
         let urls: Vec<String> = started.iter().map(|n| n.url.clone()).collect();
         let (lives, times) = create_rate(&urls, &token, &args).await?;
         println!(
@@ -237,7 +248,9 @@ async fn main() -> Result<()> {
     };
     let a = start_node(dir.path(), &db, "nd-a", driver.clone(), &images).await?;
     let b = start_node(dir.path(), &db, "nd-b", driver, &images).await?;
-    let token = std::fs::read_to_string(dir.path().join("token"))?.trim().to_string();
+    let token = std::fs::read_to_string(dir.path().join("token"))?
+        .trim()
+        .to_string();
     let http = reqwest::Client::new();
     let sandbox = call(
         &http,

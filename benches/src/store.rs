@@ -55,7 +55,9 @@ async fn lease(store: &Store) -> Result<Lease> {
         home: "/bench".into(),
         capacity: NodeCapacity::default(),
     };
-    let (node, _) = store.register_node(&spec, Duration::from_secs(3600)).await?;
+    let (node, _) = store
+        .register_node(&spec, Duration::from_secs(3600))
+        .await?;
     node.lease().context("a fresh lease")
 }
 

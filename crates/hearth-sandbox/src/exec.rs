@@ -226,10 +226,7 @@ mod tests {
             ..ExecOptions::new(["true"])
         };
         let err = opts.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("exec timeout must be at most 30 days"),
-            "{err}"
-        );
+        assert!(err.contains("timeout must be at most 30 days"), "{err}");
         let opts = ExecOptions {
             timeout: Some(crate::options::MAX_TIMEOUT),
             ..ExecOptions::new(["true"])

@@ -167,9 +167,9 @@ async fn nodes_share_one_postgres_forward_to_each_other_and_take_over_a_dead_one
 
     // kill -9 A: its VM dies with it, and once its lease expires B
     // records its sandbox lost, naming A.
-    let status = a.signal("KILL");
+    let status = a.signal("KILL").await;
     assert!(!status.success());
-    wait_no_vmms(&dir.path().join("nd-a"));
+    wait_no_vmms(&dir.path().join("nd-a")).await;
     let record = wait_for(&b, &format!("/v1/sandboxes/{id}"), |r| r["state"] == "lost").await;
     assert_eq!(record["state"], "lost", "{record}");
     let message = record["end_message"].as_str().unwrap();
@@ -221,7 +221,7 @@ async fn nodes_share_one_postgres_forward_to_each_other_and_take_over_a_dead_one
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 3, "{nodes}");
 
     for mut node in [a, b, c] {
-        assert!(node.signal("TERM").success());
+        assert!(node.signal("TERM").await.success());
     }
     for node in ["nd-a", "nd-b", "nd-c"] {
         assert!(live_vmms(&dir.path().join(node)).is_empty());

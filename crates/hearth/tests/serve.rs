@@ -225,7 +225,7 @@ async fn bad_requests_get_clear_json_errors_without_a_vm() {
     assert_eq!(second.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&second.stderr).contains("another hearth server"));
 
-    assert!(server.signal("TERM").success());
+    assert!(server.signal("TERM").await.success());
     assert!(!home.path().join("server.json").exists());
 }
 
@@ -592,8 +592,8 @@ async fn sandboxes_run_execs_files_and_streams_through_the_api() {
     assert_eq!(streamed, history[4..], "stream resumed after {cut}");
 
     // SIGTERM destroys the rest and leaves nothing running.
-    assert!(server.signal("TERM").success());
-    wait_no_vmms(home.path());
+    assert!(server.signal("TERM").await.success());
+    wait_no_vmms(home.path()).await;
     let server = Served::start(home.path(), &[]);
     for other in &ids[1..] {
         let (_, record) = server.get(&format!("/v1/sandboxes/{other}")).await;
@@ -609,12 +609,12 @@ async fn after_a_kill_9_the_next_server_reaps_the_vms_and_marks_them_lost() {
     let id = server.create(json!({"memory": "256M"})).await;
     assert_eq!(server.run(&id, &["echo", "hi"]).await["stdout"], "hi\n");
     assert_eq!(live_vmms(home.path()).len(), 1);
-    let status = server.signal("KILL");
+    let status = server.signal("KILL").await;
     assert!(!status.success());
     drop(server);
 
     let server = Served::start(home.path(), &[]);
-    wait_no_vmms(home.path());
+    wait_no_vmms(home.path()).await;
     let (_, record) = server.get(&format!("/v1/sandboxes/{id}")).await;
     assert_eq!(record["state"], "lost", "{record}");
     assert!(
@@ -737,7 +737,7 @@ async fn after_a_kill_9_the_next_server_reaps_the_vms_and_marks_them_lost() {
         "{missing:?}"
     );
     drop(server);
-    wait_no_vmms(home.path());
+    wait_no_vmms(home.path()).await;
 }
 
 /// A span as received: name, resource `service.name`, trace id.
@@ -811,7 +811,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         .await;
     assert_eq!(status, StatusCode::OK);
     // Shutdown flushes the batch exporter.
-    assert!(server.signal("TERM").success());
+    assert!(server.signal("TERM").await.success());
     let spans = spans.lock().unwrap().clone();
     let names: Vec<&str> = spans.iter().map(|(name, _, _)| name.as_str()).collect();
     for expected in ["request", "sandbox", "exec", "exec_output"] {

@@ -67,15 +67,36 @@ pub async fn create_sandbox(
         },
         None => {
             let mut nodes = store.nodes().await?;
+            nodes.retain(|n| n.state == NodeState::Alive);
             for node in &mut nodes {
                 if node.id == me {
                     node.load = state.manager.load();
                 }
             }
-            let placed = placement(&nodes, &me, memory, vcpus).map_err(|why| {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity_exceeded", why)
-            })?;
-            (placed.candidates, placed.full)
+            // Alone: this node's own admission decides, and says why.
+            if nodes.iter().all(|n| n.id == me) {
+                let record = state.manager.create(spec).await?;
+                return Ok((StatusCode::CREATED, Json(view(record))).into_response());
+            }
+            match placement(&nodes, &me, memory, vcpus) {
+                Ok(placed) => (placed.candidates, placed.full),
+                // By the loads last reported nobody has room; this node
+                // asks its own admission anyway (its load is live, and a
+                // refusal is recorded and counted here).
+                Err(why) => match state.manager.create(spec.clone()).await {
+                    Ok(record) => {
+                        return Ok((StatusCode::CREATED, Json(view(record))).into_response())
+                    }
+                    Err(ManagerError::CapacityExceeded { .. }) => {
+                        return Err(ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "capacity_exceeded",
+                            why,
+                        ))
+                    }
+                    Err(error) => return Err(error.into()),
+                },
+            }
         }
     };
     let mut forward_headers = HeaderMap::new();

@@ -131,7 +131,7 @@ impl Served {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+    pub async fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let sent = Command::new("kill")
             .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
@@ -147,7 +147,7 @@ impl Served {
                 let _ = child.kill();
                 panic!("the server did not exit after signal {signal}");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -168,7 +168,7 @@ pub fn temp_home() -> tempfile::TempDir {
         .unwrap()
 }
 
-pub fn wait_no_vmms(home: &Path) {
+pub async fn wait_no_vmms(home: &Path) {
     let start = Instant::now();
     while !live_vmms(home).is_empty() {
         assert!(
@@ -176,7 +176,7 @@ pub fn wait_no_vmms(home: &Path) {
             "VMs left: {:?}",
             live_vmms(home)
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
