@@ -35,6 +35,8 @@ struct NodeInner {
     /// Sandboxes this node's previous run left, found at start: their
     /// console logs and whether their VM had to be killed, for the record.
     reaped: Mutex<HashMap<String, ReapedSandbox>>,
+    /// Epochs this process held and lost (taken over while it ran).
+    lost_epochs: Mutex<Vec<i64>>,
     origin: tokio::time::Instant,
 }
 
@@ -74,6 +76,7 @@ impl Node {
                 lease: watch::channel(lease).0,
                 watch: Mutex::new(LeaseWatch::new(ttl.as_millis() as u64)),
                 reaped: Mutex::new(reaped.into_iter().map(|r| (r.id.clone(), r)).collect()),
+                lost_epochs: Mutex::default(),
                 origin: tokio::time::Instant::now(),
                 spec,
             }),
@@ -131,6 +134,7 @@ impl Node {
                     StoreError::Invalid("a node just registered is not alive".into())
                 })?;
                 tracing::warn!(node = %self.id(), epoch = new.epoch, "took a new lease");
+                self.inner.lost_epochs.lock().push(lease.epoch);
                 self.inner.lease.send_replace(new);
                 Ok(Heartbeat::Rejoined {
                     lost: lease,
@@ -183,6 +187,13 @@ impl Node {
     fn lost_message(&self, record: &SandboxRecord, reaped: Option<&ReapedSandbox>) -> String {
         if record.node_id.is_empty() {
             return "the server that ran it (an earlier Hearth version) stopped without shutting it down; its VM died with it".into();
+        }
+        if record.node_id == self.id() && self.inner.lost_epochs.lock().contains(&record.node_epoch)
+        {
+            return format!(
+                "node {} lost its lease (epoch {}) while it ran the sandbox: it stopped heartbeating for a lease TTL (stalled, or cut off from the database) and another node took over; its VM was killed",
+                record.node_id, record.node_epoch
+            );
         }
         if record.node_id == self.id() {
             let vm = match reaped {

@@ -316,3 +316,84 @@ async fn any_node_answers_for_a_sandbox_on_another_and_creates_go_where_there_is
     a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();
 }
+
+/// A node whose lease was taken over while it still runs (stalled, or cut
+/// off from the database): its next heartbeat finds out, it kills the VMs
+/// it ran under the lost lease, takes a new lease, and every write it
+/// tries about them is refused by the fencing check and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_finds_its_lease_taken_kills_its_vms_and_cannot_write() {
+    let db = TestDatabase::postgres().await;
+    let dir = tempfile::Builder::new()
+        .prefix("hh")
+        .tempdir_in("/tmp")
+        .unwrap();
+    hearth_image::write_placeholder(&dir.path().join("images"), "default").unwrap();
+    let a = node(dir.path(), &db, "nd-a", 4).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        token: std::fs::read_to_string(dir.path().join("token"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    let (status, sandbox) = client.post(&a, "/v1/sandboxes", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    let id = sandbox["id"].as_str().unwrap().to_string();
+
+    // Another node (here: the test, through the store) expires A's lease,
+    // as it would after watching A silent for a TTL.
+    let store = hearth_store::Store::open(&db.url, SystemClock::shared())
+        .await
+        .unwrap();
+    let record = store.node("nd-a").await.unwrap().unwrap();
+    store
+        .expire_node(&record, "nd-watcher", Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("expired");
+
+    // A finds out at its next heartbeat (TTL/3 = 1 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.server.node().lease().epoch == record.epoch && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.server.node().lease().epoch, record.epoch + 1);
+    let (_, sandbox) = loop {
+        let got = client.get(&a, &format!("/v1/sandboxes/{id}")).await;
+        if got.1["state"] == "lost" || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sandbox["state"], "lost", "{sandbox}");
+    let message = sandbox["end_message"].as_str().unwrap();
+    assert!(message.contains("lost its lease"), "{message}");
+    assert!(a.server.manager().live(&id).is_none(), "its VM is gone");
+
+    // A's attempt to record the VM's end under the lost lease was refused
+    // and recorded.
+    let events = store.events(None, 0, 1000).await.unwrap();
+    let fenced: Vec<_> = events.iter().filter(|e| e.kind == "node.fenced").collect();
+    let attempted: Vec<&str> = fenced
+        .iter()
+        .filter(|e| e.data["fenced_node"] == "nd-a")
+        .map(|e| e.data["attempted"].as_str().unwrap())
+        .collect();
+    assert!(attempted.contains(&"heartbeat"), "{attempted:?}");
+    assert!(attempted.contains(&"sandbox.stopped"), "{attempted:?}");
+    let kinds: Vec<String> = store
+        .events(Some(&id), 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("sandbox.lost"),
+        "nothing follows the loss: {kinds:?}"
+    );
+    store.close().await;
+    a.server.shutdown().await.unwrap();
+}
