@@ -5,6 +5,8 @@
 //!   the nodes; creates placed by free capacity), with the fake VM driver,
 //!   so that the figure is Hearth's control plane (store, placement,
 //!   forwarding), not VM boot;
+//! - the exec rate (`true`, one sandbox per client) of one node against
+//!   two, clients spread over the nodes (fake VMs);
 //! - the round trip of `true` through the node that runs the sandbox
 //!   against through the other node (forwarded), with real VMs under
 //!   `--qemu` (default: fake VMs).
@@ -158,6 +160,54 @@ async fn create_rate(urls: &[String], token: &str, args: &Args) -> Result<(usize
     Ok((all.len(), all))
 }
 
+/// Clients each exec `true` in a sandbox of their own, for `seconds`,
+/// spread over `urls`; returns execs per second.
+async fn exec_rate(urls: &[String], token: &str, args: &Args) -> Result<f64> {
+    let http = reqwest::Client::new();
+    let mut sandboxes = Vec::new();
+    for c in 0..args.clients {
+        let url = urls[c % urls.len()].clone();
+        let sandbox = call(
+            &http,
+            token,
+            reqwest::Method::POST,
+            format!("{url}/v1/sandboxes"),
+            Some(json!({"memory": "256M"})),
+        )
+        .await?;
+        sandboxes.push((url, sandbox["id"].as_str().context("an id")?.to_string()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (url, id) in sandboxes.clone() {
+        let token = token.to_string();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                call(
+                    &http,
+                    &token,
+                    reqwest::Method::POST,
+                    format!("{url}/v1/sandboxes/{id}/exec?wait=true"),
+                    Some(json!({"argv": ["true"]})),
+                )
+                .await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    for (url, id) in sandboxes {
+        call(&http, token, reqwest::Method::DELETE, format!("{url}/v1/sandboxes/{id}"), None).await?;
+    }
+    Ok(total as f64 / args.seconds as f64)
+}
+
 /// Round trips of `true`, alternating between `direct` and `forwarded` so
 /// that both see the same machine load; (direct, forwarded) sorted.
 async fn exec_latency(
@@ -229,6 +279,11 @@ async fn main() -> Result<()> {
             lives as f64 / args.seconds as f64,
             ms(percentile(&times, 0.5)),
             ms(percentile(&times, 0.99)),
+        );
+        let rate = exec_rate(&urls, &token, &args).await?;
+        println!(
+            "exec `true`, {nodes} node(s), {} clients, fake VMs: {rate:.0} execs/s",
+            args.clients
         );
         for node in started {
             node.server.shutdown().await?;
