@@ -203,7 +203,14 @@ async fn exec_rate(urls: &[String], token: &str, args: &Args) -> Result<f64> {
         total += task.await??;
     }
     for (url, id) in sandboxes {
-        call(&http, token, reqwest::Method::DELETE, format!("{url}/v1/sandboxes/{id}"), None).await?;
+        call(
+            &http,
+            token,
+            reqwest::Method::DELETE,
+            format!("{url}/v1/sandboxes/{id}"),
+            None,
+        )
+        .await?;
     }
     Ok(total as f64 / args.seconds as f64)
 }

@@ -88,22 +88,40 @@ impl Drop for TestDatabase {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .ok()?;
+                .map_err(|e| e.to_string())?;
             runtime.block_on(async move {
-                let options: PgConnectOptions = admin.parse().ok()?;
-                let mut conn = options.connect().await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-                Some(())
+                let options: PgConnectOptions = admin.parse().map_err(|e| format!("{e}"))?;
+                // A few tries: the server may be busy closing the test's
+                // own connections.
+                let mut last = String::new();
+                for _ in 0..5 {
+                    let dropped = async {
+                        let mut conn = options.connect().await?;
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await?;
+                        Ok::<(), sqlx::Error>(())
+                    };
+                    match dropped.await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => last = e.to_string(),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(last)
             })
         })
         .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("note: a test database was left behind; scripts/postgres.sh drops it");
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!(
+                "note: a test database was left behind ({error}); scripts/postgres.sh drops it"
+            ),
+            Err(_) => {
+                eprintln!("note: a test database was left behind; scripts/postgres.sh drops it")
+            }
         }
     }
 }
