@@ -1,0 +1,31 @@
+//! Durable runs: the rules of the journal that lets a program resume after
+//! any crash without repeating a side effect.
+//!
+//! This crate holds the engine's decisions as pure functions over records,
+//! fed the time and randomness, so that property tests and a deterministic
+//! simulation can drive them through any interleaving of progress,
+//! failures, crashes and decisions:
+//!
+//! - [`RunState`]: a run's life (pending, running, waiting, needs
+//!   attention, completed, failed, cancelled) and its allowed moves;
+//! - [`StepState`], [`Effect`], [`StepRecord`]: a journaled step, what
+//!   repeating it would do, its attempts;
+//! - [`Journal`]: on each step a program reaches, replay the recorded
+//!   outcome, run it (with a stable idempotency key), wait for a retry,
+//!   stop for a person's decision when an unsafe step's outcome is
+//!   unknown, or fail on non-determinism;
+//! - [`RetryPolicy`]: attempts, backoff, jitter, errors never retried;
+//! - [`digest`]: argument digests and idempotency keys.
+
+pub mod digest;
+pub mod journal;
+pub mod retry;
+pub mod run;
+pub mod step;
+
+pub use journal::{
+    AfterFailure, Decision, Journal, JournalError, NonDeterminism, Outcome, Resolution, StepIdent,
+};
+pub use retry::RetryPolicy;
+pub use run::RunState;
+pub use step::{Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState};
