@@ -52,6 +52,12 @@ pub fn args_digest(args: &Value) -> String {
     format!("sha256:{}", hex::encode(hash))
 }
 
+/// `sha256:` and the hex SHA-256 of `bytes`: the address of a blob
+/// (a pinned program, a large result).
+pub fn bytes_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 /// The idempotency key of step `seq` of run `run_id`: the same for every
 /// attempt and every relaunch, different for every step of every run.
 pub fn idempotency_key(run_id: &str, seq: u64) -> String {

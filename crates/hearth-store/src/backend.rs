@@ -8,6 +8,9 @@ use crate::error::Result;
 use crate::event::{Event, EventPayload, EVENT_VERSION};
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
+use crate::runs::{NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal};
+use crate::runs_sql::StepRow;
+use hearth_engine::{RunState, StepRecord};
 
 /// An event about to be appended.
 #[derive(Debug, Clone)]
@@ -139,6 +142,89 @@ pub(crate) trait Backend {
     async fn nodes(&self) -> Result<Vec<NodeRecord>>;
 
     async fn node(&self, id: &str) -> Result<Option<NodeRecord>>;
+}
+
+/// What a conditional run write did.
+#[derive(Debug)]
+pub(crate) enum RunUpdated {
+    /// Written, with its events; the run as it is now.
+    Done(Box<RunRecord>, Vec<Event>),
+    /// Not written.
+    Refused(RunRefusal),
+}
+
+/// The run primitives every backend implements, each in one transaction.
+pub(crate) trait RunBackend {
+    /// Store a blob unless it is there.
+    async fn put_blob(&self, digest: &str, data: &[u8], now: u64) -> Result<()>;
+
+    async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Record a new pending run, unowned.
+    async fn insert_run(&self, new: &NewRun, event: &NewEvent, now: u64) -> Result<Event>;
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
+
+    async fn list_runs(&self, filter: &RunFilter, limit: u32) -> Result<Vec<RunRecord>>;
+
+    /// Apply `change` if the run is in `expected` and `writer` may write
+    /// it, with `event`; when the run ends and its parent waits on it, wake
+    /// the parent.
+    async fn update_run(
+        &self,
+        id: &str,
+        expected: RunState,
+        writer: RunWriter<'_>,
+        change: &RunChange,
+        event: &NewEvent,
+        now: u64,
+    ) -> Result<RunUpdated>;
+
+    /// Take up to `limit` claimable runs (or only `only`) for `lease`;
+    /// `Err` with the reason when the lease is not current.
+    async fn claim_runs(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        only: Option<&str>,
+        now: u64,
+    ) -> Result<std::result::Result<Vec<(RunRecord, Event)>, String>>;
+
+    /// Write steps of a running run owned by `lease`, with their events.
+    async fn put_steps(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+        steps: &[StepRow],
+        events: &[NewEvent],
+        now: u64,
+    ) -> Result<std::result::Result<Vec<Event>, RunRefusal>>;
+
+    async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>>;
+
+    /// Record a signal to a live run and wake it if it waits on that
+    /// name; `None` when the run is not in the store, `Err` with its state
+    /// when it has ended.
+    async fn insert_signal(
+        &self,
+        run_id: &str,
+        name: &str,
+        data: &serde_json::Value,
+        now: u64,
+    ) -> Result<Option<std::result::Result<(Signal, Event), RunState>>>;
+
+    async fn signals(&self, run_id: &str, name: &str) -> Result<Vec<Signal>>;
+
+    async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>>;
+}
+
+/// The event announcing that a run moved to `state`, for a claim.
+pub(crate) fn claim_event(record: &RunRecord, lease: &Lease) -> NewEvent {
+    NewEvent::of(&EventPayload::RunClaimed(crate::event::RunClaimed {
+        epoch: lease.epoch,
+        previous_state: record.state.as_str().to_string(),
+        previous_node: record.node_id.clone(),
+    }))
 }
 
 /// Why a lease no longer fences writes, given the node's stored epoch and

@@ -62,6 +62,25 @@ pub enum StoreError {
     /// The sandbox is not in the store.
     #[error("sandbox {0} is not in the store")]
     NotFound(String),
+    /// The run is not in the store.
+    #[error("no run with id {0:?}; list them with `hearth run ls` or GET /v1/runs")]
+    RunNotFound(String),
+    /// The run has ended: it takes no signal or change.
+    #[error("run {id} has ended ({state}): it takes no more signals or changes")]
+    RunEnded {
+        /// The run.
+        id: String,
+        /// Its final state.
+        state: String,
+    },
+    /// The run is owned by a node: only that node changes it.
+    #[error("run {id} cannot be changed here: {reason}")]
+    RunOwned {
+        /// The run.
+        id: String,
+        /// Who owns it.
+        reason: String,
+    },
     /// A write that depends on ownership came with a lease that is no
     /// longer the node's current, live lease (it was taken over), or for a
     /// sandbox the node does not own. Nothing was written.

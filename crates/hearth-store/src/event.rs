@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use hearth_engine::{Effect, RunState, StepRecord, StepState};
+
 use crate::error::StoreError;
 use crate::model::SandboxState;
 
@@ -29,6 +31,9 @@ pub struct Event {
     pub seq: i64,
     /// The sandbox it concerns, if any.
     pub sandbox_id: Option<String>,
+    /// The durable run it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// The node that recorded it, if any.
     pub node_id: Option<String>,
     /// When it was recorded, milliseconds since the Unix epoch.
@@ -125,6 +130,55 @@ pub enum EventPayload {
     /// (its lease was taken over), and the store refused.
     #[serde(rename = "node.fenced")]
     NodeFenced(NodeFenced),
+    /// A durable run was started: its program is pinned, it waits for a
+    /// node to launch it.
+    #[serde(rename = "run.created")]
+    RunCreated(RunCreated),
+    /// A node took a run to launch it (new, due after waiting, or taken
+    /// over from a node that died).
+    #[serde(rename = "run.claimed")]
+    RunClaimed(RunClaimed),
+    /// A run's program started in a fresh VM.
+    #[serde(rename = "run.running")]
+    RunRunning(RunRunning),
+    /// A run is to be launched again (its VM or program died, a timer
+    /// fired, a signal came, a decision was made).
+    #[serde(rename = "run.pending")]
+    RunPending(RunPending),
+    /// A run released its VM to sleep or wait.
+    #[serde(rename = "run.waiting")]
+    RunWaiting(RunWaiting),
+    /// A run stopped on a step whose outcome is unknown: a person decides.
+    #[serde(rename = "run.needs_attention")]
+    RunNeedsAttention(RunNeedsAttention),
+    /// A run completed with an output.
+    #[serde(rename = "run.completed")]
+    RunCompleted(RunCompleted),
+    /// A run failed.
+    #[serde(rename = "run.failed")]
+    RunFailed(RunFailed),
+    /// A run was cancelled.
+    #[serde(rename = "run.cancelled")]
+    RunCancelled(RunCancelled),
+    /// A signal was sent to a run.
+    #[serde(rename = "run.signalled")]
+    RunSignalled(RunSignalled),
+    /// A journaled step's attempt started.
+    #[serde(rename = "step.started")]
+    StepStarted(StepChanged),
+    /// A step succeeded: every replay returns its result.
+    #[serde(rename = "step.succeeded")]
+    StepSucceeded(StepChanged),
+    /// A step failed for good.
+    #[serde(rename = "step.failed")]
+    StepFailed(StepChanged),
+    /// A step's attempt failed or was lost, and it will run again.
+    #[serde(rename = "step.scheduled")]
+    StepScheduled(StepChanged),
+    /// A step's attempt was lost and it may not be repeated: it waits for
+    /// a decision.
+    #[serde(rename = "step.indeterminate")]
+    StepIndeterminate(StepChanged),
 }
 
 impl EventPayload {
@@ -150,6 +204,21 @@ impl EventPayload {
             Self::NodeLeft(_) => "node.left",
             Self::NodeExpired(_) => "node.expired",
             Self::NodeFenced(_) => "node.fenced",
+            Self::RunCreated(_) => "run.created",
+            Self::RunClaimed(_) => "run.claimed",
+            Self::RunRunning(_) => "run.running",
+            Self::RunPending(_) => "run.pending",
+            Self::RunWaiting(_) => "run.waiting",
+            Self::RunNeedsAttention(_) => "run.needs_attention",
+            Self::RunCompleted(_) => "run.completed",
+            Self::RunFailed(_) => "run.failed",
+            Self::RunCancelled(_) => "run.cancelled",
+            Self::RunSignalled(_) => "run.signalled",
+            Self::StepStarted(_) => "step.started",
+            Self::StepSucceeded(_) => "step.succeeded",
+            Self::StepFailed(_) => "step.failed",
+            Self::StepScheduled(_) => "step.scheduled",
+            Self::StepIndeterminate(_) => "step.indeterminate",
         }
     }
 
@@ -165,6 +234,57 @@ impl EventPayload {
             Self::SandboxTimedOut(_) => Some(SandboxState::TimedOut),
             Self::SandboxLost(_) => Some(SandboxState::Lost),
             _ => None,
+        }
+    }
+
+    /// The run state this event records a move to, if it is a run state
+    /// change.
+    pub fn run_state(&self) -> Option<RunState> {
+        Some(match self {
+            Self::RunCreated(_) | Self::RunClaimed(_) | Self::RunPending(_) => RunState::Pending,
+            Self::RunRunning(_) => RunState::Running,
+            Self::RunWaiting(_) => RunState::Waiting,
+            Self::RunNeedsAttention(_) => RunState::NeedsAttention,
+            Self::RunCompleted(_) => RunState::Completed,
+            Self::RunFailed(_) => RunState::Failed,
+            Self::RunCancelled(_) => RunState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// The step state this event records a move to, if it is a step's.
+    pub fn step_state(&self) -> Option<StepState> {
+        Some(match self {
+            Self::StepStarted(_) => StepState::Started,
+            Self::StepSucceeded(_) => StepState::Succeeded,
+            Self::StepFailed(_) => StepState::Failed,
+            Self::StepScheduled(_) => StepState::Scheduled,
+            Self::StepIndeterminate(_) => StepState::Indeterminate,
+            _ => return None,
+        })
+    }
+
+    /// The event recording that `step` reached its current state, with
+    /// its last attempt.
+    pub fn of_step(step: &StepRecord) -> Self {
+        let attempt = step.attempts.last();
+        let changed = StepChanged {
+            seq: step.seq,
+            name: step.name.clone(),
+            attempt: attempt.map_or(0, |a| a.number),
+            effect: effect_name(step.effect).to_string(),
+            error: step.error.as_ref().map(ToString::to_string),
+            retry_at_ms: step.retry_at_ms,
+        };
+        match step.state {
+            StepState::Scheduled => Self::StepScheduled(changed),
+            StepState::Started => Self::StepStarted(changed),
+            StepState::Succeeded => Self::StepSucceeded(StepChanged {
+                error: None,
+                ..changed
+            }),
+            StepState::Failed => Self::StepFailed(changed),
+            StepState::Indeterminate => Self::StepIndeterminate(changed),
         }
     }
 
@@ -430,6 +550,139 @@ pub struct NodeFenced {
     pub reason: String,
 }
 
+fn effect_name(effect: Effect) -> &'static str {
+    match effect {
+        Effect::Pure => "pure",
+        Effect::Idempotent => "idempotent",
+        Effect::Unsafe => "unsafe",
+    }
+}
+
+/// `run.created`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunCreated {
+    /// Its name, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Digest of its pinned program.
+    pub program: String,
+    /// The run that spawned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+}
+
+/// `run.claimed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunClaimed {
+    /// The claiming node's lease epoch.
+    pub epoch: i64,
+    /// The state it was claimed from.
+    pub previous_state: String,
+    /// The node that owned it before, if any (one that died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_node: Option<String>,
+}
+
+/// `run.running`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunRunning {
+    /// Which launch (1 for the first VM).
+    pub launch: u32,
+    /// The sandbox it runs in.
+    pub sandbox_id: String,
+}
+
+/// `run.pending`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunPending {
+    /// Why it is to be launched again: `crashed`, `timer`, `signal`,
+    /// `child`, `decision`, `takeover`.
+    pub cause: String,
+    /// What happened, for a human.
+    pub message: String,
+    /// Not before this time (a relaunch backoff), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_ms: Option<u64>,
+}
+
+/// `run.waiting`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunWaiting {
+    /// The step it waits at.
+    pub seq: u64,
+    /// `sleep`, `signal` or `child`.
+    pub reason: String,
+    /// The signal's name or the child's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// When it wakes at the latest, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
+}
+
+/// `run.needs_attention`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunNeedsAttention {
+    /// The step whose outcome is unknown.
+    pub seq: u64,
+    /// Its name.
+    pub step: String,
+    /// What to do.
+    pub message: String,
+}
+
+/// `run.completed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunCompleted {
+    /// Size of its output as JSON, bytes.
+    pub output_bytes: u64,
+}
+
+/// `run.failed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunFailed {
+    /// Class: `non_determinism`, `deadline`, `restarts_exhausted`,
+    /// `step_failed`, `decided`, `program`, ...
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+/// `run.cancelled`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunCancelled {
+    /// Who cancelled it (`api`, `cli`, `parent run-…`).
+    pub by: String,
+}
+
+/// `run.signalled`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunSignalled {
+    /// The signal's name.
+    pub name: String,
+    /// Its number.
+    pub signal_id: i64,
+}
+
+/// `step.*`: a journaled step reached a state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepChanged {
+    /// Its position in the journal.
+    pub seq: u64,
+    /// Its name.
+    pub name: String,
+    /// The attempt concerned (0 before any).
+    pub attempt: u32,
+    /// `pure`, `idempotent` or `unsafe`.
+    pub effect: String,
+    /// The last error, if the attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a scheduled retry may run, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +745,7 @@ mod tests {
                 let event = Event {
                     seq: 1,
                     sandbox_id: None,
+                    run_id: None,
                     node_id: None,
                     at_ms: 0,
                     kind: payload.kind().into(),

@@ -12,13 +12,21 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
+use crate::backend::claim_event;
+use crate::backend::RunUpdated;
 use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Writer};
 use crate::error::{query, Result, StoreError};
 use crate::event::{Event, EventPayload, NodeJoined};
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
+use crate::runs::{
+    owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
+};
+use crate::runs_sql::{self, StepRow};
 use crate::url::redact;
 use crate::{rows, sql};
+use hearth_engine::{RunState, StepRecord};
+use sqlx::Row as _;
 
 /// How long a request waits for a connection before the database counts
 /// as unavailable.
@@ -71,6 +79,14 @@ impl PgBackend {
         Ok(Self { pool })
     }
 
+    fn reads(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writes(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(query("beginning a write"))
     }
@@ -78,7 +94,7 @@ impl PgBackend {
 
 /// Why `lease` cannot write; takes a share lock on the node row, held until
 /// the transaction ends, so the lease cannot be taken over meanwhile.
-async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<Option<String>> {
+pub(crate) async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<Option<String>> {
     let stored: Option<(i64, String)> =
         sqlx::query_as("SELECT epoch, state FROM nodes WHERE id = $1 FOR SHARE")
             .bind(&lease.node_id)
@@ -93,19 +109,21 @@ async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<Option<String>>
 
 /// Append an event, numbered from the counter row (whose lock the
 /// transaction then holds until it commits).
-async fn insert_event(
+pub(crate) async fn insert_event(
     conn: &mut PgConnection,
     sandbox_id: Option<&str>,
+    run_id: Option<&str>,
     node_id: Option<&str>,
     event: &NewEvent,
     now: u64,
 ) -> Result<Event> {
     let row = sqlx::query(
         "WITH n AS (UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last) \
-         INSERT INTO events (seq, sandbox_id, node_id, at_ms, kind, version, data) \
-         SELECT n.last, $1, $2, $3, $4, $5, $6 FROM n RETURNING *",
+         INSERT INTO events (seq, sandbox_id, run_id, node_id, at_ms, kind, version, data) \
+         SELECT n.last, $1, $2, $3, $4, $5, $6, $7 FROM n RETURNING *",
     )
     .bind(sandbox_id)
+    .bind(run_id)
     .bind(node_id)
     .bind(now as i64)
     .bind(event.kind)
@@ -135,6 +153,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Plain structs of numbers: serializing cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
+
+crate::runs_backend::impl_run_backend!(
+    PgBackend,
+    Postgres,
+    lock_row = " FOR UPDATE",
+    claim_lock = " FOR UPDATE OF r SKIP LOCKED"
+);
 
 impl Backend for PgBackend {
     async fn close(&self) {
@@ -178,7 +203,15 @@ impl Backend for PgBackend {
             }
             Err(e) => return Err(query("inserting a sandbox")(e)),
         }
-        let event = insert_event(&mut tx, Some(&new.id), Some(&owner.node_id), event, now).await?;
+        let event = insert_event(
+            &mut tx,
+            Some(&new.id),
+            None,
+            Some(&owner.node_id),
+            event,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Ok(event))
     }
@@ -230,7 +263,7 @@ impl Backend for PgBackend {
                 Some(_) => Updated::StateMoved,
             });
         }
-        let event = insert_event(&mut tx, Some(id), event_node, event, now).await?;
+        let event = insert_event(&mut tx, Some(id), None, event_node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Updated::Done(event))
     }
@@ -287,7 +320,7 @@ impl Backend for PgBackend {
             }
         }
         let node = fence_with.map(|l| l.node_id.as_str());
-        let event = insert_event(&mut tx, sandbox_id, node, event, now).await?;
+        let event = insert_event(&mut tx, sandbox_id, None, node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Ok(event))
     }
@@ -347,8 +380,15 @@ impl Backend for PgBackend {
             previous_epoch: existing.as_ref().map(|n| n.epoch),
             previous_state: existing.as_ref().map(|n| n.state.to_string()),
         });
-        let event =
-            insert_event(&mut tx, None, Some(&spec.id), &NewEvent::of(&payload), now).await?;
+        let event = insert_event(
+            &mut tx,
+            None,
+            None,
+            Some(&spec.id),
+            &NewEvent::of(&payload),
+            now,
+        )
+        .await?;
         let node = node_row(&mut tx, &spec.id, false)
             .await?
             .ok_or_else(|| StoreError::Invalid("a registered node vanished".into()))?;
@@ -407,7 +447,7 @@ impl Backend for PgBackend {
         if ended.rows_affected() != 1 {
             return Ok(None);
         }
-        let event = insert_event(&mut tx, None, Some(by), event, now).await?;
+        let event = insert_event(&mut tx, None, None, Some(by), event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Some(event))
     }

@@ -102,6 +102,7 @@ where
     Ok(Event {
         seq: row.int("seq")?,
         sandbox_id: row.opt_text("sandbox_id")?,
+        run_id: row.opt_text("run_id")?,
         node_id: row.opt_text("node_id")?,
         at_ms: row.int("at_ms")? as u64,
         kind: row.text("kind")?,

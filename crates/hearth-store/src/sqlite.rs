@@ -15,12 +15,21 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
+use crate::backend::claim_event;
+use crate::backend::RunUpdated;
 use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Writer};
 use crate::error::{query, Result, StoreError};
 use crate::event::Event;
+use crate::event::EventPayload;
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
+use crate::runs::{
+    owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
+};
+use crate::runs_sql::{self, StepRow};
 use crate::{rows, sql};
+use hearth_engine::{RunState, StepRecord};
+use sqlx::Row as _;
 
 /// How long a statement waits for another process's lock before failing
 /// with `SQLITE_BUSY`.
@@ -68,6 +77,14 @@ impl SqliteBackend {
         Ok(Self { writer, reader })
     }
 
+    fn reads(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writes(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
@@ -77,7 +94,7 @@ impl SqliteBackend {
 }
 
 /// Why `lease` cannot write, read inside the writing transaction.
-async fn fence(conn: &mut SqliteConnection, lease: &Lease) -> Result<Option<String>> {
+pub(crate) async fn fence(conn: &mut SqliteConnection, lease: &Lease) -> Result<Option<String>> {
     let stored: Option<(i64, String)> =
         sqlx::query_as("SELECT epoch, state FROM nodes WHERE id = ?")
             .bind(&lease.node_id)
@@ -90,18 +107,20 @@ async fn fence(conn: &mut SqliteConnection, lease: &Lease) -> Result<Option<Stri
     ))
 }
 
-async fn insert_event(
+pub(crate) async fn insert_event(
     conn: &mut SqliteConnection,
     sandbox_id: Option<&str>,
+    run_id: Option<&str>,
     node_id: Option<&str>,
     event: &NewEvent,
     now: u64,
 ) -> Result<Event> {
     let row = sqlx::query(
-        "INSERT INTO events (sandbox_id, node_id, at_ms, kind, version, data) \
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO events (sandbox_id, run_id, node_id, at_ms, kind, version, data) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
     )
     .bind(sandbox_id)
+    .bind(run_id)
     .bind(node_id)
     .bind(now as i64)
     .bind(event.kind)
@@ -126,6 +145,8 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Plain structs of numbers: serializing cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
+
+crate::runs_backend::impl_run_backend!(SqliteBackend, Sqlite, lock_row = "", claim_lock = "");
 
 impl Backend for SqliteBackend {
     async fn close(&self) {
@@ -171,7 +192,15 @@ impl Backend for SqliteBackend {
             }
             Err(e) => return Err(query("inserting a sandbox")(e)),
         }
-        let event = insert_event(&mut tx, Some(&new.id), Some(&owner.node_id), event, now).await?;
+        let event = insert_event(
+            &mut tx,
+            Some(&new.id),
+            None,
+            Some(&owner.node_id),
+            event,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Ok(event))
     }
@@ -223,7 +252,7 @@ impl Backend for SqliteBackend {
                 Some(_) => Updated::StateMoved,
             });
         }
-        let event = insert_event(&mut tx, Some(id), event_node, event, now).await?;
+        let event = insert_event(&mut tx, Some(id), None, event_node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Updated::Done(event))
     }
@@ -281,7 +310,7 @@ impl Backend for SqliteBackend {
             }
         }
         let node = fence_with.map(|l| l.node_id.as_str());
-        let event = insert_event(&mut tx, sandbox_id, node, event, now).await?;
+        let event = insert_event(&mut tx, sandbox_id, None, node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Ok(event))
     }
@@ -334,8 +363,15 @@ impl Backend for SqliteBackend {
             previous_epoch: existing.as_ref().map(|n| n.epoch),
             previous_state: existing.as_ref().map(|n| n.state.to_string()),
         });
-        let event =
-            insert_event(&mut tx, None, Some(&spec.id), &NewEvent::of(&payload), now).await?;
+        let event = insert_event(
+            &mut tx,
+            None,
+            None,
+            Some(&spec.id),
+            &NewEvent::of(&payload),
+            now,
+        )
+        .await?;
         let node = node_row(&mut tx, &spec.id)
             .await?
             .ok_or_else(|| StoreError::Invalid("a registered node vanished".into()))?;
@@ -395,7 +431,7 @@ impl Backend for SqliteBackend {
         if ended.rows_affected() != 1 {
             return Ok(None);
         }
-        let event = insert_event(&mut tx, None, Some(by), event, now).await?;
+        let event = insert_event(&mut tx, None, None, Some(by), event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Some(event))
     }

@@ -23,15 +23,25 @@ pub const MAX_PAGE: u32 = 1000;
 /// How many times a state change is retried after losing a race to another
 /// writer before giving up (each loss means someone else changed the state;
 /// the state machine is short, so a few tries always settle it).
-const MAX_RACES: usize = 16;
+pub(crate) const MAX_RACES: usize = 16;
 
 #[derive(Debug, Clone)]
-enum Engine {
+pub(crate) enum Engine {
     Sqlite(SqliteBackend),
     Postgres(PgBackend),
 }
 
 /// Call the same primitive on whichever backend this is.
+macro_rules! on_engine {
+    ($store:expr, $b:ident => $call:expr) => {
+        match $store.engine() {
+            $crate::store::Engine::Sqlite($b) => $call.await,
+            $crate::store::Engine::Postgres($b) => $call.await,
+        }
+    };
+}
+pub(crate) use on_engine;
+
 macro_rules! on_backend {
     ($store:expr, $b:ident => $call:expr) => {
         match &$store.engine {
@@ -83,7 +93,11 @@ impl Store {
         &self.clock
     }
 
-    fn now(&self) -> u64 {
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn now(&self) -> u64 {
         self.clock.now_ms()
     }
 
@@ -222,7 +236,7 @@ impl Store {
     }
 
     /// Record that a write by `lease` was refused, and return the error.
-    async fn refused(
+    pub(crate) async fn refused(
         &self,
         lease: &Lease,
         sandbox_id: Option<&str>,

@@ -1,0 +1,223 @@
+//! [`Store`]'s durable-run half: pinned programs and large values in the
+//! blob store, runs and their state machine, the journal's steps, signals,
+//! and claiming runs under a node's lease. The same rules as for sandboxes:
+//! a change and its event in one transaction, conditional updates retried
+//! when they lose a race, owner writes fenced by the lease.
+
+use serde_json::Value;
+
+use hearth_engine::StepRecord;
+
+use crate::backend::{NewEvent, RunBackend, RunUpdated};
+use crate::error::{Result, StoreError};
+use crate::event::{Event, EventPayload, RunCreated};
+use crate::node::Lease;
+use crate::runs::INLINE_RESULT_MAX;
+use crate::runs::{NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal};
+use crate::runs_sql::StepRow;
+use crate::store::{on_engine, Store, MAX_PAGE, MAX_RACES};
+
+impl Store {
+    // ---- blobs --------------------------------------------------------
+
+    /// Store `data` once under its digest (`sha256:…`), which it returns.
+    pub async fn put_blob(&self, data: &[u8]) -> Result<String> {
+        let digest = hearth_engine::digest::bytes_digest(data);
+        let now = self.now();
+        on_engine!(self, b => b.put_blob(&digest, data, now))?;
+        Ok(digest)
+    }
+
+    /// The bytes stored under `digest`.
+    pub async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        on_engine!(self, b => b.blob(digest))
+    }
+
+    // ---- runs ---------------------------------------------------------
+
+    /// Record a new run, pending and owned by no node, with its
+    /// `run.created` event. Its program must be in the blob store.
+    pub async fn insert_run(&self, new: &NewRun) -> Result<Event> {
+        let payload = EventPayload::RunCreated(RunCreated {
+            name: new.name.clone(),
+            program: new.program.clone(),
+            parent_id: new.parent.as_ref().map(|(id, _)| id.clone()),
+        });
+        let now = self.now();
+        on_engine!(self, b => b.insert_run(new, &NewEvent::of(&payload), now))
+    }
+
+    /// One run.
+    pub async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        on_engine!(self, b => b.run(id))
+    }
+
+    /// Runs matching `filter`, newest first (at most [`MAX_PAGE`]).
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let limit = if filter.limit == 0 {
+            MAX_PAGE
+        } else {
+            filter.limit.min(MAX_PAGE)
+        };
+        on_engine!(self, b => b.list_runs(filter, limit))
+    }
+
+    /// Apply `change` to run `id` and record `payload`, in one
+    /// transaction, if the run state machine allows it from the run's
+    /// current state; `None` (nothing changed) when it does not. Written by
+    /// `writer`: an owner write by a node that lost its lease or the run is
+    /// refused and the refusal recorded; an unowned write to a run a node
+    /// owns is [`StoreError::RunOwned`].
+    pub async fn change_run(
+        &self,
+        id: &str,
+        writer: RunWriter<'_>,
+        change: &RunChange,
+        payload: EventPayload,
+    ) -> Result<Option<(RunRecord, Vec<Event>)>> {
+        if payload.run_state().is_some() && payload.run_state() != change.state {
+            return Err(StoreError::Invalid(format!(
+                "event {} does not record a move to {:?}",
+                payload.kind(),
+                change.state
+            )));
+        }
+        let event = NewEvent::of(&payload);
+        for _ in 0..MAX_RACES {
+            let Some(current) = self.run(id).await? else {
+                return Err(StoreError::RunNotFound(id.to_string()));
+            };
+            let allowed = match change.state {
+                Some(next) => current.state.can_become(next),
+                None => !current.state.is_final(),
+            };
+            if !allowed {
+                return Ok(None);
+            }
+            let now = self.now();
+            let updated = on_engine!(self, b => b.update_run(id, current.state, writer, change, &event, now))?;
+            let refusal = match updated {
+                RunUpdated::Done(run, events) => return Ok(Some((*run, events))),
+                RunUpdated::Refused(refusal) => refusal,
+            };
+            match (refusal, writer) {
+                (RunRefusal::NotFound, _) => return Err(StoreError::RunNotFound(id.to_string())),
+                // Another writer moved it first: decide again.
+                (RunRefusal::StateMoved, _) => continue,
+                (RunRefusal::Fenced(reason), RunWriter::Owner(lease))
+                | (RunRefusal::NotOwner(reason), RunWriter::Owner(lease)) => {
+                    let reason = format!("does not own run {id}: {reason}");
+                    return Err(self.refused(lease, None, payload.kind(), reason).await);
+                }
+                (RunRefusal::Fenced(reason), RunWriter::Unowned)
+                | (RunRefusal::NotOwner(reason), RunWriter::Unowned) => {
+                    return Err(StoreError::RunOwned {
+                        id: id.to_string(),
+                        reason,
+                    })
+                }
+            }
+        }
+        Err(StoreError::Invalid(format!(
+            "run {id} kept changing under {MAX_RACES} attempts to move it"
+        )))
+    }
+
+    /// Take up to `limit` runs for the node holding `lease` (or only run
+    /// `only`): new and relaunched runs no live node owns, waiting runs
+    /// whose time came, and running runs whose owner died. Each becomes
+    /// pending and the node's, with a `run.claimed` event. On PostgreSQL
+    /// the candidates are locked `FOR UPDATE SKIP LOCKED`, so nodes
+    /// claiming at once take different runs without waiting on each other.
+    pub async fn claim_runs(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        only: Option<&str>,
+    ) -> Result<Vec<(RunRecord, Event)>> {
+        let now = self.now();
+        let limit = limit.clamp(1, MAX_PAGE);
+        match on_engine!(self, b => b.claim_runs(lease, limit, only, now))? {
+            Ok(claimed) => Ok(claimed),
+            Err(reason) => Err(self.refused(lease, None, "run.claimed", reason).await),
+        }
+    }
+
+    // ---- the journal --------------------------------------------------
+
+    /// Write `steps` of run `run_id` (each the whole record, replacing the
+    /// stored one) with one `step.*` event each, in one transaction.
+    /// Refused, and the refusal recorded, unless the run is running and
+    /// owned by `lease`, and the lease is current: a node that lost a run
+    /// can never write to its journal.
+    pub async fn put_steps(
+        &self,
+        run_id: &str,
+        lease: &Lease,
+        steps: &[StepRecord],
+    ) -> Result<Vec<Event>> {
+        let rows: Vec<StepRow> = steps
+            .iter()
+            .map(|s| StepRow::of(s, INLINE_RESULT_MAX))
+            .collect();
+        let events: Vec<NewEvent> = steps
+            .iter()
+            .map(|s| NewEvent::of(&EventPayload::of_step(s)))
+            .collect();
+        let now = self.now();
+        match on_engine!(self, b => b.put_steps(run_id, lease, &rows, &events, now))? {
+            Ok(events) => Ok(events),
+            Err(RunRefusal::NotFound) => Err(StoreError::RunNotFound(run_id.to_string())),
+            Err(RunRefusal::StateMoved) => {
+                let state = match self.run(run_id).await {
+                    Ok(Some(run)) => run.state.to_string(),
+                    _ => "unknown".into(),
+                };
+                let reason = format!("run {run_id} is no longer running (it is {state})");
+                Err(self.refused(lease, None, "step", reason).await)
+            }
+            Err(RunRefusal::Fenced(reason)) | Err(RunRefusal::NotOwner(reason)) => {
+                let reason = format!("does not own run {run_id}: {reason}");
+                Err(self.refused(lease, None, "step", reason).await)
+            }
+        }
+    }
+
+    /// A run's journal, in order, with large results read back from the
+    /// blob store.
+    pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
+        on_engine!(self, b => b.steps(run_id))
+    }
+
+    // ---- signals ------------------------------------------------------
+
+    /// Send signal `name` with `data` to run `run_id`, and wake the run if
+    /// it waits for that name. Refused for a run that has ended.
+    pub async fn send_signal(
+        &self,
+        run_id: &str,
+        name: &str,
+        data: &Value,
+    ) -> Result<(Signal, Event)> {
+        let now = self.now();
+        match on_engine!(self, b => b.insert_signal(run_id, name, data, now))? {
+            None => Err(StoreError::RunNotFound(run_id.to_string())),
+            Some(Err(state)) => Err(StoreError::RunEnded {
+                id: run_id.to_string(),
+                state: state.as_str().to_string(),
+            }),
+            Some(Ok(sent)) => Ok(sent),
+        }
+    }
+
+    /// The signals named `name` sent to a run, oldest first.
+    pub async fn signals(&self, run_id: &str, name: &str) -> Result<Vec<Signal>> {
+        on_engine!(self, b => b.signals(run_id, name))
+    }
+
+    /// A run's events after `after`, oldest first, at most `limit`.
+    pub async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        on_engine!(self, b => b.run_events(run_id, after, limit))
+    }
+}

@@ -1,0 +1,622 @@
+//! Durable runs in the store, against a real SQLite file and a real
+//! PostgreSQL database each: the run state machine, claiming, fencing of
+//! journal writes, signals, children waking parents, and content-addressed
+//! results.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use hearth_engine::{Attempt, AttemptOutcome, Effect, RunState, StepRecord, StepState};
+use hearth_store::event::{RunFailed, RunRunning, RunWaiting};
+use hearth_store::testing::TestDatabase;
+use hearth_store::{
+    EventPayload, Lease, ManualClock, NewRun, NodeCapacity, NodeSpec, RunChange, RunFilter,
+    RunWriter, Store, StoreError,
+};
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(hearth_store::testing::TestDatabase::sqlite()).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(hearth_store::testing::TestDatabase::postgres().await).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    a_run_and_its_journal_are_recorded_with_events,
+    claims_take_due_runs_once_and_never_a_live_owners,
+    concurrent_claims_take_disjoint_runs,
+    a_node_that_lost_its_lease_cannot_write_the_journal,
+    signals_wake_only_runs_waiting_for_them,
+    an_ended_child_wakes_its_waiting_parent,
+    large_results_are_stored_once_as_blobs,
+);
+
+const T0: u64 = 1_800_000_000_000;
+const TTL: Duration = Duration::from_secs(10);
+
+async fn open(db: &TestDatabase) -> (Store, Arc<ManualClock>) {
+    let clock = ManualClock::new(T0);
+    let store = Store::open(&db.url, clock.clone()).await.unwrap();
+    (store, clock)
+}
+
+async fn lease(store: &Store, id: &str) -> Lease {
+    let spec = NodeSpec {
+        id: id.into(),
+        url: format!("http://{id}.local:7070"),
+        hostname: "testhost".into(),
+        home: format!("/h/{id}"),
+        capacity: NodeCapacity {
+            sandboxes: 10,
+            memory_bytes: 8 << 30,
+            vcpus: 8,
+        },
+    };
+    store
+        .register_node(&spec, TTL)
+        .await
+        .unwrap()
+        .0
+        .lease()
+        .unwrap()
+}
+
+async fn new_run(store: &Store, id: &str) -> NewRun {
+    let program = store.put_blob(b"print('hello')\n").await.unwrap();
+    NewRun {
+        id: id.into(),
+        name: Some(format!("{id}-name")),
+        program,
+        spec: json!({"command": ["python3", "main.py"]}),
+        input: json!({"n": 3}),
+        parent: None,
+        deadline_ms: None,
+    }
+}
+
+/// Claim `id` for `lease` and move it to running in sandbox `sb-<id>`.
+async fn launch(store: &Store, lease: &Lease, id: &str) {
+    let claimed = store.claim_runs(lease, 10, Some(id)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{id} is claimable");
+    let change = RunChange {
+        state: Some(RunState::Running),
+        sandbox_id: Some(Some(format!("sb-{id}"))),
+        launched: true,
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunRunning(RunRunning {
+        launch: claimed[0].0.launches + 1,
+        sandbox_id: format!("sb-{id}"),
+    });
+    store
+        .change_run(id, RunWriter::Owner(lease), &change, payload)
+        .await
+        .unwrap()
+        .expect("pending -> running");
+}
+
+fn step(seq: u64, state: StepState, result: Option<Value>) -> StepRecord {
+    StepRecord {
+        seq,
+        name: format!("charge-{seq}"),
+        args_digest: format!("sha256:{seq:064}"),
+        effect: Effect::Unsafe,
+        state,
+        result,
+        error: None,
+        attempts: vec![Attempt {
+            number: 1,
+            started_ms: T0,
+            ended_ms: (state != StepState::Started).then_some(T0 + 5),
+            outcome: if state == StepState::Started {
+                AttemptOutcome::InFlight
+            } else {
+                AttemptOutcome::Succeeded
+            },
+        }],
+        retry_at_ms: None,
+    }
+}
+
+fn waiting_on(on: &str, until_ms: Option<u64>) -> (RunChange, EventPayload) {
+    (
+        RunChange {
+            state: Some(RunState::Waiting),
+            wake_ms: Some(until_ms),
+            waiting_for: Some(Some(json!({"reason": "signal", "on": on, "seq": 1}))),
+            release: true,
+            ..RunChange::default()
+        },
+        EventPayload::RunWaiting(RunWaiting {
+            seq: 1,
+            reason: "signal".into(),
+            on: Some(on.into()),
+            until_ms,
+        }),
+    )
+}
+
+async fn a_run_and_its_journal_are_recorded_with_events(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+
+    // A program must be stored before a run can pin it.
+    let mut missing = new_run(&store, "run-x").await;
+    missing.program = "sha256:0000".into();
+    let error = store.insert_run(&missing).await.unwrap_err();
+    assert!(
+        error.to_string().contains("not in the blob store"),
+        "{error}"
+    );
+
+    let new = new_run(&store, "run-1").await;
+    let created = store.insert_run(&new).await.unwrap();
+    assert_eq!(created.kind, "run.created");
+    assert_eq!(created.run_id.as_deref(), Some("run-1"));
+    assert!(matches!(
+        store.insert_run(&new).await.unwrap_err(),
+        StoreError::Duplicate(_)
+    ));
+    let run = store.run("run-1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Pending);
+    assert_eq!(run.node_id, None);
+    assert_eq!(run.input, json!({"n": 3}));
+    assert_eq!(
+        store.blob(&run.program).await.unwrap().unwrap(),
+        b"print('hello')\n"
+    );
+
+    launch(&store, &a, "run-1").await;
+    let run = store.run("run-1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.launches, 1);
+    assert_eq!(run.node_id.as_deref(), Some("nd-a"));
+    assert_eq!(run.sandbox_id.as_deref(), Some("sb-run-1"));
+
+    // Steps: started, then succeeded; the record round-trips exactly.
+    store
+        .put_steps("run-1", &a, &[step(0, StepState::Started, None)])
+        .await
+        .unwrap();
+    let done = step(0, StepState::Succeeded, Some(json!({"charged": 500})));
+    let events = store
+        .put_steps(
+            "run-1",
+            &a,
+            &[done.clone(), step(1, StepState::Started, None)],
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["step.succeeded", "step.started"]);
+    assert_eq!(events[0].sandbox_id.as_deref(), Some("sb-run-1"));
+    let journal = store.steps("run-1").await.unwrap();
+    assert_eq!(journal.len(), 2);
+    assert_eq!(journal[0], done);
+
+    // Only a running run completes; an ended run changes no more.
+    let complete = RunChange {
+        state: Some(RunState::Completed),
+        output: Some(json!("ok")),
+        release: true,
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunCompleted(hearth_store::event::RunCompleted { output_bytes: 4 });
+    let (run, _) = store
+        .change_run("run-1", RunWriter::Owner(&a), &complete, payload.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(run.output, Some(json!("ok")));
+    assert!(run.ended_ms.is_some());
+    assert!(store
+        .change_run("run-1", RunWriter::Unowned, &complete, payload)
+        .await
+        .unwrap()
+        .is_none());
+    // Its journal is closed to writes.
+    let error = store
+        .put_steps(
+            "run-1",
+            &a,
+            &[step(1, StepState::Succeeded, Some(json!(1)))],
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no longer running"), "{error}");
+
+    let history: Vec<_> = store
+        .run_events("run-1", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "run.created",
+            "run.claimed",
+            "run.running",
+            "step.started",
+            "step.succeeded",
+            "step.started",
+            "run.completed",
+        ]
+    );
+    // An event that names the wrong state is a caller bug.
+    let wrong = store
+        .change_run(
+            "run-1",
+            RunWriter::Unowned,
+            &RunChange {
+                state: Some(RunState::Failed),
+                ..RunChange::default()
+            },
+            EventPayload::RunWaiting(RunWaiting::default()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, StoreError::Invalid(_)), "{wrong}");
+    let listed = store
+        .list_runs(&RunFilter {
+            states: vec![RunState::Completed],
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+async fn claims_take_due_runs_once_and_never_a_live_owners(db: TestDatabase) {
+    let (store, clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let b = lease(&store, "nd-b").await;
+    for id in ["run-1", "run-2", "run-3"] {
+        store.insert_run(&new_run(&store, id).await).await.unwrap();
+    }
+    let claimed = store.claim_runs(&a, 2, None).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|(r, _)| r.id.clone()).collect();
+    assert_eq!(ids, ["run-1", "run-2"], "oldest first, at most the limit");
+    assert!(claimed
+        .iter()
+        .all(|(r, e)| r.node_id.as_deref() == Some("nd-a")
+            && r.node_epoch == Some(a.epoch)
+            && e.kind == "run.claimed"));
+    // A live owner's runs are not claimable; the rest is.
+    let claimed = store.claim_runs(&b, 10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].0.id, "run-3");
+    assert!(store.claim_runs(&b, 10, None).await.unwrap().is_empty());
+
+    // run-1 runs, then waits for a signal until T0 + 60 s, holding no node.
+    launch_claimed(&store, &a, "run-1").await;
+    let (change, payload) = waiting_on("approve", Some(T0 + 60_000));
+    let (run, _) = store
+        .change_run("run-1", RunWriter::Owner(&a), &change, payload)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.node_id, None);
+    assert!(store.claim_runs(&b, 10, None).await.unwrap().is_empty());
+    clock.advance(Duration::from_secs(61));
+    let claimed = store.claim_runs(&b, 10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1, "its timer came");
+    assert_eq!(claimed[0].0.state, RunState::Pending);
+    assert_eq!(claimed[0].0.waiting_for, None);
+    assert_eq!(
+        claimed[0].1.data["previous_state"], "waiting",
+        "{:?}",
+        claimed[0].1
+    );
+
+    // run-2 runs on A; A dies; B takes it over once A's lease is expired.
+    launch_claimed(&store, &a, "run-2").await;
+    assert!(store
+        .claim_runs(&b, 10, Some("run-2"))
+        .await
+        .unwrap()
+        .is_empty());
+    let a_node = store.node("nd-a").await.unwrap().unwrap();
+    store
+        .expire_node(&a_node, "nd-b", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed = store.claim_runs(&b, 10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].0.id, "run-2");
+    assert_eq!(claimed[0].1.data["previous_node"], "nd-a");
+    assert_eq!(claimed[0].1.data["previous_state"], "running");
+    // A, fenced, can neither claim nor change it.
+    let error = store.claim_runs(&a, 10, None).await.unwrap_err();
+    assert!(matches!(error, StoreError::Fenced { .. }), "{error}");
+}
+
+/// Move a run already claimed by `lease` to running.
+async fn launch_claimed(store: &Store, lease: &Lease, id: &str) {
+    let change = RunChange {
+        state: Some(RunState::Running),
+        launched: true,
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunRunning(RunRunning {
+        launch: 1,
+        sandbox_id: format!("sb-{id}"),
+    });
+    store
+        .change_run(id, RunWriter::Owner(lease), &change, payload)
+        .await
+        .unwrap()
+        .expect("pending -> running");
+}
+
+async fn concurrent_claims_take_disjoint_runs(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let b = lease(&store, "nd-b").await;
+    for i in 0..40 {
+        store
+            .insert_run(&new_run(&store, &format!("run-{i:02}")).await)
+            .await
+            .unwrap();
+    }
+    // Two nodes claim in small batches at once until nothing is left.
+    let claimer = |store: Store, lease: Lease| async move {
+        let mut mine = Vec::new();
+        loop {
+            let claimed = store.claim_runs(&lease, 3, None).await.unwrap();
+            if claimed.is_empty() {
+                return mine;
+            }
+            mine.extend(claimed.into_iter().map(|(r, _)| r.id));
+        }
+    };
+    let (got_a, got_b) = tokio::join!(
+        tokio::spawn(claimer(store.clone(), a)),
+        tokio::spawn(claimer(store.clone(), b))
+    );
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    let set_a: BTreeSet<_> = got_a.iter().cloned().collect();
+    let set_b: BTreeSet<_> = got_b.iter().cloned().collect();
+    assert_eq!(set_a.len(), got_a.len(), "no run claimed twice by A");
+    assert!(set_a.is_disjoint(&set_b), "{set_a:?} / {set_b:?}");
+    assert_eq!(set_a.len() + set_b.len(), 40);
+    let claims = store.events(None, 0, 1000).await.unwrap();
+    assert_eq!(
+        claims.iter().filter(|e| e.kind == "run.claimed").count(),
+        40
+    );
+}
+
+async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
+    let (store, clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let b = lease(&store, "nd-b").await;
+    store
+        .insert_run(&new_run(&store, "run-1").await)
+        .await
+        .unwrap();
+    launch(&store, &a, "run-1").await;
+    store
+        .put_steps("run-1", &a, &[step(0, StepState::Started, None)])
+        .await
+        .unwrap();
+    // B may not write A's run, owner or not.
+    let error = store
+        .put_steps(
+            "run-1",
+            &b,
+            &[step(0, StepState::Succeeded, Some(json!(1)))],
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nd-a"), "{error}");
+    let error = store
+        .change_run(
+            "run-1",
+            RunWriter::Unowned,
+            &RunChange {
+                state: Some(RunState::Failed),
+                ..RunChange::default()
+            },
+            EventPayload::RunFailed(RunFailed::default()),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::RunOwned { .. }), "{error}");
+
+    // A goes silent and is expired; B takes the run over.
+    clock.advance(Duration::from_secs(30));
+    let a_node = store.node("nd-a").await.unwrap().unwrap();
+    store
+        .expire_node(&a_node, "nd-b", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let error = store
+        .put_steps(
+            "run-1",
+            &a,
+            &[step(0, StepState::Succeeded, Some(json!(1)))],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Fenced { .. }), "{error}");
+    let fenced = store.events(None, 0, 1000).await.unwrap();
+    assert!(fenced
+        .iter()
+        .any(|e| e.kind == "node.fenced" && e.data["attempted"] == "step"));
+    assert_eq!(
+        store.steps("run-1").await.unwrap()[0].state,
+        StepState::Started,
+        "the refused write changed nothing"
+    );
+    store.claim_runs(&b, 1, Some("run-1")).await.unwrap();
+    launch_claimed(&store, &b, "run-1").await;
+    store
+        .put_steps(
+            "run-1",
+            &b,
+            &[step(0, StepState::Succeeded, Some(json!(2)))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.steps("run-1").await.unwrap()[0].result,
+        Some(json!(2))
+    );
+}
+
+async fn signals_wake_only_runs_waiting_for_them(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    store
+        .insert_run(&new_run(&store, "run-1").await)
+        .await
+        .unwrap();
+    launch(&store, &a, "run-1").await;
+    let (change, payload) = waiting_on("approve", None);
+    store
+        .change_run("run-1", RunWriter::Owner(&a), &change, payload)
+        .await
+        .unwrap()
+        .unwrap();
+    // Waiting without a timeout: never due by itself.
+    assert!(store.claim_runs(&a, 10, None).await.unwrap().is_empty());
+    let (first, event) = store
+        .send_signal("run-1", "other", &json!({"x": 1}))
+        .await
+        .unwrap();
+    assert_eq!(event.kind, "run.signalled");
+    assert!(
+        store.claim_runs(&a, 10, None).await.unwrap().is_empty(),
+        "a signal it does not wait for leaves it waiting"
+    );
+    let (second, _) = store
+        .send_signal("run-1", "approve", &json!({"ok": true}))
+        .await
+        .unwrap();
+    assert!(second.id > first.id);
+    let claimed = store.claim_runs(&a, 10, None).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the awaited signal wakes it");
+    let signals = store.signals("run-1", "approve").await.unwrap();
+    assert_eq!(signals.len(), 1);
+    assert_eq!(signals[0].data, json!({"ok": true}));
+
+    assert!(matches!(
+        store.send_signal("run-404", "approve", &json!(null)).await,
+        Err(StoreError::RunNotFound(_))
+    ));
+    store
+        .change_run(
+            "run-1",
+            RunWriter::Owner(&a),
+            &RunChange {
+                state: Some(RunState::Cancelled),
+                release: true,
+                cancelled_by: Some("api".into()),
+                ..RunChange::default()
+            },
+            EventPayload::RunCancelled(hearth_store::event::RunCancelled { by: "api".into() }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let error = store
+        .send_signal("run-1", "approve", &json!(null))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("cancelled"), "{error}");
+}
+
+async fn an_ended_child_wakes_its_waiting_parent(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    store
+        .insert_run(&new_run(&store, "run-p").await)
+        .await
+        .unwrap();
+    launch(&store, &a, "run-p").await;
+    let mut child = new_run(&store, "run-c").await;
+    child.parent = Some(("run-p".into(), 2));
+    store.insert_run(&child).await.unwrap();
+    let (change, payload) = waiting_on("run-c", None);
+    store
+        .change_run("run-p", RunWriter::Owner(&a), &change, payload)
+        .await
+        .unwrap()
+        .unwrap();
+    let children = store
+        .list_runs(&RunFilter {
+            parent_id: Some("run-p".into()),
+            ..RunFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].parent_seq, Some(2));
+
+    launch(&store, &a, "run-c").await;
+    assert!(store
+        .claim_runs(&a, 10, Some("run-p"))
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .change_run(
+            "run-c",
+            RunWriter::Owner(&a),
+            &RunChange {
+                state: Some(RunState::Failed),
+                error: Some(json!({"code": "program", "message": "boom"})),
+                release: true,
+                ..RunChange::default()
+            },
+            EventPayload::RunFailed(RunFailed {
+                code: "program".into(),
+                message: "boom".into(),
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed = store.claim_runs(&a, 10, Some("run-p")).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the parent is due once its child ended");
+}
+
+async fn large_results_are_stored_once_as_blobs(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    store
+        .insert_run(&new_run(&store, "run-1").await)
+        .await
+        .unwrap();
+    launch(&store, &a, "run-1").await;
+    let big = json!({"body": "x".repeat(3 << 20)});
+    let steps: Vec<_> = (0..2)
+        .map(|seq| step(seq, StepState::Succeeded, Some(big.clone())))
+        .collect();
+    store.put_steps("run-1", &a, &steps).await.unwrap();
+    let journal = store.steps("run-1").await.unwrap();
+    assert_eq!(journal, steps);
+    // Same bytes, same digest: stored once.
+    let digest = store.put_blob(b"abc").await.unwrap();
+    assert_eq!(store.put_blob(b"abc").await.unwrap(), digest);
+    assert_eq!(store.blob(&digest).await.unwrap().unwrap(), b"abc");
+    assert_eq!(store.blob("sha256:none").await.unwrap(), None);
+}
