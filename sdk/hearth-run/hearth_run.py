@@ -388,6 +388,11 @@ class Context:
         The returned value is the one the engine recorded, i.e. the JSON
         form of what ``fn`` returned (tuples become lists, and so on), so
         that it is the same on replay.
+
+        ``fn`` must not make journaled calls itself (a replayed step's
+        ``fn`` is not called, so they would shift every later ``seq``);
+        doing so raises ``RuntimeError``. Journaled calls from other
+        threads wait until the step has ended.
         """
         if effect not in _EFFECTS:
             raise ValueError(f"effect must be one of {', '.join(_EFFECTS)}, got {effect!r}")
@@ -622,5 +627,6 @@ def main(fn):
             sys.stdout.flush()
         except Exception:
             pass
-        print(f"hearth_run: {stopped}", file=sys.stderr, flush=True)
+        line = " ".join(str(stopped).split())
+        print(f"hearth_run: {line}", file=sys.stderr, flush=True)
         sys.exit(EXIT_RUN_STOPPED)
