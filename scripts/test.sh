@@ -51,6 +51,11 @@ echo "test: Python SDK against a real server" >&2
 python3 -m pip install -q -e 'sdk/python[test]'
 HEARTH_BIN="$PWD/target/debug/hearth" python3 -m pytest -q sdk/python/tests
 
+# The stdlib-only module durable programs import in the guest; its tests use
+# a fake engine on 127.0.0.1 and take a second or two.
+echo "test: hearth_run (Python run client) against a fake engine" >&2
+python3 -m pytest -q sdk/hearth-run/tests
+
 echo "test: checking for leftovers" >&2
 failed=0
 leaked=""

@@ -66,8 +66,10 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
 
     // Which components are still valid: same inputs, and the file matches its digest.
     let old_inputs = old.as_ref().map(|m| &m.inputs);
+    let hearth_run_sha256 = rootfs::hearth_run_sha256();
     let rootfs_inputs_same = old_inputs.is_some_and(|i| {
         i.rootfs_recipe == ROOTFS_RECIPE
+            && i.hearth_run_sha256 == hearth_run_sha256
             && i.suite == opts.suite
             && i.mirror == mirror
             && i.extra_packages == extra_packages
@@ -210,6 +212,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Imag
             mirror,
             extra_packages,
             rootfs_recipe: ROOTFS_RECIPE,
+            hearth_run_sha256,
             initramfs_recipe: INITRAMFS_RECIPE,
             kernel_package: kernel_pkg.name,
             kernel_version: kernel_pkg.version,

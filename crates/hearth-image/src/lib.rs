@@ -7,14 +7,15 @@
 //! |---|---|
 //! | `vmlinuz` | the kernel of the package `linux-image-cloud-amd64` depends on |
 //! | `initramfs.cpio.gz` | guest agent as `/init`, static busybox, virtio + overlay modules |
-//! | `rootfs.ext4` | debootstrap minbase + python3 + ca-certificates (+ extra packages) |
+//! | `rootfs.ext4` | debootstrap minbase + python3 + ca-certificates (+ extra packages) + `hearth_run.py` |
 //! | `manifest.json` | inputs and the SHA-256 + size of each file; written last |
 //!
-//! [`build`] rebuilds only what is stale: the rootfs when suite, mirror or packages change,
-//! the kernel when the resolved kernel package version changes, the initramfs when the
-//! kernel, busybox or guest agent change. Any file whose size or digest no longer matches
-//! the manifest is rebuilt, never used. [`open`] is the cheap check for callers that are
-//! about to boot an image; [`Image::verify`] checks every digest.
+//! [`build`] rebuilds only what is stale: the rootfs when suite, mirror, packages or the
+//! embedded `hearth_run` Python module change, the kernel when the resolved kernel package
+//! version changes, the initramfs when the kernel, busybox or guest agent change. Any file
+//! whose size or digest no longer matches the manifest is rebuilt, never used. [`open`] is
+//! the cheap check for callers that are about to boot an image; [`Image::verify`] checks
+//! every digest.
 //!
 //! This crate knows nothing about VMs: [`Image::kernel`], [`Image::initramfs`] and
 //! [`Image::rootfs`] are plain paths, which callers put into `hearth_vm::VmSpec`.
@@ -225,6 +226,7 @@ pub fn write_placeholder(images_dir: &Path, name: &str) -> Result<Image> {
             mirror: placeholder.clone(),
             extra_packages: Vec::new(),
             rootfs_recipe: 0,
+            hearth_run_sha256: placeholder.clone(),
             initramfs_recipe: 0,
             kernel_package: placeholder.clone(),
             kernel_version: placeholder.clone(),

@@ -57,6 +57,10 @@ pub struct Inputs {
     pub extra_packages: Vec<String>,
     /// Rootfs recipe version, [`ROOTFS_RECIPE`].
     pub rootfs_recipe: u32,
+    /// SHA-256 of the `hearth_run` Python module installed in the rootfs. Empty in
+    /// manifests written before the module was installed, which therefore rebuild.
+    #[serde(default)]
+    pub hearth_run_sha256: String,
     /// Initramfs recipe version, [`INITRAMFS_RECIPE`].
     pub initramfs_recipe: u32,
     /// Kernel package, e.g. `linux-image-6.1.0-56-cloud-amd64`.
@@ -168,6 +172,7 @@ mod tests {
                 mirror: "http://deb.debian.org/debian".into(),
                 extra_packages: vec!["git".into()],
                 rootfs_recipe: ROOTFS_RECIPE,
+                hearth_run_sha256: "ef".repeat(32),
                 initramfs_recipe: INITRAMFS_RECIPE,
                 kernel_package: "linux-image-6.1.0-56-cloud-amd64".into(),
                 kernel_version: "6.1.192-2".into(),
@@ -200,6 +205,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("parsing"));
+    }
+
+    #[test]
+    fn a_manifest_from_before_hearth_run_reads_with_an_empty_digest() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["inputs"]
+            .as_object_mut()
+            .unwrap()
+            .remove("hearth_run_sha256");
+        let old: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(old.inputs.hearth_run_sha256, "");
     }
 
     #[test]

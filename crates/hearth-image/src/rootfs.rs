@@ -13,6 +13,19 @@ use super::error::{IoContext, Result};
 /// Packages always installed on top of minbase: Python is the workload, and TLS needs CAs.
 pub const BASE_PACKAGES: &[&str] = &["python3", "ca-certificates"];
 
+/// `hearth_run`, the Python client of the run endpoint that durable programs import. It is
+/// installed into every rootfs so `python3 -c 'import hearth_run'` works in every VM.
+pub const HEARTH_RUN_PY: &str = include_str!("../../../sdk/hearth-run/hearth_run.py");
+
+/// Where [`HEARTH_RUN_PY`] goes in the rootfs: Debian's python3 searches it.
+pub const HEARTH_RUN_PATH: &str = "usr/lib/python3/dist-packages/hearth_run.py";
+
+/// SHA-256 of [`HEARTH_RUN_PY`]: part of the rootfs's cache key, so a changed module
+/// rebuilds the rootfs.
+pub fn hearth_run_sha256() -> String {
+    super::digest::sha256_bytes(HEARTH_RUN_PY.as_bytes())
+}
+
 /// Filesystem label the guest can mount by.
 pub const ROOTFS_LABEL: &str = "hearth-root";
 
@@ -36,7 +49,7 @@ pub fn debootstrap(dir: &Path, suite: &str, mirror: &str, extra_packages: &[Stri
 
 /// Makes the debootstrapped tree fit to boot as a sandbox root: drops apt caches, sets the
 /// hostname and hosts, leaves a placeholder `resolv.conf` (the agent fills it at start),
-/// and makes sure the mount points exist.
+/// installs the `hearth_run` Python module, and makes sure the mount points exist.
 pub fn finalize_tree(dir: &Path) -> Result<()> {
     for cache in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         let cache = dir.join(cache);
@@ -64,6 +77,13 @@ pub fn finalize_tree(dir: &Path) -> Result<()> {
         fs::remove_file(&resolv).ctx(|| format!("removing {}", resolv.display()))?;
     }
     write(&resolv, "")?;
+    let module = dir.join(HEARTH_RUN_PATH);
+    if let Some(parent) = module.parent() {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    }
+    write(&module, HEARTH_RUN_PY)?;
+    fs::set_permissions(&module, fs::Permissions::from_mode(0o644))
+        .ctx(|| format!("setting mode of {}", module.display()))?;
     for (sub, mode) in [
         ("mnt", 0o755),
         ("tmp", 0o1777),
@@ -224,5 +244,23 @@ mod tests {
         for d in ["mnt", "root", "run"] {
             assert!(root.join(d).is_dir());
         }
+        let module = root.join("usr/lib/python3/dist-packages/hearth_run.py");
+        let text = fs::read_to_string(&module).unwrap();
+        assert_eq!(text, HEARTH_RUN_PY);
+        assert!(text.contains("def context():"));
+        assert_eq!(
+            fs::metadata(&module).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
+
+    #[test]
+    fn the_embedded_module_is_the_sdk_file_and_its_digest_is_its_own() {
+        let on_disk = fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/hearth-run/hearth_run.py"),
+        )
+        .unwrap();
+        assert_eq!(on_disk, HEARTH_RUN_PY.as_bytes());
+        assert_eq!(hearth_run_sha256(), crate::digest::sha256_bytes(&on_disk));
     }
 }
