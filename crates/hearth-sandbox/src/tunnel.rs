@@ -328,11 +328,22 @@ async fn read_calls(
                 Ok(message) => message,
                 Err(e) => break 'stream Err(e.to_string()),
             };
-            if let Some(message) = message {
+            if let Some(message) = &message {
                 let id = message.head.id;
                 if !outstanding.lock().insert(id) {
                     break 'stream Err(format!("request {id} was sent again before its answer"));
                 }
+            }
+            // Checked before the call is queued: the queue holds exactly as
+            // many calls as may be outstanding, so queueing never waits.
+            let held = outstanding.lock().len() + assembler.pending();
+            if held > MAX_TUNNEL_IN_FLIGHT {
+                break 'stream Err(format!(
+                    "more than {MAX_TUNNEL_IN_FLIGHT} requests in flight at once"
+                ));
+            }
+            if let Some(message) = message {
+                let id = message.head.id;
                 let call = TunnelCall {
                     head: message.head,
                     body: message.body,
@@ -342,17 +353,10 @@ async fn read_calls(
                         outstanding: outstanding.clone(),
                     }),
                 };
-                // Never waits: the channel holds as many calls as may be
-                // outstanding. Fails only when the tunnel was dropped.
+                // Fails only when the tunnel was dropped.
                 if calls.send(call).await.is_err() {
                     break 'stream Ok("the tunnel was dropped".to_owned());
                 }
-            }
-            let held = outstanding.lock().len() + assembler.pending();
-            if held > MAX_TUNNEL_IN_FLIGHT {
-                break 'stream Err(format!(
-                    "more than {MAX_TUNNEL_IN_FLIGHT} requests in flight at once"
-                ));
             }
         }
         match body.frame().await {
