@@ -108,8 +108,7 @@ impl Agent {
 
     /// Resolves once `POST /v1/shutdown` was answered.
     pub async fn shutdown_requested(&self) {
-        let mut rx = self.state.shutdown.subscribe();
-        let _ = rx.wait_for(|requested| *requested).await;
+        self.state.shutdown_requested().await;
     }
 
     /// Kill every running exec and, with cgroups, every workload process.
@@ -160,6 +159,12 @@ impl Drop for OpenConnection {
 }
 
 impl AgentState {
+    /// Resolves once `POST /v1/shutdown` was answered.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|requested| *requested).await;
+    }
+
     /// Record that shutdown was requested.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);

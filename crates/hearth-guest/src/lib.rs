@@ -2,7 +2,8 @@
 //!
 //! It boots the VM ([`init`]), then serves the host over HTTP/2 on a
 //! virtio-serial port ([`channel`], [`server`]): commands ([`exec`]),
-//! files ([`files`]) and resource usage ([`usage`]), with workloads confined
+//! files ([`files`]), resource usage ([`usage`]) and a reverse HTTP tunnel
+//! from programs in the VM to the host ([`tunnel`]), with workloads confined
 //! to cgroups ([`cgroup`]) and guarded against thrashing ([`memguard`]),
 //! and every child reaped by one task ([`reaper`]).
 //! The wire contract is the `hearth-proto` crate.
@@ -26,6 +27,7 @@ pub mod reaper;
 pub mod server;
 pub mod spawn;
 pub mod sys;
+pub mod tunnel;
 pub mod usage;
 
 pub use agent::{Agent, AgentOptions};

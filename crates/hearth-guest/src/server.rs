@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 use crate::agent::{Agent, AgentState};
 use crate::body::{self, ResponseBody};
 use crate::error::{GuestError, Result};
-use crate::{exec, files, usage};
+use crate::{exec, files, tunnel, usage};
 
 /// HTTP/2 stream receive window: enough for fast transfers, small enough to
 /// bound what one stream can buffer.
@@ -124,6 +124,7 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
     let method = parts.method;
     let result: Result<Response<ResponseBody>> = match (&method, path.as_str()) {
         (&Method::POST, routes::EXEC) => return exec::handle(state, request_body),
+        (&Method::POST, routes::TUNNEL) => tunnel::open(state, request_body).await,
         (&Method::POST, routes::HELLO) => hello(state, request_body).await,
         (&Method::POST, routes::EXEC_KILL) => {
             match json_body::<hearth_proto::KillRequest>(request_body, "kill request").await {

@@ -1,5 +1,5 @@
-//! Length-prefixed frames carried inside an exec's HTTP/2 request and response
-//! bodies.
+//! Length-prefixed frames carried inside the HTTP/2 request and response
+//! bodies of an exec and of a tunnel.
 //!
 //! Layout: one byte of [`FrameKind`], a big-endian `u32` payload length, then
 //! the payload. HTTP/2 DATA frames may split or merge these arbitrarily, so the
@@ -33,6 +33,19 @@ pub enum FrameKind {
     /// Guest → host, last frame of an exec that failed before or while
     /// running: JSON [`crate::ErrorBody`].
     Error = 8,
+    /// Host → guest, first frame of a tunnel: JSON [`crate::TunnelOpen`].
+    TunnelOpen = 9,
+    /// Guest → host, first frame of a tunnel: JSON [`crate::TunnelReady`].
+    TunnelReady = 10,
+    /// Guest → host: a local HTTP request's head, JSON
+    /// [`crate::TunnelRequestHead`]; its body follows as `TunnelBody` frames.
+    TunnelRequest = 11,
+    /// Host → guest: the answer to a tunnelled request, JSON
+    /// [`crate::TunnelResponseHead`]; its body follows as `TunnelBody` frames.
+    TunnelResponse = 12,
+    /// Either direction: a piece of a tunnelled message's body, see
+    /// [`crate::tunnel::body_frame`].
+    TunnelBody = 13,
 }
 
 impl FrameKind {
@@ -47,6 +60,11 @@ impl FrameKind {
             6 => Self::Stderr,
             7 => Self::Exit,
             8 => Self::Error,
+            9 => Self::TunnelOpen,
+            10 => Self::TunnelReady,
+            11 => Self::TunnelRequest,
+            12 => Self::TunnelResponse,
+            13 => Self::TunnelBody,
             _ => return None,
         })
     }
@@ -216,7 +234,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn kind_strategy() -> impl Strategy<Value = FrameKind> {
-        (1u8..=8).prop_map(|b| FrameKind::from_byte(b).unwrap())
+        (1u8..=13).prop_map(|b| FrameKind::from_byte(b).unwrap())
     }
 
     proptest! {

@@ -21,6 +21,16 @@ pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Largest HTTP/2 frame either side accepts (the HTTP/2 maximum is 16 MiB).
 pub const MAX_H2_FRAME: u32 = 256 * 1024;
 
+/// Largest body of one tunnelled message, either way: the most a host may
+/// set as [`crate::TunnelOpen::max_request_body`], and the most the guest
+/// accepts in one response from the host.
+pub const MAX_TUNNEL_BODY: u64 = 256 * 1024 * 1024;
+
+/// Most requests one tunnel carries at once (sent to the host and not yet
+/// answered). The guest answers more with `503`; the host treats more as a
+/// protocol violation.
+pub const MAX_TUNNEL_IN_FLIGHT: usize = 256;
+
 /// Most arguments in one exec's argv.
 pub const MAX_ARGV: usize = 4096;
 

@@ -203,6 +203,58 @@ pub struct Usage {
     pub oom_kills: u64,
 }
 
+/// Host → guest, first frame of `POST /v1/tunnel`: open a reverse tunnel
+/// that carries HTTP/1.1 requests made inside the guest to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelOpen {
+    /// Loopback socket address the guest listens on (`127.0.0.1:0` picks a
+    /// free port). Anything but a loopback address is refused: the tunnel
+    /// must be reachable from inside the VM only.
+    pub listen: String,
+    /// Largest local request body the guest forwards; a larger one is
+    /// answered `413` inside the guest and never reaches the host.
+    pub max_request_body: u64,
+}
+
+/// Guest → host, first frame of a tunnel's response body: it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelReady {
+    /// The address actually bound (with the port the kernel chose for 0).
+    pub address: String,
+}
+
+/// Guest → host: the head of one local HTTP request. Its body follows as
+/// `TunnelBody` frames carrying `id`, `body_len` bytes in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRequestHead {
+    /// Guest-chosen id, unique within the tunnel; the response carries it.
+    pub id: u64,
+    /// HTTP method (`GET`, `POST`, ...).
+    pub method: String,
+    /// Path and query as the local client sent them.
+    pub path: String,
+    /// The request's `Content-Type`, if any.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Length of the body in bytes.
+    pub body_len: u64,
+}
+
+/// Host → guest: the answer to the request with the same `id`. Its body
+/// follows as `TunnelBody` frames, `body_len` bytes in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelResponseHead {
+    /// The [`TunnelRequestHead::id`] answered.
+    pub id: u64,
+    /// HTTP status for the local client.
+    pub status: u16,
+    /// The response's `Content-Type`, if any.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Length of the body in bytes.
+    pub body_len: u64,
+}
+
 /// Machine-readable class of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -13,6 +13,7 @@
 //! | `POST /v1/files/mkdir?path=&parents=` | – | 204 |
 //! | `GET /v1/usage` | – | JSON [`crate::Usage`] |
 //! | `POST /v1/shutdown` | – | 204, then the guest powers off |
+//! | `POST /v1/tunnel` | frames: `TunnelOpen`, then `TunnelResponse`/`TunnelBody`* | frames: `TunnelReady`, then `TunnelRequest`/`TunnelBody`* (400 if `listen` is refused) |
 //!
 //! Query strings are `application/x-www-form-urlencoded` encodings of
 //! [`crate::PathQuery`]. Errors are a non-2xx status with a JSON
@@ -36,6 +37,10 @@ pub const FILES_MKDIR: &str = "/v1/files/mkdir";
 pub const USAGE: &str = "/v1/usage";
 /// `POST`: power the guest off.
 pub const SHUTDOWN: &str = "/v1/shutdown";
+/// `POST`: open a reverse tunnel: the guest listens for HTTP/1.1 on a
+/// loopback address and pushes each request to the host (framed bodies, see
+/// [`crate::tunnel`]).
+pub const TUNNEL: &str = "/v1/tunnel";
 
 /// Header carrying the HTTP status's [`crate::ErrorCode`] redundantly, so a
 /// client can classify an error without parsing the body.

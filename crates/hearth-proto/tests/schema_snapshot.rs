@@ -16,6 +16,8 @@ fn examples() -> serde_json::Value {
             FrameKind::Request as u8, FrameKind::Stdin as u8, FrameKind::StdinEof as u8,
             FrameKind::Started as u8, FrameKind::Stdout as u8, FrameKind::Stderr as u8,
             FrameKind::Exit as u8, FrameKind::Error as u8,
+            FrameKind::TunnelOpen as u8, FrameKind::TunnelReady as u8, FrameKind::TunnelRequest as u8,
+            FrameKind::TunnelResponse as u8, FrameKind::TunnelBody as u8,
         ],
         "frame_bytes": Frame::new(FrameKind::Stdout, &b"hi"[..]).encode().to_vec(),
         "hello": Hello { protocol_version: 1, unix_time_ms: 1, hostname: "h".into(), pids_max: 2, agent_reserve_mib: 3 },
@@ -36,7 +38,12 @@ fn examples() -> serde_json::Value {
             String::from_utf8(handshake::Line::Ready("n0nce".into()).encode()).unwrap(),
             String::from_utf8(handshake::Line::Go("n0nce".into()).encode()).unwrap(),
         ],
-        "routes": [routes::HELLO, routes::EXEC, routes::EXEC_KILL, routes::FILES, routes::FILES_STAT, routes::FILES_LIST, routes::FILES_MKDIR, routes::USAGE, routes::SHUTDOWN],
+        "tunnel_open": TunnelOpen { listen: "127.0.0.1:0".into(), max_request_body: 1024 },
+        "tunnel_ready": TunnelReady { address: "127.0.0.1:40513".into() },
+        "tunnel_request_head": TunnelRequestHead { id: 1, method: "POST".into(), path: "/v1/runs/r1/steps?x=1".into(), content_type: Some("application/json".into()), body_len: 2 },
+        "tunnel_response_head": TunnelResponseHead { id: 1, status: 200, content_type: None, body_len: 0 },
+        "tunnel_body_frame_bytes": tunnel::body_frame(258, b"hi").encode().to_vec(),
+        "routes": [routes::HELLO, routes::EXEC, routes::EXEC_KILL, routes::FILES, routes::FILES_STAT, routes::FILES_LIST, routes::FILES_MKDIR, routes::USAGE, routes::SHUTDOWN, routes::TUNNEL],
     })
 }
 

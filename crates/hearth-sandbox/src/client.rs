@@ -85,7 +85,7 @@ impl GuestClient {
         !self.send.is_closed()
     }
 
-    async fn send(&self, request: Request<RequestBody>) -> Result<Response<Incoming>> {
+    pub(crate) async fn send(&self, request: Request<RequestBody>) -> Result<Response<Incoming>> {
         let mut send = self.send.clone();
         send.ready()
             .await
@@ -408,7 +408,7 @@ impl FileReader {
     }
 }
 
-fn uri(path_and_query: &str) -> String {
+pub(crate) fn uri(path_and_query: &str) -> String {
     format!("http://hearth-guest{path_and_query}")
 }
 
@@ -448,7 +448,7 @@ fn json_request<T: Serialize>(method: Method, path: String, value: &T) -> Reques
 /// A request body of the chunks from `rx` (encoded frames for exec, raw
 /// bytes for file writes), then (when `send_eof`) a `StdinEof` frame once
 /// every sender is gone.
-fn frame_body(rx: mpsc::Receiver<Bytes>, send_eof: bool) -> RequestBody {
+pub(crate) fn frame_body(rx: mpsc::Receiver<Bytes>, send_eof: bool) -> RequestBody {
     let stream = futures_util::stream::unfold((rx, send_eof), |(mut rx, eof_pending)| async move {
         match rx.recv().await {
             Some(bytes) => Some((Ok(BodyFrame::data(bytes)), (rx, eof_pending))),
@@ -465,7 +465,7 @@ fn frame_body(rx: mpsc::Receiver<Bytes>, send_eof: bool) -> RequestBody {
 }
 
 /// Turn a non-2xx response into the guest's error.
-async fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>> {
+pub(crate) async fn check_status(response: Response<Incoming>) -> Result<Response<Incoming>> {
     if response.status().is_success() {
         return Ok(response);
     }
@@ -503,7 +503,7 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes> {
         .map_err(|e| SandboxError::Protocol(format!("reading guest response: {e}")))
 }
 
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     what: &str,
     limit: Duration,
     future: impl std::future::Future<Output = Result<T>>,

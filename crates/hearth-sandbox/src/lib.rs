@@ -24,6 +24,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod options;
 pub mod registry;
+pub mod tunnel;
 
 pub use client::{ExecEvent, FileReader, StdinWriter};
 pub use end::{EndReason, SandboxEnd};
@@ -33,3 +34,4 @@ pub use home::HearthHome;
 pub use lifecycle::{Sandbox, SandboxInfo};
 pub use options::SandboxOptions;
 pub use registry::{reap_orphans, ReapedSandbox};
+pub use tunnel::{Tunnel, TunnelCall};

@@ -11,12 +11,18 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use hearth_proto::{routes, ExecRequest, Hello, PROTOCOL_VERSION};
+use hearth_proto::limits::MAX_TUNNEL_IN_FLIGHT;
+use hearth_proto::{
+    routes, ExecRequest, Frame, FrameKind, Hello, TunnelReady, TunnelRequestHead, PROTOCOL_VERSION,
+};
 use hearth_sandbox::client::GuestClient;
 use hearth_sandbox::SandboxError;
 
 async fn hostile(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_string();
+    if path == routes::TUNNEL {
+        return Ok(Response::new(Full::new(hostile_tunnel())));
+    }
     // Drain the request so the client is not stuck sending it.
     let _ = request.into_body().collect().await;
     let body: Bytes = match path.as_str() {
@@ -33,6 +39,32 @@ async fn hostile(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
         .status(StatusCode::OK)
         .body(Full::new(body))
         .unwrap())
+}
+
+/// A tunnel that sends one honest request, then far more requests than
+/// may be in flight at once, then a head announcing a 1 TiB body.
+fn hostile_tunnel() -> Bytes {
+    let ready = TunnelReady {
+        address: "127.0.0.1:4242".into(),
+    };
+    let mut wire = Frame::json(FrameKind::TunnelReady, &ready)
+        .encode()
+        .to_vec();
+    let head = |id: u64, body_len: u64| TunnelRequestHead {
+        id,
+        method: "POST".into(),
+        path: format!("/r/{id}"),
+        content_type: None,
+        body_len,
+    };
+    for frame in hearth_proto::tunnel::message_frames(&head(1, 2), b"hi", 1) {
+        wire.extend_from_slice(&frame.encode());
+    }
+    for id in 2..=300 {
+        wire.extend_from_slice(&Frame::json(FrameKind::TunnelRequest, &head(id, 0)).encode());
+    }
+    wire.extend_from_slice(&Frame::json(FrameKind::TunnelRequest, &head(301, 1 << 40)).encode());
+    Bytes::from(wire)
 }
 
 async fn hostile_guest() -> GuestClient {
@@ -80,6 +112,30 @@ async fn oversized_or_malformed_answers_fail_only_their_call() {
     assert!(err.to_string().contains("malformed hello"), "{err}");
 
     // The connection survived all of that.
+    assert!(client.is_open());
+    assert!(client.list("/").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_tunnel_that_floods_the_host_is_cut_off_at_the_in_flight_limit() {
+    let client = hostile_guest().await;
+    let mut tunnel = client.open_tunnel("127.0.0.1:0", 1000).await.unwrap();
+    assert_eq!(tunnel.address().to_string(), "127.0.0.1:4242");
+    let first = tunnel.next().await.expect("the honest request arrives");
+    assert_eq!((first.path(), &first.body()[..]), ("/r/1", &b"hi"[..]));
+    // Held, not dropped: a dropped call answers and frees its slot.
+    let mut held = vec![first];
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(call) = tunnel.next().await {
+            held.push(call);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the host ends the tunnel");
+    assert_eq!(held.len(), MAX_TUNNEL_IN_FLIGHT, "no call past the limit");
+    let first = held.swap_remove(0);
+    // Answering after the end is harmless, and the connection still works.
+    first.respond(200, None, Bytes::from_static(b"late")).await;
     assert!(client.is_open());
     assert!(client.list("/").await.unwrap().is_empty());
 }
