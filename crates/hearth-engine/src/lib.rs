@@ -19,13 +19,21 @@
 
 pub mod digest;
 pub mod journal;
+pub mod protocol;
 pub mod retry;
 pub mod run;
+pub mod spec;
 pub mod step;
 
 pub use journal::{
     AfterFailure, Decision, Journal, JournalError, NonDeterminism, Outcome, Resolution, StepIdent,
 };
+pub use protocol::{parse_call, Call, EndpointError, OnFailure, ValueKind};
 pub use retry::RetryPolicy;
 pub use run::RunState;
+pub use spec::{Program, ProgramError, RunSpec, PROGRAM_DIR};
 pub use step::{Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState};
+
+/// Longest a program may sleep or wait for a signal in one call, ms: 30
+/// days, so that no deadline arithmetic overflows.
+pub const MAX_WAIT_MS: u64 = 30 * 24 * 3600 * 1000;

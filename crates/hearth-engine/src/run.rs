@@ -47,7 +47,8 @@ impl RunState {
 
     /// Whether a run may go from `self` to `next`.
     ///
-    /// - pending → running (a VM took it), or to any end;
+    /// - pending → running (a VM took it), needs_attention (its journal
+    ///   holds a step whose outcome is unknown), or to any end;
     /// - running → pending (the VM or program crashed: relaunch), waiting
     ///   (released its VM to sleep or wait), needs_attention, or any end;
     /// - waiting → pending (the timer fired or the signal came), failed
@@ -60,7 +61,7 @@ impl RunState {
         use RunState::*;
         match (self, next) {
             (from, _) if from.is_final() => false,
-            (Pending, Running | Failed | Cancelled) => true,
+            (Pending, Running | NeedsAttention | Failed | Cancelled) => true,
             (Running, Pending | Waiting | NeedsAttention | Completed | Failed | Cancelled) => true,
             (Waiting, Pending | Failed | Cancelled) => true,
             (NeedsAttention, Pending | Failed | Cancelled) => true,

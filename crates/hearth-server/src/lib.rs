@@ -25,6 +25,7 @@ pub mod manager;
 pub mod metrics;
 pub mod options;
 pub mod replay;
+pub mod runs;
 mod server;
 mod specs;
 pub mod token;

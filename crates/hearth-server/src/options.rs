@@ -9,6 +9,7 @@ use hearth_store::DatabaseUrl;
 use hearth_vm::AccelPreference;
 
 use crate::admission::Capacity;
+use crate::runs::RunOptions;
 
 /// The SQLite file in the home, the default store.
 pub const DB_FILE: &str = "hearth.db";
@@ -55,6 +56,8 @@ pub struct ServerOptions {
     /// The API token file; by default `$HEARTH_HOME/token`. The nodes of a
     /// cluster are given the same one, so that they accept the same token.
     pub token_file: Option<std::path::PathBuf>,
+    /// How durable runs behave on this node.
+    pub runs: RunOptions,
 }
 
 impl ServerOptions {
@@ -75,6 +78,7 @@ impl ServerOptions {
             lease_ttl: Duration::from_secs(15),
             event_poll: Duration::from_millis(500),
             token_file: None,
+            runs: RunOptions::default(),
             home,
         }
     }

@@ -27,6 +27,7 @@ use crate::ids::{IdSource, RandomIds};
 use crate::manager::{ManagerParts, SandboxManager};
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::runs::RunEngine;
 use crate::token::TokenCheck;
 
 /// File in the home naming the running server's URL and PID, for clients.
@@ -67,6 +68,7 @@ impl ServerParts {
 pub struct Server {
     addr: SocketAddr,
     manager: SandboxManager,
+    runs: RunEngine,
     node: Node,
     store: Store,
     stop_http: CancellationToken,
@@ -213,6 +215,7 @@ impl Server {
         }
         let events = EventLog::new(store.clone(), options.event_poll);
         let shutdown_grace = options.shutdown_grace;
+        let run_options = options.runs.clone();
         let manager = SandboxManager::new(
             options,
             ManagerParts {
@@ -224,6 +227,12 @@ impl Server {
                 metrics: metrics.clone(),
             },
         );
+        let runs = RunEngine::new(manager.clone(), run_options);
+        tokio::spawn(
+            runs.clone()
+                .schedule()
+                .instrument(tracing::info_span!("runs", node = %node.id())),
+        );
         let stop_upkeep = CancellationToken::new();
         let upkeep = tokio::spawn(
             upkeep(manager.clone(), metrics.clone(), stop_upkeep.clone())
@@ -231,6 +240,7 @@ impl Server {
         );
         let state = AppState {
             manager: manager.clone(),
+            runs: runs.clone(),
             events,
             metrics,
             token,
@@ -255,6 +265,7 @@ impl Server {
         Ok(Server {
             addr,
             manager,
+            runs,
             node,
             store,
             stop_http,
@@ -277,6 +288,11 @@ impl Server {
         &self.manager
     }
 
+    /// The durable runs it launches.
+    pub fn runs(&self) -> &RunEngine {
+        &self.runs
+    }
+
     /// This node.
     pub fn node(&self) -> &Node {
         &self.node
@@ -290,6 +306,7 @@ impl Server {
             result = &mut self.http => Some(result),
         };
         if let Some(result) = failed {
+            self.runs.shutdown(self.shutdown_grace).await;
             self.manager.shutdown_all(self.shutdown_grace).await;
             self.cleanup().await;
             return match result {
@@ -307,6 +324,7 @@ impl Server {
     /// up the lease, and stop.
     pub async fn shutdown(mut self) -> Result<()> {
         tracing::info!("shutting down: destroying every sandbox");
+        self.runs.shutdown(self.shutdown_grace).await;
         self.manager.shutdown_all(self.shutdown_grace).await;
         self.stop_http.cancel();
         if tokio::time::timeout(self.shutdown_grace, &mut self.http)

@@ -100,6 +100,7 @@ pub(crate) trait Backend {
     async fn append_event(
         &self,
         sandbox_id: Option<&str>,
+        run_id: Option<&str>,
         fence: Option<&Lease>,
         event: &NewEvent,
         now: u64,
@@ -214,6 +215,21 @@ pub(crate) trait RunBackend {
     ) -> Result<Option<std::result::Result<(Signal, Event), RunState>>>;
 
     async fn signals(&self, run_id: &str, name: &str) -> Result<Vec<Signal>>;
+
+    /// Write a decision about an indeterminate step of a run that waits
+    /// for one (needs attention, owned by no node) and make the run
+    /// pending, in one transaction.
+    async fn resolve_step(
+        &self,
+        run_id: &str,
+        step: &StepRow,
+        step_event: &NewEvent,
+        run_event: &NewEvent,
+        now: u64,
+    ) -> Result<std::result::Result<Vec<Event>, RunRefusal>>;
+
+    /// Make run `run_id` due now if it waits on `on`; whether it did.
+    async fn wake(&self, run_id: &str, on: &str, now: u64) -> Result<bool>;
 
     async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>>;
 }

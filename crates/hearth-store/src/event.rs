@@ -163,6 +163,9 @@ pub enum EventPayload {
     /// A signal was sent to a run.
     #[serde(rename = "run.signalled")]
     RunSignalled(RunSignalled),
+    /// A launch's program ended (exited, or its VM died), with its output.
+    #[serde(rename = "run.exited")]
+    RunExited(RunExited),
     /// A journaled step's attempt started.
     #[serde(rename = "step.started")]
     StepStarted(StepChanged),
@@ -214,6 +217,7 @@ impl EventPayload {
             Self::RunFailed(_) => "run.failed",
             Self::RunCancelled(_) => "run.cancelled",
             Self::RunSignalled(_) => "run.signalled",
+            Self::RunExited(_) => "run.exited",
             Self::StepStarted(_) => "step.started",
             Self::StepSucceeded(_) => "step.succeeded",
             Self::StepFailed(_) => "step.failed",
@@ -662,6 +666,27 @@ pub struct RunSignalled {
     pub name: String,
     /// Its number.
     pub signal_id: i64,
+}
+
+/// `run.exited`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunExited {
+    /// Which launch.
+    pub launch: u32,
+    /// Its exit status, if the program exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// How it ended: `exited`, `vm_died`, `stopped` (the engine ended the
+    /// launch: waiting, completed, cancelled, ...).
+    pub reason: String,
+    /// What happened, for a human.
+    pub message: String,
+    /// Blob digest of its stdout and stderr (each line prefixed by its
+    /// stream), kept up to a cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Bytes of output it wrote, all kept or not.
+    pub output_bytes: u64,
 }
 
 /// `step.*`: a journaled step reached a state.

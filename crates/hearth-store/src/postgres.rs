@@ -309,6 +309,7 @@ impl Backend for PgBackend {
     async fn append_event(
         &self,
         sandbox_id: Option<&str>,
+        run_id: Option<&str>,
         fence_with: Option<&Lease>,
         event: &NewEvent,
         now: u64,
@@ -320,7 +321,7 @@ impl Backend for PgBackend {
             }
         }
         let node = fence_with.map(|l| l.node_id.as_str());
-        let event = insert_event(&mut tx, sandbox_id, None, node, event, now).await?;
+        let event = insert_event(&mut tx, sandbox_id, run_id, node, event, now).await?;
         tx.commit().await.map_err(query("commit"))?;
         Ok(Ok(event))
     }

@@ -127,6 +127,8 @@ pub struct RunFilter {
     pub states: Vec<RunState>,
     /// Only children of this run.
     pub parent_id: Option<String>,
+    /// Only runs this node owns.
+    pub node_id: Option<String>,
     /// At most this many (0: the store's page size).
     pub limit: u32,
 }

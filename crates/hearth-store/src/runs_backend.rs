@@ -214,7 +214,9 @@ macro_rules! impl_run_backend {
                 let Some((state, node, epoch, sandbox)) = owner else {
                     return Ok(Err(RunRefusal::NotFound));
                 };
-                if state != RunState::Running.as_str() {
+                // Running, or claimed and about to launch (steps whose
+                // attempt was lost are recorded before the new VM starts).
+                if state != RunState::Running.as_str() && state != RunState::Pending.as_str() {
                     return Ok(Err(RunRefusal::StateMoved));
                 }
                 if let Some(reason) =
@@ -343,6 +345,67 @@ macro_rules! impl_run_backend {
                     .await
                     .map_err(query("reading signals"))?;
                 found.iter().map(runs_sql::signal).collect()
+            }
+
+            async fn resolve_step(
+                &self,
+                run_id: &str,
+                step: &StepRow,
+                step_event: &NewEvent,
+                run_event: &NewEvent,
+                now: u64,
+            ) -> Result<std::result::Result<Vec<Event>, RunRefusal>> {
+                let mut tx = self.begin().await?;
+                let select = format!("SELECT state, node_id FROM runs WHERE id = $1{}", $lock_row);
+                let current: Option<(String, Option<String>)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(select))
+                        .bind(run_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(query("reading a run"))?;
+                match current {
+                    None => return Ok(Err(RunRefusal::NotFound)),
+                    Some((state, None)) if state == RunState::NeedsAttention.as_str() => {}
+                    Some(_) => return Ok(Err(RunRefusal::StateMoved)),
+                }
+                sqlx::query(runs_sql::PUT_STEP)
+                    .bind(run_id)
+                    .bind(step.seq)
+                    .bind(&step.name)
+                    .bind(&step.args_digest)
+                    .bind(step.effect)
+                    .bind(step.state)
+                    .bind(&step.result)
+                    .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
+                    .bind(&step.error)
+                    .bind(&step.attempts)
+                    .bind(step.retry_at_ms)
+                    .bind(now as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query("writing a step"))?;
+                sqlx::query(
+                    "UPDATE runs SET state = 'pending', wake_ms = NULL, waiting_for = NULL, \
+                     updated_ms = $2 WHERE id = $1",
+                )
+                .bind(run_id)
+                .bind(now as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(query("updating a run"))?;
+                let events = vec![
+                    insert_event(&mut tx, None, Some(run_id), None, step_event, now).await?,
+                    insert_event(&mut tx, None, Some(run_id), None, run_event, now).await?,
+                ];
+                tx.commit().await.map_err(query("commit"))?;
+                Ok(Ok(events))
+            }
+
+            async fn wake(&self, run_id: &str, on: &str, now: u64) -> Result<bool> {
+                let mut tx = self.begin().await?;
+                let woken = wake_waiter(&mut tx, run_id, on, now).await?.is_some();
+                tx.commit().await.map_err(query("commit"))?;
+                Ok(woken)
             }
 
             async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>> {

@@ -169,6 +169,9 @@ where
     if let Some(parent) = &filter.parent_id {
         select.push(" AND parent_id = ").push_bind(parent.clone());
     }
+    if let Some(node) = &filter.node_id {
+        select.push(" AND node_id = ").push_bind(node.clone());
+    }
     select
         .push(" ORDER BY created_ms DESC, id DESC LIMIT ")
         .push_bind(i64::from(limit));

@@ -251,7 +251,9 @@ impl Store {
         });
         let event = NewEvent::of(&payload);
         let now = self.now();
-        if let Err(error) = on_backend!(self, b => b.append_event(sandbox_id, None, &event, now)) {
+        if let Err(error) =
+            on_backend!(self, b => b.append_event(sandbox_id, None, None, &event, now))
+        {
             tracing::error!(%error, "cannot record a write refused by the fencing check");
         }
         StoreError::Fenced {
@@ -302,7 +304,7 @@ impl Store {
         }
         let event = NewEvent::of(&payload);
         let now = self.now();
-        match on_backend!(self, b => b.append_event(sandbox_id, by, &event, now))? {
+        match on_backend!(self, b => b.append_event(sandbox_id, None, by, &event, now))? {
             Ok(event) => Ok(event),
             Err(reason) => match by {
                 Some(lease) => Err(self

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use hearth_engine::StepRecord;
 
-use crate::backend::{NewEvent, RunBackend, RunUpdated};
+use crate::backend::{Backend, NewEvent, RunBackend, RunUpdated};
 use crate::error::{Result, StoreError};
 use crate::event::{Event, EventPayload, RunCreated};
 use crate::node::Lease;
@@ -75,7 +75,7 @@ impl Store {
         change: &RunChange,
         payload: EventPayload,
     ) -> Result<Option<(RunRecord, Vec<Event>)>> {
-        if payload.run_state().is_some() && payload.run_state() != change.state {
+        if change.state.is_some() && payload.run_state() != change.state {
             return Err(StoreError::Invalid(format!(
                 "event {} does not record a move to {:?}",
                 payload.kind(),
@@ -147,8 +147,8 @@ impl Store {
 
     /// Write `steps` of run `run_id` (each the whole record, replacing the
     /// stored one) with one `step.*` event each, in one transaction.
-    /// Refused, and the refusal recorded, unless the run is running and
-    /// owned by `lease`, and the lease is current: a node that lost a run
+    /// Refused, and the refusal recorded, unless the run is running (or
+    /// pending, about to launch) and owned by `lease`, and the lease is current: a node that lost a run
     /// can never write to its journal.
     pub async fn put_steps(
         &self,
@@ -183,6 +183,61 @@ impl Store {
         }
     }
 
+    /// Record a person's decision about step `step` (already changed by
+    /// the journal's rules) of a run that needs attention, and make the run
+    /// pending so that a node relaunches it, in one transaction. Refused
+    /// (`RunEnded`/`RunOwned`-like errors) unless the run still waits for a
+    /// decision.
+    pub async fn resolve_step(&self, run_id: &str, step: &StepRecord) -> Result<Vec<Event>> {
+        let row = StepRow::of(step, INLINE_RESULT_MAX);
+        let step_event = NewEvent::of(&EventPayload::of_step(step));
+        let run_event = NewEvent::of(&EventPayload::RunPending(crate::event::RunPending {
+            cause: "decision".into(),
+            message: format!(
+                "step {} ({}) was resolved: {}",
+                step.seq, step.name, step.state
+            ),
+            wake_ms: None,
+        }));
+        let now = self.now();
+        match on_engine!(self, b => b.resolve_step(run_id, &row, &step_event, &run_event, now))? {
+            Ok(events) => Ok(events),
+            Err(RunRefusal::NotFound) => Err(StoreError::RunNotFound(run_id.to_string())),
+            Err(_) => {
+                let state = match self.run(run_id).await? {
+                    Some(run) => run.state.to_string(),
+                    None => return Err(StoreError::RunNotFound(run_id.to_string())),
+                };
+                Err(StoreError::RunOwned {
+                    id: run_id.to_string(),
+                    reason: format!("it is {state}, not waiting for a decision"),
+                })
+            }
+        }
+    }
+
+    /// Append an event about run `run_id`; with `by`, only while that
+    /// lease is current (the refusal recorded otherwise).
+    pub async fn append_run_event(
+        &self,
+        run_id: &str,
+        sandbox_id: Option<&str>,
+        by: Option<&Lease>,
+        payload: EventPayload,
+    ) -> Result<Event> {
+        let event = NewEvent::of(&payload);
+        let now = self.now();
+        match on_engine!(self, b => b.append_event(sandbox_id, Some(run_id), by, &event, now))? {
+            Ok(event) => Ok(event),
+            Err(reason) => match by {
+                Some(lease) => Err(self.refused(lease, None, payload.kind(), reason).await),
+                None => Err(StoreError::Invalid(format!(
+                    "an unfenced append was refused: {reason}"
+                ))),
+            },
+        }
+    }
+
     /// A run's journal, in order, with large results read back from the
     /// blob store.
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
@@ -208,6 +263,14 @@ impl Store {
             }),
             Some(Ok(sent)) => Ok(sent),
         }
+    }
+
+    /// Make run `run_id` due now if it is waiting on `on` (a signal's name
+    /// or a child's id): for what arrived while the run was on its way to
+    /// waiting. Whether it did.
+    pub async fn wake_run(&self, run_id: &str, on: &str) -> Result<bool> {
+        let now = self.now();
+        on_engine!(self, b => b.wake(run_id, on, now))
     }
 
     /// The signals named `name` sent to a run, oldest first.

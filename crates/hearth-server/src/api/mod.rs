@@ -7,6 +7,7 @@ mod exec;
 mod files;
 pub mod model;
 mod nodes;
+pub mod runs;
 mod sandboxes;
 mod system;
 pub mod validate;
@@ -37,6 +38,7 @@ use crate::events::EventLog;
 use crate::forward::{answered_anywhere, sandbox_of, Forwarder, FORWARDED_BY};
 use crate::manager::SandboxManager;
 use crate::metrics::Metrics;
+use crate::runs::RunEngine;
 use crate::token::TokenCheck;
 
 /// Largest JSON request body.
@@ -49,6 +51,8 @@ const DRAIN_LIMIT: usize = 64 << 20;
 pub struct AppState {
     /// The sandboxes.
     pub manager: SandboxManager,
+    /// Durable runs.
+    pub runs: RunEngine,
     /// The event log.
     pub events: EventLog,
     /// Metrics.
@@ -109,6 +113,14 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(events::sandbox_events))
         .routes(routes!(events::server_events))
         .routes(routes!(nodes::list_nodes))
+        .routes(routes!(runs::start_run, runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::run_events))
+        .routes(routes!(runs::run_logs))
+        .routes(routes!(runs::signal_run))
+        .routes(routes!(runs::cancel_run))
+        .routes(routes!(runs::resolve_run))
+        .routes(routes!(runs::run_result))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .split_for_parts();

@@ -1,0 +1,527 @@
+//! One launch of a run: a fresh sandbox with the pinned program and the
+//! files the run persisted, its run endpoint served from the journal, its
+//! output kept, and what comes next decided when it ends (completed,
+//! waiting, relaunched after a crash, failed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use hearth_engine::{Journal, Program, RunSpec, RunState};
+use hearth_proto::ByteSize;
+use hearth_sandbox::{ExecEvent, ExecOptions, Sandbox, SandboxOptions};
+use hearth_store::event::{RunExited, RunPending, RunRunning};
+use hearth_store::{EventPayload, Lease, RunChange, RunRecord, RunWriter};
+
+use super::session::{persisted_files, Launched, Session, Stopped};
+use super::{failed, Inner, RunEngine};
+use crate::manager::{CreateSpec, ManagerError};
+
+/// Where a program's files go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramDir {
+    /// This directory in every VM (`/work`).
+    Fixed(String),
+    /// A directory per run under this one: for the fake VM driver, whose
+    /// "VMs" share the host's filesystem. Emptied after each launch, as a
+    /// VM's files go with it.
+    PerRun(String),
+}
+
+impl ProgramDir {
+    fn for_run(&self, run_id: &str) -> String {
+        match self {
+            ProgramDir::Fixed(dir) => dir.clone(),
+            ProgramDir::PerRun(root) => format!("{root}/{run_id}"),
+        }
+    }
+}
+
+/// How a launch ended, as seen from outside the program.
+#[derive(Debug)]
+enum End {
+    /// The program exited.
+    Exited(i32, String),
+    /// The VM or the host channel died.
+    VmDied(String),
+    /// The engine stopped it (see the session) or the run was cancelled.
+    Stopped,
+    /// The run passed its deadline.
+    Deadline,
+}
+
+/// Output of one launch, each line tagged by its stream, kept up to a cap.
+struct LaunchLog {
+    kept: Vec<u8>,
+    cap: usize,
+    total: u64,
+}
+
+impl LaunchLog {
+    fn push(&mut self, stream: &str, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        for line in bytes.split_inclusive(|b| *b == b'\n') {
+            if self.kept.len() + line.len() + stream.len() + 2 > self.cap {
+                return;
+            }
+            self.kept.extend_from_slice(stream.as_bytes());
+            self.kept.extend_from_slice(b": ");
+            self.kept.extend_from_slice(line);
+        }
+    }
+}
+
+/// Launch `run` (claimed by this node, pending) and see it to the end of
+/// this launch.
+pub(crate) async fn launch(engine: &RunEngine, run: RunRecord, stop: CancellationToken) {
+    let inner = engine.inner().clone();
+    let lease = inner.manager.node().lease();
+    if let Err(error) = try_launch(&inner, &run, &lease, stop).await {
+        tracing::warn!(run = %run.id, %error, "a launch could not be recorded; the run is taken up again");
+    }
+}
+
+/// Move the run (owned by `lease`) with `change`, logging a refusal.
+async fn record(
+    inner: &Inner,
+    run: &RunRecord,
+    lease: &Lease,
+    change: RunChange,
+    payload: EventPayload,
+) -> Result<bool, hearth_store::StoreError> {
+    Ok(inner
+        .store
+        .change_run(&run.id, RunWriter::Owner(lease), &change, payload)
+        .await?
+        .is_some())
+}
+
+async fn try_launch(
+    inner: &Arc<Inner>,
+    run: &RunRecord,
+    lease: &Lease,
+    stop: CancellationToken,
+) -> Result<(), hearth_store::StoreError> {
+    let store = &inner.store;
+    let now = store.clock().now_ms();
+    // Attempts that were in flight when the last launch died are lost: a
+    // step safe to repeat runs again, one that is not waits for a person.
+    let mut journal = match Journal::from_steps(&run.id, store.steps(&run.id).await?) {
+        Ok(journal) => journal,
+        Err(error) => {
+            let (change, payload) = failed("corrupt_journal", &error.to_string());
+            record(inner, run, lease, change, payload).await?;
+            return Ok(());
+        }
+    };
+    let lost = journal.interrupt(now).unwrap_or_default();
+    if !lost.is_empty() {
+        let steps: Vec<_> = lost
+            .iter()
+            .filter_map(|seq| journal.step(*seq).cloned())
+            .collect();
+        store.put_steps(&run.id, lease, &steps).await?;
+    }
+    if let Some(step) = journal.needs_decision() {
+        let change = RunChange {
+            state: Some(RunState::NeedsAttention),
+            release: true,
+            ..RunChange::default()
+        };
+        let payload = EventPayload::RunNeedsAttention(hearth_store::event::RunNeedsAttention {
+            seq: step.seq,
+            step: step.name.clone(),
+            message: format!(
+                "step {} ({}) started and its outcome is unknown, and it may not be repeated safely: decide with `hearth run resolve {} --step {} --retry|--skip-with JSON|--fail`",
+                step.seq, step.name, run.id, step.seq
+            ),
+        });
+        record(inner, run, lease, change, payload).await?;
+        return Ok(());
+    }
+    if run.deadline_ms.is_some_and(|d| d <= now) {
+        let (change, payload) = failed("deadline", "the run passed its deadline before it ended");
+        record(inner, run, lease, change, payload).await?;
+        return Ok(());
+    }
+    let spec: RunSpec = serde_json::from_value(run.spec.clone()).unwrap_or_default();
+    let program = match store.blob(&run.program).await? {
+        Some(bytes) => Program::from_bytes(&bytes),
+        None => Err(hearth_engine::ProgramError::Corrupt(format!(
+            "program {} is not in the blob store",
+            run.program
+        ))),
+    };
+    let program = match program {
+        Ok(program) => program,
+        Err(error) => {
+            let (change, payload) = failed("program", &error.to_string());
+            record(inner, run, lease, change, payload).await?;
+            return Ok(());
+        }
+    };
+
+    let mut options = SandboxOptions {
+        image: spec.image.clone(),
+        vcpus: spec.vcpus,
+        memory: ByteSize::mib(spec.memory_mib),
+        timeout: spec.timeout_ms.map(Duration::from_millis),
+        ..SandboxOptions::default()
+    };
+    options.labels.insert("hearth.run".into(), run.id.clone());
+    let created = inner
+        .manager
+        .create(CreateSpec {
+            options,
+            env: BTreeMap::new(),
+        })
+        .await;
+    let sandbox_id = match created {
+        Ok(record) => record.id,
+        Err(ManagerError::CapacityExceeded { .. }) | Err(ManagerError::ShuttingDown) => {
+            // No room here now: give the run back for any node to take.
+            let change = RunChange {
+                release: true,
+                wake_ms: Some(Some(now + 1_000)),
+                ..RunChange::default()
+            };
+            let payload = EventPayload::RunPending(RunPending {
+                cause: "no_room".into(),
+                message: "this node had no room for its VM; it waits for one".into(),
+                wake_ms: Some(now + 1_000),
+            });
+            record(inner, run, lease, change, payload).await?;
+            return Ok(());
+        }
+        Err(error) => {
+            return crashed(
+                inner,
+                run,
+                lease,
+                &spec,
+                &format!("its VM could not start: {error}"),
+            )
+            .await;
+        }
+    };
+    let launch = run.launches + 1;
+    let running = RunChange {
+        state: Some(RunState::Running),
+        sandbox_id: Some(Some(sandbox_id.clone())),
+        launched: true,
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunRunning(RunRunning {
+        launch,
+        sandbox_id: sandbox_id.clone(),
+    });
+    let dir = inner.options.program_dir.for_run(&run.id);
+    let went = record(inner, run, lease, running, payload).await;
+    let sandbox = match (went, inner.manager.running(&sandbox_id).await) {
+        (Ok(true), Ok((_, sandbox))) => sandbox,
+        (went, found) => {
+            let _ = inner.manager.destroy(&sandbox_id).await;
+            cleanup_dir(&inner.options.program_dir, &dir);
+            went?;
+            if let Err(error) = found {
+                return crashed(
+                    inner,
+                    run,
+                    lease,
+                    &spec,
+                    &format!("its VM ended at once: {error}"),
+                )
+                .await;
+            }
+            // The run moved on (cancelled) before it could run.
+            return Ok(());
+        }
+    };
+
+    let end = run_program(
+        inner, run, lease, &spec, &program, &sandbox, &dir, journal, launch, stop,
+    )
+    .await;
+    let _ = inner.manager.destroy(&sandbox_id).await;
+    cleanup_dir(&inner.options.program_dir, &dir);
+    let (end, stopped, log) = end;
+
+    let (reason, code, message) = match &end {
+        End::Exited(code, message) => ("exited", Some(*code), message.clone()),
+        End::VmDied(message) => ("vm_died", None, message.clone()),
+        End::Stopped => ("stopped", None, "the engine ended this launch".into()),
+        End::Deadline => ("stopped", None, "the run passed its deadline".into()),
+    };
+    let log_digest = if log.kept.is_empty() {
+        None
+    } else {
+        store.put_blob(&log.kept).await.ok()
+    };
+    let exited = EventPayload::RunExited(RunExited {
+        launch,
+        exit_code: code,
+        reason: reason.into(),
+        message: message.clone(),
+        log: log_digest,
+        output_bytes: log.total,
+    });
+    if let Err(error) = store
+        .append_run_event(&run.id, Some(&sandbox_id), Some(lease), exited)
+        .await
+    {
+        tracing::warn!(run = %run.id, %error, "recording a launch's end failed");
+    }
+
+    if stopped.is_some() {
+        // The session recorded what comes next.
+        return Ok(());
+    }
+    match end {
+        End::Stopped => Ok(()),
+        End::Deadline => {
+            let (change, payload) = failed("deadline", "the run passed its deadline");
+            record(inner, run, lease, change, payload).await.map(|_| ())
+        }
+        End::Exited(0, _) => {
+            let change = RunChange {
+                state: Some(RunState::Completed),
+                output: Some(Value::Null),
+                release: true,
+                ..RunChange::default()
+            };
+            let payload =
+                EventPayload::RunCompleted(hearth_store::event::RunCompleted { output_bytes: 4 });
+            record(inner, run, lease, change, payload).await.map(|_| ())
+        }
+        End::Exited(_, message) | End::VmDied(message) => {
+            crashed(inner, run, lease, &spec, &message).await
+        }
+    }
+}
+
+/// The program or its VM died: relaunch after a backoff, or fail once
+/// the restarts are used up.
+async fn crashed(
+    inner: &Inner,
+    run: &RunRecord,
+    lease: &Lease,
+    spec: &RunSpec,
+    message: &str,
+) -> Result<(), hearth_store::StoreError> {
+    let restart = run.restarts + 1;
+    if restart > spec.max_restarts {
+        let (change, payload) = failed(
+            "restarts_exhausted",
+            &format!(
+                "the program crashed and its {} relaunches are used up; the last crash: {message}",
+                spec.max_restarts
+            ),
+        );
+        return record(inner, run, lease, change, payload).await.map(|_| ());
+    }
+    let wake = inner.store.clock().now_ms() + spec.restart_backoff(restart);
+    let change = RunChange {
+        state: Some(RunState::Pending),
+        release: true,
+        restarted: true,
+        wake_ms: Some(Some(wake)),
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunPending(RunPending {
+        cause: "crashed".into(),
+        message: format!("{message}; relaunch {restart} of {}", spec.max_restarts),
+        wake_ms: Some(wake),
+    });
+    record(inner, run, lease, change, payload).await.map(|_| ())
+}
+
+fn cleanup_dir(kind: &super::launch::ProgramDir, dir: &str) {
+    if let ProgramDir::PerRun(_) = kind {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Put the program and the persisted files in place, run the program with
+/// its endpoint, and return how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn run_program(
+    inner: &Arc<Inner>,
+    run: &RunRecord,
+    lease: &Lease,
+    spec: &RunSpec,
+    program: &Program,
+    sandbox: &Sandbox,
+    dir: &str,
+    journal: Journal,
+    launch: u32,
+    stop: CancellationToken,
+) -> (End, Option<Stopped>, LaunchLog) {
+    let mut log = LaunchLog {
+        kept: Vec::new(),
+        cap: inner.options.max_log,
+        total: 0,
+    };
+    if let Err(message) = install(inner, program, sandbox, dir, &journal).await {
+        return (End::VmDied(message), None, log);
+    }
+    let mut tunnel = match sandbox
+        .open_tunnel("127.0.0.1:0", inner.options.max_request_body)
+        .await
+    {
+        Ok(tunnel) => tunnel,
+        Err(error) => {
+            return (
+                End::VmDied(format!("the run endpoint could not open: {error}")),
+                None,
+                log,
+            )
+        }
+    };
+    let mut env = spec.env.clone();
+    env.insert(
+        "HEARTH_RUN_URL".into(),
+        format!("http://{}/v1/runs/{}", tunnel.address(), run.id),
+    );
+    env.insert("HEARTH_RUN_ID".into(), run.id.clone());
+    env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    let argv = if spec.command.is_empty() {
+        program.default_command(dir)
+    } else {
+        spec.command.clone()
+    };
+    let mut options = ExecOptions::new(argv);
+    options.env = env;
+    options.cwd = Some(dir.to_string());
+    let mut exec = match sandbox.exec(options).await {
+        Ok(exec) => exec,
+        Err(error) => {
+            return (
+                End::VmDied(format!("the program could not start: {error}")),
+                None,
+                log,
+            )
+        }
+    };
+    let launched = Launched {
+        run: run.clone(),
+        launch,
+        lease: lease.clone(),
+        program: program.clone(),
+        sandbox: sandbox.clone(),
+    };
+    let session = Arc::new(Session::new(inner.clone(), launched, journal, stop.clone()));
+    let deadline = run.deadline_ms.map(|d| {
+        let now = inner.store.clock().now_ms();
+        Duration::from_millis(d.saturating_sub(now))
+    });
+    let deadline = async move {
+        match deadline {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let answer = |call: hearth_sandbox::TunnelCall| {
+        let session = session.clone();
+        tokio::spawn(async move {
+            let (status, body) = session
+                .answer(call.method(), call.path(), call.body())
+                .await;
+            call.respond(status, Some("application/json"), body).await;
+        });
+    };
+    let mut end = loop {
+        tokio::select! {
+            call = tunnel.next() => match call {
+                Some(call) => answer(call),
+                None => break End::VmDied("the host channel to the VM closed".into()),
+            },
+            event = exec.next_event() => match event {
+                Ok(Some(ExecEvent::Stdout(bytes))) => log.push("stdout", &bytes),
+                Ok(Some(ExecEvent::Stderr(bytes))) => log.push("stderr", &bytes),
+                Ok(Some(ExecEvent::Started(_))) => {}
+                Ok(Some(ExecEvent::Exit(report))) => {
+                    let message = report.message.clone().unwrap_or_else(|| {
+                        format!("the program exited with status {}", report.code)
+                    });
+                    break End::Exited(report.code, message);
+                }
+                Ok(None) => break End::VmDied("the program's output ended without an exit".into()),
+                Err(error) => break End::VmDied(format!("the VM stopped answering: {error}")),
+            },
+            () = stop.cancelled() => break End::Stopped,
+            () = &mut deadline => break End::Deadline,
+        }
+    };
+    if matches!(end, End::Stopped) {
+        // Let the program hear its last answer and exit by itself, briefly.
+        let grace = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                call = tunnel.next() => match call {
+                    Some(call) => answer(call),
+                    None => break,
+                },
+                event = exec.next_event() => match event {
+                    Ok(Some(ExecEvent::Stdout(bytes))) => log.push("stdout", &bytes),
+                    Ok(Some(ExecEvent::Stderr(bytes))) => log.push("stderr", &bytes),
+                    Ok(Some(ExecEvent::Exit(report))) => {
+                        if session.stopped().is_none() {
+                            end = End::Exited(report.code, format!("the program exited with status {}", report.code));
+                        }
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                () = &mut grace => break,
+            }
+        }
+    }
+    let stopped = session.stopped();
+    (end, stopped, log)
+}
+
+/// Write the program's files and the run's persisted files into the VM.
+async fn install(
+    inner: &Inner,
+    program: &Program,
+    sandbox: &Sandbox,
+    dir: &str,
+    journal: &Journal,
+) -> Result<(), String> {
+    let mut files: Vec<(String, Bytes)> = program
+        .files
+        .iter()
+        .map(|(path, data)| (format!("{dir}/{path}"), Bytes::from(data.clone())))
+        .collect();
+    for (path, digest) in persisted_files(journal) {
+        let data = inner
+            .store
+            .blob(&digest)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        files.push((path, Bytes::from(data)));
+    }
+    for (path, data) in files {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            if !parent.is_empty() {
+                sandbox
+                    .mkdir(parent, true)
+                    .await
+                    .map_err(|e| format!("cannot create {parent} in the VM: {e}"))?;
+            }
+        }
+        sandbox
+            .write_file(&path, data)
+            .await
+            .map_err(|e| format!("cannot write {path} in the VM: {e}"))?;
+    }
+    Ok(())
+}

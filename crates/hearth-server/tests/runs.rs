@@ -1,0 +1,513 @@
+//! Durable runs against the fake VM driver (the real guest agent on the
+//! host): real programs (python3 with the `hearth_run` module) talk to the
+//! engine through the real tunnel; their "VMs" are killed at chosen
+//! moments, and the runs must resume from their journals without repeating
+//! a completed step.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use hearth_sandbox::HearthHome;
+use hearth_server::ids::SequentialIds;
+use hearth_server::runs::ProgramDir;
+use hearth_server::{Server, ServerOptions, ServerParts};
+use hearth_store::SystemClock;
+use hearth_vm::fake::FakeDriver;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    home: HearthHome,
+    driver: FakeDriver,
+    server: Option<Server>,
+    url: String,
+    http: reqwest::Client,
+}
+
+/// The directory holding `hearth_run.py`, for the programs' PYTHONPATH (a
+/// fake VM has the host's python3, without the image's module).
+fn hearth_run_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk/hearth-run")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let dir = tempfile::Builder::new()
+            .prefix("hr")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let home = HearthHome::new(dir.path().join("home"), dir.path().join("images"));
+        hearth_image::write_placeholder(home.images_dir(), "default").unwrap();
+        let driver = FakeDriver::locate().expect(
+            "the fake driver runs hearth-guest: build it with `cargo build -p hearth-guest`",
+        );
+        let mut options = ServerOptions::new(home.clone());
+        options.listen = "127.0.0.1:0".parse().unwrap();
+        options.lease_ttl = Duration::from_secs(2);
+        options.runs.hold = Duration::from_millis(1500);
+        options.runs.poll = Duration::from_millis(100);
+        options.runs.program_dir = ProgramDir::PerRun(dir.path().join("vm").display().to_string());
+        let parts = ServerParts {
+            driver: Arc::new(driver.clone()),
+            clock: SystemClock::shared(),
+            ids: Arc::new(SequentialIds::new("t")),
+            store: None,
+        };
+        let server = Server::start(options, parts).await.unwrap();
+        let url = format!("http://{}", server.addr());
+        Harness {
+            dir,
+            home,
+            driver,
+            server: Some(server),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.home.root().join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.token());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A scratch directory on the host that programs (fake VMs share the
+    /// host's filesystem) and the test both see.
+    fn shared(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join("shared").join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// Start `source` as a run with `input`; returns its id.
+    async fn start(&self, source: &str, input: Value) -> String {
+        let (status, run) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/runs",
+                Some(self.start_body(source, input)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run["id"].as_str().unwrap().to_string()
+    }
+
+    fn start_body(&self, source: &str, input: Value) -> Value {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(source);
+        json!({
+            "program": {"files": {"main.py": encoded}, "entry": "main.py"},
+            "input": input,
+            "env": {"PYTHONPATH": hearth_run_dir()},
+            "max_restarts": 3,
+        })
+    }
+
+    async fn run(&self, id: &str) -> Value {
+        let (status, run) = self
+            .call(reqwest::Method::GET, &format!("/v1/runs/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{run}");
+        run
+    }
+
+    /// Wait until run `id` is in `state`.
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let run = self.run(id).await;
+            if run["state"] == state {
+                return run;
+            }
+            if Instant::now() > deadline {
+                let (_, logs) = self
+                    .call(reqwest::Method::GET, &format!("/v1/runs/{id}/logs"), None)
+                    .await;
+                panic!("run {id} never became {state}: {run:#}\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `path` exists.
+    async fn wait_file(&self, path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kill the "VM" of run `id`'s current launch.
+    async fn kill_vm(&self, id: &str) {
+        let run = self.wait_state(id, "running").await;
+        let sandbox = run["sandbox_id"].as_str().unwrap().to_string();
+        assert!(self.driver.kill(&sandbox), "the VM {sandbox} was running");
+    }
+
+    /// Wait until no fake VM runs.
+    async fn wait_no_vm(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.driver.running().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "VMs still run: {:?}",
+                self.driver.running()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        assert!(
+            self.driver.running().is_empty(),
+            "no fake VM is left: {:?}",
+            self.driver.running()
+        );
+    }
+}
+
+const CHARGES: &str = r#"
+import os, sys, time, hearth_run
+
+ctx = hearth_run.context()
+shared = ctx.input["shared"]
+
+def charge(i):
+    with open(os.path.join(shared, "ledger"), "a") as f:
+        f.write(f"charge {i} launch {ctx.launch}\n")
+    return {"charged": i}
+
+results = []
+for i in range(5):
+    results.append(ctx.step("charge", charge, i))
+    if i == 2 and ctx.launch == 1:
+        open(os.path.join(shared, "after-3"), "w").close()
+        time.sleep(60)
+ctx.complete({"results": results, "launch": ctx.launch})
+"#;
+
+/// A program makes 5 charges; its VM is killed after the third is
+/// recorded; the run resumes in a fresh VM and each charge happened once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_vm_resumes_without_repeating_a_recorded_step() {
+    let h = Harness::new().await;
+    let shared = h.shared("charges");
+    let id = h
+        .start(CHARGES, json!({"shared": shared.display().to_string()}))
+        .await;
+    h.wait_file(&shared.join("after-3")).await;
+    h.kill_vm(&id).await;
+    let run = h.wait_state(&id, "completed").await;
+    let ledger = std::fs::read_to_string(shared.join("ledger")).unwrap();
+    let lines: Vec<_> = ledger.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "charge 0 launch 1",
+            "charge 1 launch 1",
+            "charge 2 launch 1",
+            "charge 3 launch 2",
+            "charge 4 launch 2",
+        ],
+        "every charge exactly once"
+    );
+    assert_eq!(run["launches"], 2);
+    assert_eq!(run["restarts"], 1);
+    let output = &run["output"];
+    assert_eq!(output["launch"], 2);
+    assert_eq!(output["results"][0], json!({"charged": 0}));
+    // The journal shows five succeeded steps with one attempt each, and the
+    // same idempotency key shape.
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 5);
+    for step in steps {
+        assert_eq!(step["state"], "succeeded", "{step}");
+        assert_eq!(step["attempts"].as_array().unwrap().len(), 1, "{step}");
+        assert!(step["idempotency_key"].as_str().unwrap().starts_with("hk_"));
+    }
+    // The events tell the story: a crash, a relaunch, the completion.
+    let (_, events) = h
+        .call(reqwest::Method::GET, &format!("/v1/runs/{id}/events"), None)
+        .await;
+    let kinds: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    let crash = kinds.iter().position(|k| k == "run.pending").unwrap();
+    assert!(
+        kinds[..crash].contains(&"run.exited".to_string()),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().unwrap(), "run.exited", "{kinds:?}");
+    assert!(kinds.contains(&"run.completed".to_string()), "{kinds:?}");
+    let (_, logs) = h
+        .call(reqwest::Method::GET, &format!("/v1/runs/{id}/logs"), None)
+        .await;
+    assert!(logs.as_str().unwrap().contains("run.completed"), "{logs}");
+    h.stop().await;
+}
+
+/// A sleep past the hold threshold releases the VM: no sandbox runs while
+/// the run waits, and it completes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_sleep_holds_no_vm() {
+    let h = Harness::new().await;
+    let program = r#"
+import hearth_run
+ctx = hearth_run.context()
+before = ctx.now()
+ctx.sleep(3)
+after = ctx.now()
+ctx.complete({"slept": after - before, "launch": ctx.launch})
+"#;
+    let id = h.start(program, json!(null)).await;
+    let run = h.wait_state(&id, "waiting").await;
+    assert_eq!(run["waiting_for"]["reason"], "sleep");
+    assert!(run["wake_ms"].as_u64().is_some());
+    // No VM while it waits.
+    h.wait_no_vm().await;
+    let (_, sandboxes) = h
+        .call(reqwest::Method::GET, "/v1/sandboxes?state=running", None)
+        .await;
+    assert_eq!(sandboxes["sandboxes"].as_array().unwrap().len(), 0);
+    let run = h.wait_state(&id, "completed").await;
+    let slept = run["output"]["slept"].as_f64().unwrap();
+    assert!(slept >= 3.0, "slept {slept} s");
+    assert_eq!(run["output"]["launch"], 2, "relaunched after the sleep");
+    h.stop().await;
+}
+
+/// A run waiting for a signal holds no VM; the signal resumes it with its
+/// payload. A signal to an ended run is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_resumes_a_waiting_run_with_its_payload() {
+    let h = Harness::new().await;
+    let program = r#"
+import hearth_run
+ctx = hearth_run.context()
+data = ctx.wait_signal("approve")
+ctx.complete({"approved": data})
+"#;
+    let id = h.start(program, json!(null)).await;
+    let run = h.wait_state(&id, "waiting").await;
+    assert_eq!(run["waiting_for"]["on"], "approve");
+    h.wait_no_vm().await;
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/signals/approve"),
+            Some(json!({"data": {"by": "ana"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(run["output"], json!({"approved": {"by": "ana"}}));
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/signals/approve"),
+            Some(json!({"data": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("ended"));
+    h.stop().await;
+}
+
+/// A program that takes another path on replay (here: it branches on a
+/// file it did not record, as it would on random.random()) fails with a
+/// non-determinism error naming both steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_diverges_on_replay_fails_naming_both_steps() {
+    let h = Harness::new().await;
+    let shared = h.shared("diverge");
+    let program = r#"
+import os, time, hearth_run
+ctx = hearth_run.context()
+flag = os.path.join(ctx.input["shared"], "flag")
+branch = "left" if not os.path.exists(flag) else "right"
+open(flag, "w").close()
+ctx.step(branch, lambda: 1)
+open(os.path.join(ctx.input["shared"], "stepped"), "w").close()
+time.sleep(60)
+"#;
+    let id = h
+        .start(program, json!({"shared": shared.display().to_string()}))
+        .await;
+    h.wait_file(&shared.join("stepped")).await;
+    h.kill_vm(&id).await;
+    let run = h.wait_state(&id, "failed").await;
+    assert_eq!(run["error"]["code"], "non_determinism", "{run}");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"left\"") && message.contains("\"right\""),
+        "{message}"
+    );
+    h.stop().await;
+}
+
+/// An unsafe step cut off by a VM death stops the run for a decision;
+/// each decision does what it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_step_with_an_unknown_outcome_waits_for_a_decision() {
+    let h = Harness::new().await;
+    let program = r#"
+import os, time, hearth_run
+ctx = hearth_run.context()
+shared = ctx.input["shared"]
+def send():
+    with open(os.path.join(shared, "sent"), "a") as f:
+        f.write(f"launch {ctx.launch}\n")
+    if ctx.launch == 1:
+        time.sleep(60)
+    return "sent"
+try:
+    result = ctx.step("email", send, effect="unsafe")
+except hearth_run.StepFailed as e:
+    result = f"failed: {e.error['message']}"
+ctx.complete({"result": result})
+"#;
+    for (decision, expected) in [
+        (
+            json!({"step": 0, "decision": "skip", "result": "skipped"}),
+            json!("skipped"),
+        ),
+        (json!({"step": 0, "decision": "retry"}), json!("sent")),
+        (
+            json!({"step": 0, "decision": "fail", "message": "not sent"}),
+            json!("failed: not sent"),
+        ),
+    ] {
+        let shared = h.shared(decision["decision"].as_str().unwrap());
+        let id = h
+            .start(program, json!({"shared": shared.display().to_string()}))
+            .await;
+        h.wait_file(&shared.join("sent")).await;
+        h.kill_vm(&id).await;
+        let run = h.wait_state(&id, "needs_attention").await;
+        assert_eq!(run["steps"][0]["state"], "indeterminate", "{run}");
+        // Resolving a step that is not indeterminate is refused.
+        let (status, body) = h
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{id}/resolve"),
+                Some(json!({"step": 5, "decision": "retry"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (status, body) = h
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{id}/resolve"),
+                Some(decision.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let run = h.wait_state(&id, "completed").await;
+        assert_eq!(run["output"]["result"], expected, "{decision}");
+        let sent = std::fs::read_to_string(shared.join("sent")).unwrap();
+        let times = sent.lines().count();
+        let expected_times = if decision["decision"] == "retry" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(times, expected_times, "{decision}: {sent}");
+    }
+    h.stop().await;
+}
+
+/// Bad requests get clear errors and corrupt nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let h = Harness::new().await;
+    // A program whose entry is not among its files.
+    let mut body = h.start_body("print(1)", json!(null));
+    body["program"]["entry"] = json!("nope.py");
+    let (status, error) = h.call(reqwest::Method::POST, "/v1/runs", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nope.py"));
+    // Malformed JSON input.
+    let response = h
+        .http
+        .post(format!("{}/v1/runs", h.url))
+        .bearer_auth(h.token())
+        .header("content-type", "application/json")
+        .body("{\"program\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Unknown run.
+    let (status, _) = h
+        .call(reqwest::Method::GET, "/v1/runs/run-nope", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The run endpoint serves only its own run.
+    let program = r#"
+import json, os, urllib.request, urllib.error, hearth_run
+url = os.environ["HEARTH_RUN_URL"]
+other = url.rsplit("/", 1)[0] + "/run-someone-else/"
+try:
+    urllib.request.urlopen(other)
+    answer = "reached"
+except urllib.error.HTTPError as e:
+    answer = [e.code, json.load(e)["error"]["code"]]
+try:
+    urllib.request.urlopen(url.split("/v1/")[0] + "/v1/sandboxes")
+except urllib.error.HTTPError as e:
+    answer.append(e.code)
+hearth_run.context().complete(answer)
+"#;
+    let id = h.start(program, json!(null)).await;
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(run["output"], json!([403, "other_run", 404]));
+    h.stop().await;
+}
