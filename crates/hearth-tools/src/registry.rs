@@ -299,7 +299,8 @@ fn deserialize<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, 
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        let inner = inner.trim_end();
+        // toml adds "in `key`" lines; the path already says where.
+        let inner = inner.lines().next().unwrap_or_default().trim_end();
         if path == "." {
             inner.to_owned()
         } else {
