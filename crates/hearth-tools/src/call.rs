@@ -27,6 +27,13 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
 /// message.
 const ERROR_BODY_PREVIEW: usize = 500;
 
+/// Whether the HTTP client can speak TLS. The workspace builds `reqwest`
+/// without a TLS feature, so `https://` calls fail at once with class
+/// `unsupported` rather than as a retryable connection error. Turn this on
+/// together with a TLS feature (the test
+/// `https_is_refused_until_tls_is_built_in` says when).
+const TLS_SUPPORTED: bool = false;
+
 /// What one attempt sent and got, for the journal: a summary, never the
 /// headers (they may hold secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +187,15 @@ impl ToolGateway {
         record.method = prepared.method.to_string();
         record.url = prepared.url.to_string();
         record.request_bytes = prepared.body.as_ref().map_or(0, |b| b.len() as u64);
+        if prepared.url.scheme() == "https" && !TLS_SUPPORTED {
+            return Err(StepError::permanent(
+                "unsupported",
+                format!(
+                    "{}: this build of Hearth cannot call https:// URLs (its HTTP client has no TLS support)",
+                    prepared.url
+                ),
+            ));
+        }
         self.check_literal_host(&prepared.url)?;
 
         let what = format!("{} {}", prepared.method, prepared.url);
