@@ -359,7 +359,9 @@ fn check_tool(
         .iter()
         .map(|part| match part {
             UrlPart::Literal(text) => text.as_str(),
-            UrlPart::Param(_) => "x",
+            // A digit fits every place a placeholder may stand: a path
+            // segment, a query value, a port.
+            UrlPart::Param(_) => "1",
         })
         .collect();
     match url::Url::parse(&sample) {
@@ -501,7 +503,8 @@ fn check_http_args(args: &serde_json::Map<String, Value>) -> Result<(), ArgsErro
         field: field.to_owned(),
         message,
     };
-    let method = args["method"].as_str().unwrap_or_default();
+    let text = |field: &str| args.get(field).and_then(Value::as_str).unwrap_or_default();
+    let method = text("method");
     if !METHODS.contains(&method.to_ascii_uppercase().as_str()) {
         return Err(invalid(
             "method",
@@ -511,7 +514,7 @@ fn check_http_args(args: &serde_json::Map<String, Value>) -> Result<(), ArgsErro
             ),
         ));
     }
-    let url = args["url"].as_str().unwrap_or_default();
+    let url = text("url");
     match url::Url::parse(url) {
         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
         Ok(_) => {

@@ -87,6 +87,18 @@ fn a_good_config_loads_with_its_defaults() {
 }
 
 #[test]
+fn placeholders_may_stand_for_a_port() {
+    let registry = load(
+        "[[tool]]\nname = \"t\"\nurl = \"http://ledger.test:{port}/charges/{account}\"\n[tool.params]\nport = { type = \"integer\", required = true }\naccount = { type = \"string\", required = true }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        registry.check_args("t", &json!({"port": 8080, "account": "a"})),
+        Ok(())
+    );
+}
+
+#[test]
 fn effects_and_retry_policies_follow_the_declaration_and_the_method() {
     let registry = load(CHARGE).unwrap();
     let args = json!({"account": "a", "amount": 1});
