@@ -41,6 +41,10 @@ fn hearth_run_dir() -> String {
 
 impl Harness {
     async fn new() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut ServerOptions)) -> Harness {
         let dir = tempfile::Builder::new()
             .prefix("hr")
             .tempdir_in("/tmp")
@@ -56,6 +60,7 @@ impl Harness {
         options.runs.hold = Duration::from_millis(1500);
         options.runs.poll = Duration::from_millis(100);
         options.runs.program_dir = ProgramDir::PerRun(dir.path().join("vm").display().to_string());
+        tweak(&mut options);
         let parts = ServerParts {
             driver: Arc::new(driver.clone()),
             clock: SystemClock::shared(),
@@ -183,6 +188,27 @@ impl Harness {
         assert!(self.driver.kill(&sandbox), "the VM {sandbox} was running");
     }
 
+    /// Wait until run `id` has `count` events of `kind`; every event kind.
+    async fn wait_events(&self, id: &str, kind: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, events) = self
+                .call(reqwest::Method::GET, &format!("/v1/runs/{id}/events"), None)
+                .await;
+            let kinds: Vec<String> = events["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap().to_string())
+                .collect();
+            if kinds.iter().filter(|k| *k == kind).count() >= count {
+                return kinds;
+            }
+            assert!(Instant::now() < deadline, "{kinds:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until no fake VM runs.
     async fn wait_no_vm(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -267,16 +293,9 @@ async fn a_killed_vm_resumes_without_repeating_a_recorded_step() {
         assert_eq!(step["attempts"].as_array().unwrap().len(), 1, "{step}");
         assert!(step["idempotency_key"].as_str().unwrap().starts_with("hk_"));
     }
-    // The events tell the story: a crash, a relaunch, the completion.
-    let (_, events) = h
-        .call(reqwest::Method::GET, &format!("/v1/runs/{id}/events"), None)
-        .await;
-    let kinds: Vec<_> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
-        .collect();
+    // The events tell the story: a crash, a relaunch, the completion, and
+    // each launch's end (the last recorded once its VM is gone).
+    let kinds = h.wait_events(&id, "run.exited", 2).await;
     let crash = kinds.iter().position(|k| k == "run.pending").unwrap();
     assert!(
         kinds[..crash].contains(&"run.exited".to_string()),
@@ -510,4 +529,237 @@ hearth_run.context().complete(answer)
     let run = h.wait_state(&id, "completed").await;
     assert_eq!(run["output"], json!([403, "other_run", 404]));
     h.stop().await;
+}
+
+/// The ledger: a payments stub on 127.0.0.1 that records every charge with
+/// its idempotency key, answers a repeated key with the original answer
+/// without charging again, and can hold the answer to one amount (a call
+/// in flight when a VM dies).
+#[derive(Default)]
+struct LedgerState {
+    /// Every request: (idempotency key, amount).
+    requests: Vec<(String, u64)>,
+    /// Charges made, by key.
+    charges: std::collections::HashMap<String, Value>,
+    /// Hold the first answer for this amount.
+    hold: Option<u64>,
+}
+
+type Ledger = Arc<std::sync::Mutex<LedgerState>>;
+
+async fn ledger_charge(
+    axum::extract::State(ledger): axum::extract::State<Ledger>,
+    headers: axum::http::HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let amount = body["amount"].as_u64().unwrap_or_default();
+    let (answer, hold) = {
+        let mut state = ledger.lock().unwrap();
+        state.requests.push((key.clone(), amount));
+        if let Some(answer) = state.charges.get(&key) {
+            return axum::Json(answer.clone()).into_response();
+        }
+        let answer = json!({"charged": amount, "key": key});
+        state.charges.insert(key, answer.clone());
+        let hold = state.hold == Some(amount);
+        if hold {
+            state.hold = None;
+        }
+        (answer, hold)
+    };
+    if hold {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    axum::Json(answer).into_response()
+}
+
+async fn start_ledger() -> (Ledger, String) {
+    let ledger = Ledger::default();
+    let app = axum::Router::new()
+        .route("/charges", axum::routing::post(ledger_charge))
+        .with_state(ledger.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (ledger, format!("http://{addr}"))
+}
+
+/// A server whose tools are `charge` (not idempotent) and `charge_idem`
+/// (idempotent), both posting to the ledger; loopback is allowed, as an
+/// operator would allow a private range.
+async fn with_ledger() -> (Harness, Ledger) {
+    let (ledger, url) = start_ledger().await;
+    let config = format!(
+        r#"
+[[tool]]
+name = "charge"
+url = "{url}/charges"
+idempotent = false
+timeout = "60s"
+[tool.params]
+amount = {{ type = "integer", required = true }}
+
+[[tool]]
+name = "charge_idem"
+url = "{url}/charges"
+idempotent = true
+timeout = "60s"
+[tool.params]
+amount = {{ type = "integer", required = true }}
+"#
+    );
+    let registry = hearth_tools::ToolRegistry::from_str(&config).unwrap();
+    let egress = hearth_tools::EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    let gateway = hearth_tools::ToolGateway::new(registry, egress).unwrap();
+    let h = Harness::with(|options| options.runs.tools = Arc::new(gateway)).await;
+    (h, ledger)
+}
+
+const TOOL_CHARGES: &str = r#"
+import os, time, hearth_run
+ctx = hearth_run.context()
+shared = ctx.input["shared"]
+tool = ctx.input["tool"]
+results = []
+for amount in range(1, 6):
+    if amount == 4:
+        open(os.path.join(shared, "before-4"), "w").close()
+    try:
+        results.append(ctx.tool(tool, amount=amount))
+    except hearth_run.ToolFailed as e:
+        results.append({"failed": e.error["message"]})
+    if amount == 3 and ctx.launch == 1 and ctx.input.get("kill_after_3"):
+        open(os.path.join(shared, "after-3"), "w").close()
+        time.sleep(60)
+ctx.complete(results)
+"#;
+
+fn keys_once(ledger: &Ledger) -> Vec<(String, u64)> {
+    ledger.lock().unwrap().requests.clone()
+}
+
+/// Five tool calls, the VM killed after the third is recorded: the run
+/// completes and the ledger saw exactly five charges, each once, each
+/// with its own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_are_not_repeated_after_a_vm_death() {
+    let (h, ledger) = with_ledger().await;
+    let shared = h.shared("tools");
+    let id = h
+        .start(
+            TOOL_CHARGES,
+            json!({"shared": shared.display().to_string(), "tool": "charge", "kill_after_3": true}),
+        )
+        .await;
+    h.wait_file(&shared.join("after-3")).await;
+    h.kill_vm(&id).await;
+    let run = h.wait_state(&id, "completed").await;
+    let requests = keys_once(&ledger);
+    let amounts: Vec<u64> = requests.iter().map(|(_, a)| *a).collect();
+    assert_eq!(amounts, [1, 2, 3, 4, 5], "each charge once: {requests:?}");
+    let keys: std::collections::BTreeSet<_> = requests.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), 5, "a key per call");
+    assert_eq!(run["output"][4]["body"]["charged"], 5, "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["name"], "tool:charge");
+    assert_eq!(steps[0]["idempotency_key"], json!(requests[0].0));
+    h.stop().await;
+}
+
+/// The VM dies while call 4 is in flight. An idempotent tool is called
+/// again with the same key (the ledger deduplicates); a tool that is not
+/// stops the run for a decision, never a silent second call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_when_the_vm_dies_is_retried_only_if_idempotent() {
+    let (h, ledger) = with_ledger().await;
+
+    // Idempotent: retried with the same key.
+    ledger.lock().unwrap().hold = Some(4);
+    let shared = h.shared("idem");
+    let id = h
+        .start(
+            TOOL_CHARGES,
+            json!({"shared": shared.display().to_string(), "tool": "charge_idem"}),
+        )
+        .await;
+    wait_for_request(&ledger, 4, 0).await;
+    h.kill_vm(&id).await;
+    let run = h.wait_state(&id, "completed").await;
+    let requests = keys_once(&ledger);
+    let fours: Vec<_> = requests.iter().filter(|(_, a)| *a == 4).collect();
+    assert_eq!(fours.len(), 2, "retried once: {requests:?}");
+    assert_eq!(fours[0].0, fours[1].0, "with the same key");
+    assert_eq!(ledger.lock().unwrap().charges.len(), 5, "charged once each");
+    assert_eq!(run["steps"][3]["attempts"].as_array().unwrap().len(), 2);
+
+    // Not idempotent: the run stops for a decision; each decision does
+    // what it says.
+    for decision in ["skip", "retry", "fail"] {
+        let ledger_before = keys_once(&ledger).len();
+        ledger.lock().unwrap().hold = Some(4);
+        let shared = h.shared(&format!("unsafe-{decision}"));
+        let id = h
+            .start(
+                TOOL_CHARGES,
+                json!({"shared": shared.display().to_string(), "tool": "charge"}),
+            )
+            .await;
+        wait_for_request(&ledger, 4, ledger_before).await;
+        h.kill_vm(&id).await;
+        let run = h.wait_state(&id, "needs_attention").await;
+        assert_eq!(run["steps"][3]["state"], "indeterminate", "{run}");
+        let body = match decision {
+            "skip" => {
+                json!({"step": 3, "decision": "skip", "result": {"charged": 4, "by": "hand"}})
+            }
+            "retry" => json!({"step": 3, "decision": "retry"}),
+            _ => json!({"step": 3, "decision": "fail", "message": "refunded by hand"}),
+        };
+        let (status, answer) = h
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{id}/resolve"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let run = h.wait_state(&id, "completed").await;
+        let requests = keys_once(&ledger)[ledger_before..].to_vec();
+        let fours = requests.iter().filter(|(_, a)| *a == 4).count();
+        match decision {
+            "skip" => {
+                assert_eq!(fours, 1, "not called again: {requests:?}");
+                assert_eq!(run["output"][3], json!({"charged": 4, "by": "hand"}));
+            }
+            "retry" => {
+                assert_eq!(fours, 2, "called again, with its key: {requests:?}");
+                assert_eq!(run["output"][3]["body"]["charged"], 4);
+            }
+            _ => {
+                assert_eq!(fours, 1, "not called again: {requests:?}");
+                assert_eq!(run["output"][3], json!({"failed": "refunded by hand"}));
+            }
+        }
+        assert_eq!(run["output"][4]["body"]["charged"], 5, "{run}");
+    }
+    h.stop().await;
+}
+
+/// Wait for a request for `amount` among the requests after the first
+/// `after`.
+async fn wait_for_request(ledger: &Ledger, amount: u64, after: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ledger.lock().unwrap().requests[after..]
+        .iter()
+        .any(|(_, a)| *a == amount)
+    {
+        assert!(Instant::now() < deadline, "no request for {amount}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

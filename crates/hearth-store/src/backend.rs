@@ -191,11 +191,14 @@ pub(crate) trait RunBackend {
         now: u64,
     ) -> Result<std::result::Result<Vec<(RunRecord, Event)>, String>>;
 
-    /// Write steps of a running run owned by `lease`, with their events.
+    /// Write steps of a running run owned by `lease` and on launch
+    /// `launch`, with their events.
+    #[allow(clippy::too_many_arguments)]
     async fn put_steps(
         &self,
         run_id: &str,
         lease: &Lease,
+        launch: u32,
         steps: &[StepRow],
         events: &[NewEvent],
         now: u64,

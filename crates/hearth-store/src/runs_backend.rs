@@ -193,6 +193,7 @@ macro_rules! impl_run_backend {
                 &self,
                 run_id: &str,
                 lease: &Lease,
+                launch: u32,
                 steps: &[StepRow],
                 events: &[NewEvent],
                 now: u64,
@@ -202,16 +203,16 @@ macro_rules! impl_run_backend {
                     return Ok(Err(RunRefusal::Fenced(refusal)));
                 }
                 let select = format!(
-                    "SELECT state, node_id, node_epoch, sandbox_id FROM runs WHERE id = $1{}",
+                    "SELECT state, node_id, node_epoch, sandbox_id, launches FROM runs WHERE id = $1{}",
                     $lock_row
                 );
-                let owner: Option<(String, Option<String>, Option<i64>, Option<String>)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(select))
-                        .bind(run_id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(query("reading a run"))?;
-                let Some((state, node, epoch, sandbox)) = owner else {
+                type Owner = (String, Option<String>, Option<i64>, Option<String>, i64);
+                let owner: Option<Owner> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                    .bind(run_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query("reading a run"))?;
+                let Some((state, node, epoch, sandbox, launches)) = owner else {
                     return Ok(Err(RunRefusal::NotFound));
                 };
                 // Running, or claimed and about to launch (steps whose
@@ -223,6 +224,13 @@ macro_rules! impl_run_backend {
                     owner_refusal(RunWriter::Owner(lease), (node.as_deref(), epoch))
                 {
                     return Ok(Err(RunRefusal::NotOwner(reason)));
+                }
+                // A launch that is over (its VM died, the run moved on to
+                // another launch) writes nothing, even on the same node.
+                if launches != i64::from(launch) {
+                    return Ok(Err(RunRefusal::NotOwner(format!(
+                        "launch {launch} is over: the run is on launch {launches}"
+                    ))));
                 }
                 for step in steps {
                     if let Some((digest, data)) = &step.result_blob {

@@ -154,6 +154,7 @@ impl Store {
         &self,
         run_id: &str,
         lease: &Lease,
+        launch: u32,
         steps: &[StepRecord],
     ) -> Result<Vec<Event>> {
         let rows: Vec<StepRow> = steps
@@ -165,7 +166,7 @@ impl Store {
             .map(|s| NewEvent::of(&EventPayload::of_step(s)))
             .collect();
         let now = self.now();
-        match on_engine!(self, b => b.put_steps(run_id, lease, &rows, &events, now))? {
+        match on_engine!(self, b => b.put_steps(run_id, lease, launch, &rows, &events, now))? {
             Ok(events) => Ok(events),
             Err(RunRefusal::NotFound) => Err(StoreError::RunNotFound(run_id.to_string())),
             Err(RunRefusal::StateMoved) => {

@@ -188,7 +188,7 @@ async fn a_run_and_its_journal_are_recorded_with_events(db: TestDatabase) {
 
     // Steps: started, then succeeded; the record round-trips exactly.
     store
-        .put_steps("run-1", &a, &[step(0, StepState::Started, None)])
+        .put_steps("run-1", &a, 1, &[step(0, StepState::Started, None)])
         .await
         .unwrap();
     let done = step(0, StepState::Succeeded, Some(json!({"charged": 500})));
@@ -196,6 +196,7 @@ async fn a_run_and_its_journal_are_recorded_with_events(db: TestDatabase) {
         .put_steps(
             "run-1",
             &a,
+            1,
             &[done.clone(), step(1, StepState::Started, None)],
         )
         .await
@@ -233,6 +234,7 @@ async fn a_run_and_its_journal_are_recorded_with_events(db: TestDatabase) {
         .put_steps(
             "run-1",
             &a,
+            1,
             &[step(1, StepState::Succeeded, Some(json!(1)))],
         )
         .await
@@ -413,7 +415,7 @@ async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
         .unwrap();
     launch(&store, &a, "run-1").await;
     store
-        .put_steps("run-1", &a, &[step(0, StepState::Started, None)])
+        .put_steps("run-1", &a, 1, &[step(0, StepState::Started, None)])
         .await
         .unwrap();
     // B may not write A's run, owner or not.
@@ -421,6 +423,7 @@ async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
         .put_steps(
             "run-1",
             &b,
+            1,
             &[step(0, StepState::Succeeded, Some(json!(1)))],
         )
         .await
@@ -452,6 +455,7 @@ async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
         .put_steps(
             "run-1",
             &a,
+            1,
             &[step(0, StepState::Succeeded, Some(json!(1)))],
         )
         .await
@@ -472,10 +476,18 @@ async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
         .put_steps(
             "run-1",
             &b,
+            2,
             &[step(0, StepState::Succeeded, Some(json!(2)))],
         )
         .await
         .unwrap();
+    // A launch that is over writes nothing, even on the node that owns
+    // the run now.
+    let error = store
+        .put_steps("run-1", &b, 1, &[step(0, StepState::Failed, None)])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("launch 1 is over"), "{error}");
     assert_eq!(
         store.steps("run-1").await.unwrap()[0].result,
         Some(json!(2))
@@ -611,7 +623,7 @@ async fn large_results_are_stored_once_as_blobs(db: TestDatabase) {
     let steps: Vec<_> = (0..2)
         .map(|seq| step(seq, StepState::Succeeded, Some(big.clone())))
         .collect();
-    store.put_steps("run-1", &a, &steps).await.unwrap();
+    store.put_steps("run-1", &a, 1, &steps).await.unwrap();
     let journal = store.steps("run-1").await.unwrap();
     assert_eq!(journal, steps);
     // Same bytes, same digest: stored once.

@@ -124,7 +124,9 @@ async fn try_launch(
             .iter()
             .filter_map(|seq| journal.step(*seq).cloned())
             .collect();
-        store.put_steps(&run.id, lease, &steps).await?;
+        store
+            .put_steps(&run.id, lease, run.launches, &steps)
+            .await?;
     }
     if let Some(step) = journal.needs_decision() {
         let change = RunChange {
@@ -483,6 +485,9 @@ async fn run_program(
             }
         }
     }
+    // The launch is over: calls still in flight (a tool call the VM's
+    // death cut off) are abandoned and can record nothing.
+    stop.cancel();
     let stopped = session.stopped();
     (end, stopped, log)
 }

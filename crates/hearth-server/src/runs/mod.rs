@@ -31,7 +31,7 @@ use hearth_store::{
 
 use crate::manager::SandboxManager;
 pub use launch::ProgramDir;
-pub use tools::{NoTools, ToolBox};
+pub use tools::{default_tools, NoTools, ToolBox};
 
 /// How runs behave on this node.
 #[derive(Clone)]
@@ -69,7 +69,7 @@ impl std::fmt::Debug for RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            tools: Arc::new(NoTools),
+            tools: tools::default_tools(),
             hold: Duration::from_secs(2),
             max_active: 16,
             poll: Duration::from_millis(500),

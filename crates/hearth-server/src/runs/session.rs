@@ -187,7 +187,12 @@ impl Session {
         match self
             .engine
             .store
-            .put_steps(&self.run.id, &self.lease, std::slice::from_ref(step))
+            .put_steps(
+                &self.run.id,
+                &self.lease,
+                self.launch,
+                std::slice::from_ref(step),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -624,7 +629,7 @@ impl Session {
         key: &str,
     ) -> Answer {
         let seq = step.seq;
-        let policy = self.engine.tools.retry_policy(name);
+        let policy = self.engine.tools.retry_policy(name, args);
         let mut attempt = first_attempt;
         loop {
             self.begin(journal, step).await?;
