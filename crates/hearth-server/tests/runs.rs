@@ -46,7 +46,7 @@ impl Harness {
 
     async fn with(tweak: impl FnOnce(&mut ServerOptions)) -> Harness {
         let dir = tempfile::Builder::new()
-            .prefix("hr")
+            .prefix("hh")
             .tempdir_in("/tmp")
             .unwrap();
         let home = HearthHome::new(dir.path().join("home"), dir.path().join("images"));
@@ -133,13 +133,32 @@ impl Harness {
     }
 
     fn start_body(&self, source: &str, input: Value) -> Value {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(source);
+        self.files_body(&[("main.py", source)], input)
+    }
+
+    fn files_body(&self, files: &[(&str, &str)], input: Value) -> Value {
+        let files: serde_json::Map<String, Value> = files
+            .iter()
+            .map(|(name, source)| {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(source);
+                (name.to_string(), Value::String(encoded))
+            })
+            .collect();
         json!({
-            "program": {"files": {"main.py": encoded}, "entry": "main.py"},
+            "program": {"files": files, "entry": "main.py"},
             "input": input,
             "env": {"PYTHONPATH": hearth_run_dir()},
             "max_restarts": 3,
         })
+    }
+
+    /// Start a run from `body`; returns its id.
+    async fn start_with(&self, body: Value) -> String {
+        let (status, run) = self
+            .call(reqwest::Method::POST, "/v1/runs", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run["id"].as_str().unwrap().to_string()
     }
 
     async fn run(&self, id: &str) -> Value {
@@ -762,4 +781,180 @@ async fn wait_for_request(ledger: &Ledger, amount: u64, after: usize) {
         assert!(Instant::now() < deadline, "no request for {amount}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+const PARENT: &str = r#"
+import hearth_run
+ctx = hearth_run.context()
+children = [ctx.spawn("child.py", input={"n": n}, name=f"child-{n}") for n in range(3)]
+results = []
+for child in children:
+    try:
+        results.append(child.result())
+    except hearth_run.ChildFailed as e:
+        results.append({"failed": e.error["message"]})
+ctx.complete(results)
+"#;
+
+const CHILD: &str = r#"
+import hearth_run
+ctx = hearth_run.context()
+n = ctx.input["n"]
+value = ctx.step("square", lambda: n * n)
+if n == 1:
+    raise SystemExit("child 1 fails on purpose")
+ctx.complete({"n": n, "square": value})
+"#;
+
+/// A parent with three children running in parallel, one of which fails:
+/// the parent sees that child's failure where it awaits it, and the
+/// others' results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_awaits_its_children_and_sees_a_failure() {
+    let h = Harness::new().await;
+    let mut body = h.files_body(&[("main.py", PARENT), ("child.py", CHILD)], json!(null));
+    body["max_restarts"] = json!(0);
+    let id = h.start_with(body).await;
+    let run = h.wait_state(&id, "completed").await;
+    let output = run["output"].as_array().unwrap();
+    assert_eq!(output[0], json!({"n": 0, "square": 0}));
+    assert!(
+        output[1]["failed"]
+            .as_str()
+            .unwrap()
+            .contains("relaunches are used up"),
+        "{output:?}"
+    );
+    assert_eq!(output[2], json!({"n": 2, "square": 4}));
+    let (_, children) = h
+        .call(reqwest::Method::GET, &format!("/v1/runs?parent={id}"), None)
+        .await;
+    let children = children["runs"].as_array().unwrap();
+    assert_eq!(
+        children.len(),
+        3,
+        "one child per spawn, even across relaunches"
+    );
+    h.stop().await;
+}
+
+/// Cancelling a parent cancels its children, and a run's VM is killed at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_parent_cancels_its_children_and_kills_vms() {
+    let h = Harness::new().await;
+    let parent = r#"
+import hearth_run
+ctx = hearth_run.context()
+kids = [ctx.spawn("child.py", input=n) for n in range(2)]
+ctx.complete([k.result() for k in kids])
+"#;
+    let child = r#"
+import time, hearth_run
+ctx = hearth_run.context()
+time.sleep(120)
+"#;
+    let id = h
+        .start_with(h.files_body(&[("main.py", parent), ("child.py", child)], json!(null)))
+        .await;
+    // Wait for both children to run in their VMs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let children = loop {
+        let (_, list) = h
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/runs?parent={id}&state=running"),
+                None,
+            )
+            .await;
+        let running = list["runs"].as_array().unwrap().clone();
+        if running.len() == 2 {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "children never ran: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, run) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(json!({"by": "test"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    assert_eq!(run["cancelled_by"], "test");
+    for child in &children {
+        let child = h
+            .wait_state(child["id"].as_str().unwrap(), "cancelled")
+            .await;
+        assert_eq!(child["cancelled_by"], json!(format!("parent {id}")));
+    }
+    h.wait_no_vm().await;
+    // Cancelling again says it has ended.
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    h.stop().await;
+}
+
+/// A persisted file survives a VM death and is in place when the program
+/// starts again; a file it did not persist is gone with the VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_file_survives_a_vm_death() {
+    let h = Harness::new().await;
+    let shared = h.shared("persist");
+    let program = r#"
+import os, time, hearth_run
+ctx = hearth_run.context()
+state = os.path.join(os.getcwd(), "state.txt")
+scratch = os.path.join(os.getcwd(), "scratch.txt")
+if ctx.launch == 1:
+    with open(state, "w") as f:
+        f.write("model weights v1")
+    with open(scratch, "w") as f:
+        f.write("not persisted")
+    ctx.persist(state)
+    open(os.path.join(ctx.input["shared"], "persisted"), "w").close()
+    time.sleep(60)
+else:
+    ctx.persist(state)
+with open(state) as f:
+    restored = f.read()
+ctx.complete({"restored": restored, "scratch_left": os.path.exists(scratch), "launch": ctx.launch})
+"#;
+    let id = h
+        .start(program, json!({"shared": shared.display().to_string()}))
+        .await;
+    h.wait_file(&shared.join("persisted")).await;
+    h.kill_vm(&id).await;
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(
+        run["output"],
+        json!({"restored": "model weights v1", "scratch_left": false, "launch": 2})
+    );
+    h.stop().await;
+}
+
+/// A run past its deadline fails cleanly, even while it waits with no VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_fails_a_waiting_run() {
+    let h = Harness::new().await;
+    let program = r#"
+import hearth_run
+ctx = hearth_run.context()
+ctx.wait_signal("never")
+"#;
+    let mut body = h.start_body(program, json!(null));
+    body["deadline_seconds"] = json!(2);
+    let id = h.start_with(body).await;
+    h.wait_state(&id, "waiting").await;
+    let run = h.wait_state(&id, "failed").await;
+    assert_eq!(run["error"]["code"], "deadline", "{run}");
+    h.stop().await;
 }

@@ -33,6 +33,10 @@ pub enum Command {
     /// Run commands in sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Durable runs: programs whose every step is journaled, resumed in a
+    /// fresh VM after any crash.
+    #[command(subcommand)]
+    Run(RunCommand),
     /// Kill VMs and remove files left behind by Hearth processes that died.
     Gc,
     /// Run the sandbox API server.
@@ -95,6 +99,170 @@ pub struct ServeArgs {
     /// a cluster the same file so that they accept the same token.
     #[arg(long, env = "HEARTH_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Tools durable runs may call (a TOML file; see docs/run-endpoint.md);
+    /// the built-in `http` tool is always there.
+    #[arg(long, env = "HEARTH_TOOLS", value_name = "FILE")]
+    pub tools: Option<PathBuf>,
+    /// Let tools reach this address range, which is refused by default
+    /// (loopback, private, link-local, metadata) (repeatable).
+    #[arg(long = "egress-allow-cidr", value_name = "CIDR")]
+    pub egress_allow_cidr: Vec<String>,
+    /// A sleep or retry wait up to this long keeps a run's VM; a longer one
+    /// releases it and the run waits as a row.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub run_hold: std::time::Duration,
+}
+
+/// `hearth run ...`.
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run of a program (a file, or a directory with --entry).
+    Start(RunStartArgs),
+    /// List runs.
+    Ls(RunLsArgs),
+    /// Show a run's timeline: steps, attempts, tool calls and their
+    /// idempotency keys, launches and their ends.
+    Show(RunIdArgs),
+    /// Print the program's output of every launch, with the run's events.
+    Logs(RunLogsArgs),
+    /// Send a signal to a run.
+    Signal(RunSignalArgs),
+    /// Cancel a run (its VM is killed at once) and its children.
+    Cancel(RunIdArgs),
+    /// Decide about a step whose outcome is unknown.
+    Resolve(RunResolveArgs),
+    /// Print a run's output; the exit code says whether it failed.
+    Result(RunResultArgs),
+}
+
+/// `hearth run start` options.
+#[derive(Debug, Args)]
+pub struct RunStartArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The program: a file, or a directory (with --entry).
+    pub program: PathBuf,
+    /// The file to run inside a directory program [default: main.py].
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Input, as JSON.
+    #[arg(long, default_value = "null")]
+    pub input: String,
+    /// A name for the run.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Guest memory (e.g. 512M).
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<ByteSize>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Longest one launch may run (e.g. 10m).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// The run fails if it has not ended this long from now (e.g. 2h).
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<std::time::Duration>,
+    /// Relaunches allowed after a crash.
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// The command to run instead of the entry's default (e.g. --cmd "node main.js").
+    #[arg(long)]
+    pub cmd: Option<String>,
+    /// Environment variable of the program (KEY=VALUE, repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Wait for the run to end and print its result.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `hearth run ls` options.
+#[derive(Debug, Args)]
+pub struct RunLsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Only these states (comma-separated).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A run id.
+#[derive(Debug, Args)]
+pub struct RunIdArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `hearth run logs` options.
+#[derive(Debug, Args)]
+pub struct RunLogsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// Keep printing until the run ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `hearth run signal` options.
+#[derive(Debug, Args)]
+pub struct RunSignalArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// Signal name.
+    pub name: String,
+    /// Payload, as JSON.
+    #[arg(long, default_value = "null")]
+    pub data: String,
+}
+
+/// `hearth run resolve` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("decision").required(true).args(["retry", "skip_with", "fail"])))]
+pub struct RunResolveArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// The step whose outcome is unknown.
+    #[arg(long)]
+    pub step: u64,
+    /// Run the step again (with the same idempotency key).
+    #[arg(long)]
+    pub retry: bool,
+    /// Take this JSON as the step's result without running it.
+    #[arg(long, value_name = "JSON")]
+    pub skip_with: Option<String>,
+    /// Fail the step (optionally saying why).
+    #[arg(long, value_name = "MESSAGE", num_args = 0..=1, default_missing_value = "failed by a person's decision")]
+    pub fail: Option<String>,
+}
+
+/// `hearth run result` options.
+#[derive(Debug, Args)]
+pub struct RunResultArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// Wait for the run to end.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `hearth token ...`.
@@ -361,6 +529,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Build(args)) => crate::image_cmd::build(&home, args).await,
         Command::Sandbox(SandboxCommand::Run(args)) => crate::run::run(&home, args).await,
         Command::Sandbox(command) => crate::remote::run(&home, command).await,
+        Command::Run(command) => crate::runs_cmd::run(&home, command).await,
         Command::Gc => {
             // Orphans were reaped above; report what was done.
             for sandbox in &reaped {

@@ -9,6 +9,7 @@ mod exit;
 mod image_cmd;
 mod remote;
 mod run;
+mod runs_cmd;
 mod serve;
 mod telemetry;
 

@@ -24,14 +24,14 @@ use crate::exit;
 const MAX_STDIN: usize = hearth_server::api::MAX_JSON_BODY / 4 * 3 - 64 * 1024;
 
 /// A connection to the server.
-struct Api {
+pub(crate) struct Api {
     url: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(home: &HearthHome, args: &ServerArgs) -> Result<Api> {
+    pub(crate) fn new(home: &HearthHome, args: &ServerArgs) -> Result<Api> {
         let url = match &args.url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => std::fs::read_to_string(home.root().join(hearth_server::SERVER_FILE))
@@ -56,13 +56,13 @@ impl Api {
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let response = request.send().await.map_err(|e| {
             anyhow!(
                 "cannot reach the hearth server at {} ({e}); is `hearth serve` running?",
@@ -80,7 +80,7 @@ impl Api {
         }
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    pub(crate) async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value> {
         Ok(self.send(request).await?.json().await?)
     }
 }
@@ -119,7 +119,7 @@ async fn create(home: &HearthHome, args: CreateArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn age(ms: u64) -> String {
+pub(crate) fn age(ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

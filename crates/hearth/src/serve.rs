@@ -9,6 +9,7 @@ use hearth_sandbox::HearthHome;
 use hearth_server::token::{ensure_token_at, rotate_token_at, token_path};
 use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
 use hearth_store::DatabaseUrl;
+use hearth_tools::{EgressPolicy, ToolGateway, ToolRegistry};
 
 use crate::cli::{ServeArgs, TokenCommand};
 
@@ -36,6 +37,25 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.advertise_url = args.advertise_url;
     options.lease_ttl = args.lease_ttl;
     options.token_file = args.token_file;
+    options.runs.hold = args.run_hold;
+    let mut allow = Vec::new();
+    for cidr in &args.egress_allow_cidr {
+        let net: ipnet::IpNet = cidr
+            .parse()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--egress-allow-cidr {cidr:?} is not a CIDR (e.g. 10.1.0.0/16) or an address"
+                )
+            })?;
+        allow.push(net);
+    }
+    let registry = match &args.tools {
+        Some(path) => ToolRegistry::load(path)?,
+        None => ToolRegistry::default(),
+    };
+    let gateway = ToolGateway::new(registry, EgressPolicy::new(allow))?;
+    options.runs.tools = std::sync::Arc::new(gateway);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let server = Server::start(options, ServerParts::standard()?).await?;

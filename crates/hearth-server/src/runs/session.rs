@@ -314,9 +314,14 @@ impl Session {
         on: Option<&str>,
         until_ms: Option<u64>,
     ) -> EndpointError {
+        // Its deadline wakes it too, to fail it.
+        let wake = match (until_ms, self.run.deadline_ms) {
+            (Some(until), Some(deadline)) => Some(until.min(deadline)),
+            (until, deadline) => until.or(deadline),
+        };
         let change = RunChange {
             state: Some(RunState::Waiting),
-            wake_ms: Some(until_ms),
+            wake_ms: Some(wake),
             waiting_for: Some(Some(json!({"reason": reason, "on": on, "seq": seq}))),
             release: true,
             ..RunChange::default()
