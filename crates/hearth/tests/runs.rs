@@ -219,6 +219,92 @@ async fn runs_resume_in_fresh_vms_after_a_vm_kill_and_a_server_kill() {
     wait_no_vmms(home.path()).await;
 }
 
+/// Two nodes on one PostgreSQL: the node running a run is killed (-9); once
+/// its lease expires the other node claims the run and finishes it from
+/// its journal, and the ledger saw every charge once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_finishes_the_run_of_a_killed_node() {
+    let db = hearth_store::testing::TestDatabase::postgres().await;
+    let hearth_store::DatabaseUrl::Postgres(db_url) = &db.url else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let (ledger, ledger_url) = start_ledger().await;
+    let dir = temp_home();
+    let tools = dir.path().join("tools.toml");
+    std::fs::write(
+        &tools,
+        format!(
+            "[[tool]]\nname = \"charge\"\nurl = \"{ledger_url}/charges\"\nidempotent = false\n\
+             [tool.params]\namount = {{ type = \"integer\", required = true }}\n"
+        ),
+    )
+    .unwrap();
+    let token = dir.path().join("token").display().to_string();
+    let tools_arg = tools.display().to_string();
+    let start = |id: &str| {
+        let home = dir.path().join(id);
+        std::fs::create_dir_all(&home).unwrap();
+        Served::start_with_env(
+            &home,
+            &[
+                "--node-id",
+                id,
+                "--token-file",
+                &token,
+                "--lease-ttl",
+                "3s",
+                "--tools",
+                &tools_arg,
+                "--egress-allow-cidr",
+                "127.0.0.0/8",
+            ],
+            &[("HEARTH_DATABASE_URL", db_url.as_str())],
+        )
+    };
+    let mut nodes = vec![start("nd-a"), start("nd-b")];
+    let program = dir.path().join("charges.py");
+    std::fs::write(&program, PROGRAM).unwrap();
+    let started = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "start", program.to_str().unwrap()])
+        .env("HEARTH_URL", &nodes[0].url)
+        .env("HEARTH_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let id = String::from_utf8(started.stdout).unwrap().trim().to_string();
+    wait_steps(&nodes[0], &id, 3).await;
+    let (_, run) = nodes[0].get(&format!("/v1/runs/{id}")).await;
+    let owner = run["node_id"].as_str().unwrap().to_string();
+    let (dead, alive) = if owner == "nd-a" { (0, 1) } else { (1, 0) };
+    nodes[dead].signal("KILL").await;
+    wait_no_vmms(&dir.path().join(&owner)).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let run = loop {
+        let (_, run) = nodes[alive].get(&format!("/v1/runs/{id}")).await;
+        if run["state"] == "completed" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "the run never completed: {run:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let survivor = if owner == "nd-a" { "nd-b" } else { "nd-a" };
+    assert_eq!(run["node_id"], Value::Null, "an ended run belongs to no node");
+    assert_eq!(run["output"]["charged"], json!([1, 2, 3, 4, 5]));
+    let (_, events) = nodes[alive].get(&format!("/v1/runs/{id}/events")).await;
+    let claims: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "run.claimed")
+        .collect();
+    assert_eq!(claims.last().unwrap()["node_id"], survivor, "{claims:?}");
+    assert_eq!(claims.last().unwrap()["data"]["previous_node"], json!(owner));
+    let amounts: Vec<u64> = charges_of(&ledger).iter().map(|(_, a)| *a).collect();
+    assert_eq!(amounts, [1, 2, 3, 4, 5], "each charge exactly once");
+    drop(nodes);
+    wait_no_vmms(dir.path()).await;
+}
+
 /// Bad CLI input gets a clear error before anything is sent.
 #[test]
 fn run_start_refuses_bad_input() {
