@@ -429,13 +429,17 @@ class Attempt:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Attempt:
-        """Build from one entry of a step's ``attempts``."""
-        error = data.get("error")
+        """Build from one entry of a step's ``attempts``, whose
+        ``outcome`` is an object: ``{"outcome": "failed", "error": {...}}``."""
+        outcome = data.get("outcome")
+        if not isinstance(outcome, Mapping):
+            outcome = {"outcome": outcome, "error": data.get("error")}
+        error = outcome.get("error")
         return cls(
             number=int(data["number"]),
             started_ms=int(data.get("started_ms", 0)),
             ended_ms=_opt_int(data.get("ended_ms")),
-            outcome=str(data.get("outcome", "")),
+            outcome=str(outcome.get("outcome") or ""),
             error=StepError.from_json(error) if isinstance(error, Mapping) else None,
         )
 

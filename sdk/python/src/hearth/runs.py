@@ -403,7 +403,9 @@ class Runs:
     def logs(self, run_id: str) -> str:
         """The program's output of every launch, each line labelled by its
         launch (``[launch 1] ...``), interleaved with the run's events
-        (``--- kind {data}``)."""
+        (``--- kind {data}``). A launch's output is there once its VM is
+        gone (event ``run.exited``), which can be a moment after the run
+        has ended."""
         return self._http.request("GET", f"{self._path(run_id)}/logs").text
 
 
