@@ -53,6 +53,21 @@ who = ctx.wait_signal("go")
 ctx.complete({"greeting": greet(who)})
 """
 
+PARENT_PROGRAM = """\
+import hearth_run
+
+ctx = hearth_run.context()
+child = ctx.spawn("worker.py", input={"n": ctx.input}, name="worker")
+ctx.complete({"child": child.result()})
+"""
+
+WORKER_PROGRAM = """\
+import hearth_run
+
+ctx = hearth_run.context()
+ctx.complete(ctx.input["n"] * 10)
+"""
+
 
 def wait_for_state(run: Run, state: str, timeout: float = RUN_TIMEOUT) -> None:
     """Poll until the run is in ``state``."""
@@ -131,7 +146,9 @@ def test_start_reads_files_directories_and_dicts(tmp_path: Path) -> None:
         assert json.loads(sent[-1].content)["program"]["entry"] == "lib/util.py"
 
         # A dict: str is sent as UTF-8, bytes as they are.
-        offline.runs.start({"a.py": "é", "data.bin": b"\xff"}, entry="a.py", command=["python3", "a.py"])
+        offline.runs.start(
+            {"a.py": "é", "data.bin": b"\xff"}, entry="a.py", command=["python3", "a.py"]
+        )
         body = json.loads(sent[-1].content)
         assert _sent_files(sent[-1]) == {"a.py": "é".encode(), "data.bin": b"\xff"}
         assert body["command"] == ["python3", "a.py"] and "input" not in body
@@ -149,7 +166,7 @@ def test_start_reads_files_directories_and_dicts(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="another file"):
             offline.runs.start(single, entry="other.py")
         with pytest.raises(TypeError):
-            offline.runs.start(single, command="python3 job.py")  # type: ignore[arg-type]
+            offline.runs.start(single, command="python3 job.py")
         for decisions in ({}, {"retry": True, "fail": "why"}, {"skip_with": None, "retry": True}):
             with pytest.raises(ValueError, match="exactly one decision"):
                 offline.runs.resolve("run-offline", 0, **decisions)
@@ -298,19 +315,7 @@ def test_signal_releases_and_relaunches_a_dict_program(client: Hearth, run_id: s
 
 def test_a_child_runs_in_its_own_vm(client: Hearth, run_id: str) -> None:
     parent = client.runs.start(
-        {
-            "main.py": (
-                "import hearth_run\n"
-                "ctx = hearth_run.context()\n"
-                "child = ctx.spawn('worker.py', input={'n': ctx.input}, name='worker')\n"
-                "ctx.complete({'child': child.result()})\n"
-            ),
-            "worker.py": (
-                "import hearth_run\n"
-                "ctx = hearth_run.context()\n"
-                "ctx.complete(ctx.input['n'] * 10)\n"
-            ),
-        },
+        {"main.py": PARENT_PROGRAM, "worker.py": WORKER_PROGRAM},
         entry="main.py",
         input=5,
         name=f"parent-{run_id}",

@@ -66,9 +66,7 @@ def _skip(name: str) -> bool:
     return name.startswith(".") or name == "__pycache__"
 
 
-def _read_program(
-    program: Program, entry: str | None
-) -> tuple[dict[str, bytes], str]:
+def _read_program(program: Program, entry: str | None) -> tuple[dict[str, bytes], str]:
     """The files of a program and its entry; ``ValueError`` for a program
     that cannot be sent, before any request."""
     if isinstance(program, Mapping):
@@ -80,13 +78,13 @@ def _read_program(
         files: dict[str, bytes] = {}
         for name, data in program.items():
             if not isinstance(name, str) or not name:
-                raise ValueError(f"program file names must be non-empty strings, got {name!r}")
+                raise ValueError(f"program file names must be non-empty paths, got {name!r}")
             if isinstance(data, str):
                 files[name] = data.encode("utf-8")
             elif isinstance(data, (bytes, bytearray, memoryview)):
                 files[name] = bytes(data)
             else:
-                raise ValueError(
+                raise TypeError(
                     f"program file {name!r} must be bytes or str, got {type(data).__name__}"
                 )
         if entry not in files:
@@ -95,7 +93,7 @@ def _read_program(
             )
         return files, entry
     if isinstance(program, (bytes, bytearray)):
-        raise ValueError("program must be a path or a dict of files, not bytes")
+        raise TypeError("program must be a path or a dict of files, not bytes")
     path = Path(os.fspath(program))
     if path.is_file():
         if entry is not None and entry != path.name:
