@@ -88,9 +88,9 @@ class Conflict(HearthError):
     Examples: the sandbox is not running (``sandbox_not_running``,
     ``sandbox_ended``), a path is a directory (``is_a_directory``), stdin
     was already closed (``stdin_closed``), a directory is not empty, a
-    run has ended (``run_ended``: a signal or cancel came too late),
-    another node runs it (``run_busy``), a run or step does not wait for
-    the decision sent to it (``conflict``).
+    signal came after its run had ended (``run_ended``), another node runs
+    the run (``run_busy``), a cancel came after the run had ended or a
+    resolve to a run or step that waits for no decision (``conflict``).
     """
 
 

@@ -278,7 +278,9 @@ class Runs:
     def cancel(self, run_id: str, by: str | None = None) -> Run:
         """Cancel a run and its unfinished children; a VM running it is
         killed at once. ``by`` is recorded as who cancelled (default
-        ``api``). :class:`Conflict` (code ``run_ended``) if it has ended."""
+        ``api``). :class:`Conflict` if it has ended (code ``conflict``), or
+        if another node runs it (``run_busy``: ask that node; a node may
+        also be claiming a run that was just started)."""
         body: dict[str, Any] = {}
         if by is not None:
             body["by"] = by
