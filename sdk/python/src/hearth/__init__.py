@@ -9,7 +9,13 @@ and dies::
     with client.sandboxes.create(memory="512M", timeout=60) as sb:
         print(sb.exec(["python3", "-c", "print(6*7)"]).stdout)
 
-See :class:`Hearth`, :class:`Sandbox` and the exceptions in
+Durable runs (a program whose steps are journaled, relaunched from its
+journal when its VM dies) are ``client.runs``::
+
+    run = client.runs.start("job.py", input={"n": 3})
+    print(run.wait(timeout=600))   # its ctx.complete(...) output
+
+See :class:`Hearth`, :class:`Sandbox`, :class:`Run` and the exceptions in
 :mod:`hearth.errors`.
 """
 
@@ -23,6 +29,8 @@ from .errors import (
     NotFound,
     OutputTooLarge,
     RequestTimeout,
+    RunCancelled,
+    RunFailed,
     StreamLost,
     TooLarge,
     Unauthorized,
@@ -31,6 +39,7 @@ from .events import EventStream
 from .execs import ExecStream, Process
 from .files import Files
 from .models import (
+    Attempt,
     Error,
     ExecEvent,
     ExecInfo,
@@ -42,19 +51,26 @@ from .models import (
     Health,
     Limits,
     NodeInfo,
+    RunError,
+    RunInfo,
+    RunResult,
     SandboxEvent,
     SandboxInfo,
     Started,
     Stderr,
     Stdout,
+    Step,
+    StepError,
     WriteResult,
 )
+from .runs import Run, Runs
 from .sandboxes import Sandbox, Sandboxes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_URL",
+    "Attempt",
     "CapacityExceeded",
     "Conflict",
     "ConnectionFailed",
@@ -79,6 +95,13 @@ __all__ = [
     "OutputTooLarge",
     "Process",
     "RequestTimeout",
+    "Run",
+    "RunCancelled",
+    "RunError",
+    "RunFailed",
+    "RunInfo",
+    "RunResult",
+    "Runs",
     "Sandbox",
     "SandboxEvent",
     "SandboxInfo",
@@ -86,6 +109,8 @@ __all__ = [
     "Started",
     "Stderr",
     "Stdout",
+    "Step",
+    "StepError",
     "StreamLost",
     "TooLarge",
     "Unauthorized",

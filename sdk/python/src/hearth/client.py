@@ -4,7 +4,9 @@
 pooled ``httpx.Client``. Sandboxes are reached through
 ``client.sandboxes`` (:mod:`hearth.sandboxes`); a :class:`Sandbox` runs
 commands (:mod:`hearth.execs`), moves files (:mod:`hearth.files`) and
-reports its events (:mod:`hearth.events`).
+reports its events (:mod:`hearth.events`). Durable runs, programs whose
+steps are journaled and that survive crashes, are reached through
+``client.runs`` (:mod:`hearth.runs`).
 
 Streams (exec output, sandbox events) are read as server-sent events and
 survive a dropped connection: the stream reconnects and resumes after the
@@ -26,6 +28,7 @@ import httpx
 
 from ._http import Http
 from .models import Health, NodeInfo
+from .runs import Runs
 from .sandboxes import Sandboxes
 
 if TYPE_CHECKING:
@@ -116,6 +119,7 @@ class Hearth:
             transport=transport,
         )
         self.sandboxes = Sandboxes(self._http)
+        self.runs = Runs(self._http)
 
     def __repr__(self) -> str:
         return f"Hearth(url={self.url!r})"

@@ -25,6 +25,8 @@ __all__ = [
     "NotFound",
     "OutputTooLarge",
     "RequestTimeout",
+    "RunCancelled",
+    "RunFailed",
     "StreamLost",
     "TooLarge",
     "Unauthorized",
@@ -77,7 +79,7 @@ class Unauthorized(HearthError):
 
 
 class NotFound(HearthError):
-    """404: no such sandbox, exec, file or route."""
+    """404: no such sandbox, exec, file, run or route."""
 
 
 class Conflict(HearthError):
@@ -85,7 +87,10 @@ class Conflict(HearthError):
 
     Examples: the sandbox is not running (``sandbox_not_running``,
     ``sandbox_ended``), a path is a directory (``is_a_directory``), stdin
-    was already closed (``stdin_closed``), a directory is not empty.
+    was already closed (``stdin_closed``), a directory is not empty, a
+    signal came after its run had ended (``run_ended``), another node runs
+    the run (``run_busy``), a cancel came after the run had ended or a
+    resolve to a run or step that waits for no decision (``conflict``).
     """
 
 
@@ -112,6 +117,44 @@ class RequestTimeout(HearthError):
 
 class StreamLost(HearthError):
     """A stream broke and could not be resumed (after retrying)."""
+
+
+class RunFailed(HearthError):
+    """A durable run this client waited for ended ``failed``.
+
+    ``code`` and ``message`` are the run's error (``restarts_exhausted``,
+    ``deadline``, ``non_determinism``, the class of a step's error, ...),
+    not an HTTP error's: the requests themselves succeeded.
+
+    Attributes:
+        run_id: The run.
+    """
+
+    def __init__(self, run_id: str, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} failed: [{self.code}] {self.message}"
+
+
+class RunCancelled(HearthError):
+    """A durable run this client waited for was cancelled (code
+    ``cancelled``).
+
+    Attributes:
+        run_id: The run.
+        cancelled_by: Who cancelled it, as recorded (``api`` by default).
+    """
+
+    def __init__(self, run_id: str, cancelled_by: str | None) -> None:
+        by = f" by {cancelled_by}" if cancelled_by else ""
+        super().__init__(f"run {run_id} was cancelled{by}", code="cancelled")
+        self.run_id = run_id
+        self.cancelled_by = cancelled_by
+
+    def __str__(self) -> str:
+        return self.message
 
 
 _BY_STATUS: dict[int, type[HearthError]] = {

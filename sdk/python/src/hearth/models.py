@@ -15,7 +15,9 @@ from typing import Any, AnyStr, Generic
 
 __all__ = [
     "FINAL_EVENT_KINDS",
+    "FINAL_RUN_STATES",
     "FINAL_SANDBOX_STATES",
+    "Attempt",
     "Error",
     "ExecEvent",
     "ExecInfo",
@@ -26,11 +28,16 @@ __all__ = [
     "Gap",
     "Health",
     "Limits",
+    "RunError",
+    "RunInfo",
+    "RunResult",
     "SandboxEvent",
     "SandboxInfo",
     "Started",
     "Stderr",
     "Stdout",
+    "Step",
+    "StepError",
     "WriteResult",
 ]
 
@@ -41,6 +48,10 @@ FINAL_SANDBOX_STATES = frozenset({"stopped", "failed", "timed_out", "lost"})
 FINAL_EVENT_KINDS = frozenset(
     {"sandbox.stopped", "sandbox.failed", "sandbox.timed_out", "sandbox.lost"}
 )
+
+
+#: Run states after which nothing changes any more.
+FINAL_RUN_STATES = frozenset({"completed", "failed", "cancelled"})
 
 
 def _opt_int(value: Any) -> int | None:
@@ -355,6 +366,230 @@ class Health:
     def from_json(cls, data: Mapping[str, Any]) -> Health:
         """Build from ``{"status", "version"}``."""
         return cls(status=str(data["status"]), version=str(data.get("version", "")))
+
+
+# --- Durable runs ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed: a stable ``code`` (``restarts_exhausted``,
+    ``deadline``, ``non_determinism``, a step's error class, ...) and a
+    ``message`` for a human."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunError:
+        """Build from a run's ``error`` object."""
+        return cls(code=str(data.get("code", "error")), message=str(data.get("message", "")))
+
+
+def _run_error(value: Any) -> RunError | None:
+    return RunError.from_json(value) if isinstance(value, Mapping) else None
+
+
+@dataclass(frozen=True)
+class StepError:
+    """Why a step (or one attempt of it) failed."""
+
+    #: The error's class, ``class`` on the wire (``timeout``, ``http_503``,
+    #: ``ValueError``, ``decided`` for a person's decision, ...): what retry
+    #: policies match on.
+    class_: str
+    message: str
+    #: Whether trying again could help; ``False`` failed the step at once.
+    retryable: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepError:
+        """Build from a step's or an attempt's ``error`` object."""
+        return cls(
+            class_=str(data.get("class", "error")),
+            message=str(data.get("message", "")),
+            retryable=bool(data.get("retryable", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a step."""
+
+    #: 1 for the first.
+    number: int
+    started_ms: int
+    #: When its outcome was recorded; ``None`` while in flight.
+    ended_ms: int | None
+    #: ``in_flight``, ``succeeded``, ``failed`` or ``lost`` (its VM or the
+    #: server died before its outcome was recorded).
+    outcome: str
+    #: The error of a ``failed`` attempt.
+    error: StepError | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Attempt:
+        """Build from one entry of a step's ``attempts``, whose
+        ``outcome`` is an object: ``{"outcome": "failed", "error": {...}}``."""
+        outcome = data.get("outcome")
+        if not isinstance(outcome, Mapping):
+            outcome = {"outcome": outcome, "error": data.get("error")}
+        error = outcome.get("error")
+        return cls(
+            number=int(data["number"]),
+            started_ms=int(data.get("started_ms", 0)),
+            ended_ms=_opt_int(data.get("ended_ms")),
+            outcome=str(outcome.get("outcome") or ""),
+            error=StepError.from_json(error) if isinstance(error, Mapping) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One journaled call of a run: a step the program ran itself, a tool
+    call, a sleep, a signal wait, a child, ... with every attempt."""
+
+    #: Position in the run's journal, from 0.
+    seq: int
+    #: ``charge``, ``tool:http``, ``sleep``, ...
+    name: str
+    #: ``scheduled``, ``started``, ``succeeded``, ``failed`` or
+    #: ``indeterminate`` (its outcome is unknown after a crash).
+    state: str
+    #: What repeating it does: ``pure``, ``idempotent`` or ``unsafe``.
+    effect: str
+    #: Digest of its arguments, compared on replay.
+    args_digest: str
+    #: Its result, once succeeded.
+    result: Any
+    #: Its error, once failed (or that of its last failed attempt).
+    error: StepError | None
+    attempts: list[Attempt]
+    #: When a scheduled retry may run.
+    retry_at_ms: int | None
+    #: The key every attempt of this step carries (``Idempotency-Key`` of
+    #: tool calls), the same on every launch.
+    idempotency_key: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Step:
+        """Build from one entry of a run's ``steps``."""
+        error = data.get("error")
+        return cls(
+            seq=int(data["seq"]),
+            name=str(data.get("name", "")),
+            state=str(data.get("state", "")),
+            effect=str(data.get("effect", "")),
+            args_digest=str(data.get("args_digest", "")),
+            result=data.get("result"),
+            error=StepError.from_json(error) if isinstance(error, Mapping) else None,
+            attempts=[Attempt.from_json(a) for a in data.get("attempts") or []],
+            retry_at_ms=_opt_int(data.get("retry_at_ms")),
+            idempotency_key=_opt_str(data.get("idempotency_key")),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A snapshot of one durable run as the server last reported it."""
+
+    id: str
+    name: str | None
+    #: ``pending``, ``running``, ``waiting``, ``needs_attention``,
+    #: ``completed``, ``failed`` or ``cancelled``.
+    state: str
+    #: Digest of its pinned program (``sha256:...``).
+    program: str
+    input: Any
+    #: What it passed to ``ctx.complete``, once completed.
+    output: Any
+    #: Why it failed, once failed.
+    error: RunError | None
+    #: The run that spawned it.
+    parent_id: str | None
+    #: VMs it has had.
+    launches: int
+    #: Relaunches after a crash.
+    restarts: int
+    #: What a waiting run waits for, e.g. ``{"reason": "signal", "on":
+    #: "go", "seq": 0}``.
+    waiting_for: dict[str, Any] | None
+    #: When a waiting or pending run is next launched.
+    wake_ms: int | None
+    #: When it fails if it has not ended.
+    deadline_ms: int | None
+    #: The sandbox of its current or last launch.
+    sandbox_id: str | None
+    #: The node that runs it.
+    node_id: str | None
+    cancelled_by: str | None
+    created_ms: int
+    ended_ms: int | None
+    #: How its launches are shaped (image, memory, restarts, ...).
+    spec: dict[str, Any]
+    #: Its journal, in order; only from :meth:`hearth.Runs.get` (and
+    #: :meth:`hearth.Run.refresh`), ``None`` where the server did not send it.
+    steps: list[Step] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the run has ended for good."""
+        return self.state in FINAL_RUN_STATES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunInfo:
+        """Build from a RunView (or RunDetail, with ``steps``) object."""
+        waiting_for = data.get("waiting_for")
+        spec = data.get("spec")
+        steps = data.get("steps")
+        return cls(
+            id=str(data["id"]),
+            name=_opt_str(data.get("name")),
+            state=str(data["state"]),
+            program=str(data.get("program", "")),
+            input=data.get("input"),
+            output=data.get("output"),
+            error=_run_error(data.get("error")),
+            parent_id=_opt_str(data.get("parent_id")),
+            launches=int(data.get("launches", 0)),
+            restarts=int(data.get("restarts", 0)),
+            waiting_for=dict(waiting_for) if isinstance(waiting_for, Mapping) else None,
+            wake_ms=_opt_int(data.get("wake_ms")),
+            deadline_ms=_opt_int(data.get("deadline_ms")),
+            sandbox_id=_opt_str(data.get("sandbox_id")),
+            node_id=_opt_str(data.get("node_id")),
+            cancelled_by=_opt_str(data.get("cancelled_by")),
+            created_ms=int(data.get("created_ms", 0)),
+            ended_ms=_opt_int(data.get("ended_ms")),
+            spec=dict(spec) if isinstance(spec, Mapping) else {},
+            steps=[Step.from_json(s) for s in steps] if isinstance(steps, list) else None,
+        )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run's state and outcome (``GET /v1/runs/{id}/result``); the
+    outcome is final only once :attr:`is_final`."""
+
+    state: str
+    #: Its output, once completed.
+    output: Any
+    #: Its error, once failed.
+    error: RunError | None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the run has ended (completed, failed or cancelled)."""
+        return self.state in FINAL_RUN_STATES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
+        """Build from ``{"state", "output", "error"}``."""
+        return cls(
+            state=str(data["state"]),
+            output=data.get("output"),
+            error=_run_error(data.get("error")),
+        )
 
 
 # --- Events of an exec's output stream -------------------------------------
