@@ -30,6 +30,9 @@ async fn node(dir: &Path, db: &TestDatabase, id: &str, max_sandboxes: u32) -> No
     options.node_id = Some(id.into());
     options.token_file = Some(dir.join("token"));
     options.lease_ttl = Duration::from_secs(3);
+    options.runs.poll = Duration::from_millis(100);
+    options.runs.program_dir =
+        hearth_server::runs::ProgramDir::PerRun(dir.join(id).join("vm").display().to_string());
     options.capacity = Capacity {
         max_sandboxes,
         memory_bytes: 8 << 30,
@@ -396,4 +399,69 @@ async fn a_node_that_finds_its_lease_taken_kills_its_vms_and_cannot_write() {
     );
     store.close().await;
     a.server.shutdown().await.unwrap();
+}
+
+/// A run is cancelled through a node that does not run it: the request is
+/// passed to the node that does, which kills the VM at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_through_any_node() {
+    let db = TestDatabase::postgres().await;
+    let dir = tempfile::Builder::new()
+        .prefix("hh")
+        .tempdir_in("/tmp")
+        .unwrap();
+    hearth_image::write_placeholder(&dir.path().join("images"), "default").unwrap();
+    let a = node(dir.path(), &db, "nd-a", 4).await;
+    let b = node(dir.path(), &db, "nd-b", 4).await;
+    let client = Client {
+        http: reqwest::Client::new(),
+        token: std::fs::read_to_string(dir.path().join("token"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    use base64::Engine as _;
+    let program =
+        base64::engine::general_purpose::STANDARD.encode("import time\ntime.sleep(120)\n");
+    let (status, run) = client
+        .post(
+            &a,
+            "/v1/runs",
+            json!({"program": {"files": {"main.py": program}, "entry": "main.py"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let (_, run) = client.get(&a, &format!("/v1/runs/{id}")).await;
+        if run["state"] == "running" {
+            break run["node_id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (other, owner_node) = if owner == "nd-a" { (&b, &a) } else { (&a, &b) };
+    let (status, run) = client
+        .post(
+            other,
+            &format!("/v1/runs/{id}/cancel"),
+            json!({"by": "ops"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    assert_eq!(run["cancelled_by"], "ops");
+    // The owner killed the VM.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = client.get(owner_node, "/v1/sandboxes?state=running").await;
+        if list["sandboxes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.server.shutdown().await.unwrap();
+    b.server.shutdown().await.unwrap();
 }

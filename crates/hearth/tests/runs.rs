@@ -271,7 +271,10 @@ async fn another_node_finishes_the_run_of_a_killed_node() {
         .output()
         .unwrap();
     assert!(started.status.success(), "{started:?}");
-    let id = String::from_utf8(started.stdout).unwrap().trim().to_string();
+    let id = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     wait_steps(&nodes[0], &id, 3).await;
     let (_, run) = nodes[0].get(&format!("/v1/runs/{id}")).await;
     let owner = run["node_id"].as_str().unwrap().to_string();
@@ -284,11 +287,18 @@ async fn another_node_finishes_the_run_of_a_killed_node() {
         if run["state"] == "completed" {
             break run;
         }
-        assert!(Instant::now() < deadline, "the run never completed: {run:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the run never completed: {run:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let survivor = if owner == "nd-a" { "nd-b" } else { "nd-a" };
-    assert_eq!(run["node_id"], Value::Null, "an ended run belongs to no node");
+    assert_eq!(
+        run["node_id"],
+        Value::Null,
+        "an ended run belongs to no node"
+    );
     assert_eq!(run["output"]["charged"], json!([1, 2, 3, 4, 5]));
     let (_, events) = nodes[alive].get(&format!("/v1/runs/{id}/events")).await;
     let claims: Vec<_> = events["events"]
@@ -298,7 +308,10 @@ async fn another_node_finishes_the_run_of_a_killed_node() {
         .filter(|e| e["kind"] == "run.claimed")
         .collect();
     assert_eq!(claims.last().unwrap()["node_id"], survivor, "{claims:?}");
-    assert_eq!(claims.last().unwrap()["data"]["previous_node"], json!(owner));
+    assert_eq!(
+        claims.last().unwrap()["data"]["previous_node"],
+        json!(owner)
+    );
     let amounts: Vec<u64> = charges_of(&ledger).iter().map(|(_, a)| *a).collect();
     assert_eq!(amounts, [1, 2, 3, 4, 5], "each charge exactly once");
     drop(nodes);

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -15,10 +17,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use hearth_engine::journal::Resolution;
 use hearth_engine::{Program, RunSpec, RunState, StepError, StepRecord};
-use hearth_store::{Event, RunFilter, RunRecord, StoreError};
+use hearth_store::{Event, NodeState, RunFilter, RunRecord, StoreError};
 
 use super::{ApiJson, AppState};
 use crate::error::{ApiError, ErrorResponse};
+use crate::forward::FORWARDED_BY;
 use crate::runs::{RunError, StartRun};
 
 /// Longest `?wait=` of a result request.
@@ -283,6 +286,7 @@ impl From<RunError> for ApiError {
             RunError::Store(e) => e.into(),
             RunError::Program(_) => ApiError::invalid("program", message),
             RunError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            RunError::Ended(_) => ApiError::new(StatusCode::CONFLICT, "run_ended", message),
             RunError::Invalid(_) => ApiError::bad_request(message),
         }
     }
@@ -570,12 +574,52 @@ pub async fn signal_run(
 )]
 pub async fn cancel_run(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CancelRequest>,
-) -> Result<Json<RunView>, ApiError> {
+) -> Result<Response, ApiError> {
+    // A run launched by another live node is cancelled there, where its VM
+    // runs and can be killed at once.
+    let run = state.runs.get(&id).await?;
+    let me = state.manager.node().id().to_string();
+    if let (false, Some(owner), false) = (
+        headers.contains_key(FORWARDED_BY),
+        run.node_id.as_deref().filter(|n| *n != me),
+        run.state.is_final(),
+    ) {
+        let store = state.events.store();
+        let node = store
+            .node(owner)
+            .await?
+            .filter(|n| n.state == NodeState::Alive && Some(n.epoch) == run.node_epoch);
+        if let Some(node) = node {
+            let mut forward = HeaderMap::new();
+            for name in [AUTHORIZATION, CONTENT_TYPE] {
+                if let Some(value) = headers.get(&name) {
+                    forward.insert(name, value.clone());
+                }
+            }
+            forward.insert(
+                CONTENT_TYPE,
+                "application/json".parse().expect("a header value"),
+            );
+            let body = serde_json::json!({ "by": request.by }).to_string();
+            return Ok(state
+                .forwarder
+                .forward(
+                    &node,
+                    Method::POST,
+                    &format!("/v1/runs/{id}/cancel"),
+                    &forward,
+                    Body::from(body),
+                    &format!("run {id}"),
+                )
+                .await);
+        }
+    }
     let by = request.by.unwrap_or_else(|| "api".into());
     let run = state.runs.cancel(&id, &by).await?;
-    Ok(Json(run.into()))
+    Ok(Json(RunView::from(run)).into_response())
 }
 
 /// Decide about a step whose outcome is unknown (the run needs

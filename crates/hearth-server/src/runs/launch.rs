@@ -55,22 +55,58 @@ enum End {
 }
 
 /// Output of one launch, each line tagged by its stream, kept up to a cap.
+/// Output arrives in chunks that need not end at line ends: a line is
+/// tagged once, where it starts, and a line one stream leaves unfinished
+/// is ended before the other stream's output.
 struct LaunchLog {
     kept: Vec<u8>,
     cap: usize,
     total: u64,
+    /// The stream whose line is unfinished, if any.
+    open: Option<&'static str>,
+    /// Output was dropped past the cap.
+    truncated: bool,
 }
 
 impl LaunchLog {
-    fn push(&mut self, stream: &str, bytes: &[u8]) {
+    fn new(cap: usize) -> Self {
+        Self {
+            kept: Vec::new(),
+            cap,
+            total: 0,
+            open: None,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, stream: &'static str, bytes: &[u8]) {
         self.total += bytes.len() as u64;
-        for line in bytes.split_inclusive(|b| *b == b'\n') {
-            if self.kept.len() + line.len() + stream.len() + 2 > self.cap {
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            if self.truncated {
                 return;
             }
-            self.kept.extend_from_slice(stream.as_bytes());
-            self.kept.extend_from_slice(b": ");
-            self.kept.extend_from_slice(line);
+            let mut add = Vec::with_capacity(piece.len() + stream.len() + 3);
+            match self.open {
+                Some(open) if open == stream => {}
+                Some(_) => {
+                    add.push(b'\n');
+                    add.extend_from_slice(stream.as_bytes());
+                    add.extend_from_slice(b": ");
+                }
+                None => {
+                    add.extend_from_slice(stream.as_bytes());
+                    add.extend_from_slice(b": ");
+                }
+            }
+            add.extend_from_slice(piece);
+            if self.kept.len() + add.len() > self.cap {
+                self.kept
+                    .extend_from_slice(b"\n[output past the log cap was counted, not kept]\n");
+                self.truncated = true;
+                return;
+            }
+            self.kept.extend_from_slice(&add);
+            self.open = (!piece.ends_with(b"\n")).then_some(stream);
         }
     }
 }
@@ -362,11 +398,7 @@ async fn run_program(
     launch: u32,
     stop: CancellationToken,
 ) -> (End, Option<Stopped>, LaunchLog) {
-    let mut log = LaunchLog {
-        kept: Vec::new(),
-        cap: inner.options.max_log,
-        total: 0,
-    };
+    let mut log = LaunchLog::new(inner.options.max_log);
     if let Err(message) = install(inner, program, sandbox, dir, &journal).await {
         return (End::VmDied(message), None, log);
     }
@@ -529,4 +561,39 @@ async fn install(
             .map_err(|e| format!("cannot write {path} in the VM: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_tagged_once_whatever_the_chunking() {
+        let mut log = LaunchLog::new(1 << 20);
+        for chunk in ["total is", " ", "6", "\n", "next\nline ", "two\n"] {
+            log.push("stdout", chunk.as_bytes());
+        }
+        log.push("stderr", b"warn");
+        log.push("stdout", b"more\n");
+        let text = String::from_utf8(log.kept).unwrap();
+        assert_eq!(
+            text,
+            "stdout: total is 6\nstdout: next\nstdout: line two\nstderr: warn\nstdout: more\n"
+        );
+        assert_eq!(log.total, 34);
+    }
+
+    #[test]
+    fn output_past_the_cap_is_counted_and_says_so() {
+        let mut log = LaunchLog::new(64);
+        for _ in 0..10 {
+            log.push("stdout", b"0123456789\n");
+        }
+        let text = String::from_utf8(log.kept).unwrap();
+        assert!(
+            text.ends_with("[output past the log cap was counted, not kept]\n"),
+            "{text}"
+        );
+        assert_eq!(log.total, 110);
+    }
 }

@@ -108,6 +108,9 @@ pub enum RunError {
     /// The request does not fit the run's state.
     #[error("{0}")]
     Conflict(String),
+    /// The run has ended: it takes no signal, cancel or decision.
+    #[error("{0}")]
+    Ended(String),
     /// A request field is wrong.
     #[error("{0}")]
     Invalid(String),
@@ -220,7 +223,7 @@ impl RunEngine {
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunError> {
         let run = self.get(id).await?;
         if run.state.is_final() {
-            return Err(RunError::Conflict(format!(
+            return Err(RunError::Ended(format!(
                 "run {id} has already ended ({}); there is nothing to cancel",
                 run.state
             )));
@@ -258,16 +261,40 @@ impl RunEngine {
         };
         let payload = || EventPayload::RunCancelled(RunCancelled { by: by.to_string() });
         let lease = self.inner.manager.node().lease();
-        let mine = run.node_id.as_deref() == Some(lease.node_id.as_str());
-        let writer = if mine {
-            RunWriter::Owner(&lease)
-        } else {
-            RunWriter::Unowned
-        };
-        self.inner
-            .store
-            .change_run(&run.id, writer, &change, payload())
-            .await?;
+        let mut owner = run.node_id.clone();
+        // A node may claim the run between the read and the write: read
+        // the owner again and write as it.
+        for _ in 0..8 {
+            let mine = owner.as_deref() == Some(lease.node_id.as_str());
+            let writer = if mine {
+                RunWriter::Owner(&lease)
+            } else {
+                RunWriter::Unowned
+            };
+            match self
+                .inner
+                .store
+                .change_run(&run.id, writer, &change, payload())
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::RunOwned { .. }) | Err(StoreError::Fenced { .. }) => {
+                    let now = self.get(&run.id).await?;
+                    if now.state.is_final() {
+                        break;
+                    }
+                    if now.node_id == owner {
+                        return Err(RunError::Conflict(format!(
+                            "run {} runs on node {}: cancel it there",
+                            run.id,
+                            owner.unwrap_or_default()
+                        )));
+                    }
+                    owner = now.node_id;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         // Its launch, if here, stops now and kills the VM.
         if let Some(stop) = self.inner.active.lock().get(&run.id) {
             stop.cancel();
