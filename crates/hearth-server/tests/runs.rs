@@ -958,3 +958,104 @@ ctx.wait_signal("never")
     assert_eq!(run["error"]["code"], "deadline", "{run}");
     h.stop().await;
 }
+
+/// A stub of what runs call over HTTP: 50 MB of text, and a scripted
+/// OpenAI-compatible chat model (a paid API cannot be called from tests;
+/// the client code is the real `http` tool).
+async fn start_stub() -> String {
+    async fn big() -> String {
+        "x".repeat(50 << 20)
+    }
+    async fn chat(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+        let turn = body["messages"].as_array().map_or(0, Vec::len);
+        axum::Json(json!({
+            "id": format!("chatcmpl-{turn}"),
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant",
+                "content": format!("Reply number {turn}: the scripted model has read {turn} messages so far."),
+            }}],
+            "usage": {"prompt_tokens": turn * 12, "completion_tokens": 14, "total_tokens": turn * 12 + 14},
+        }))
+    }
+    let app = axum::Router::new()
+        .route("/big", axum::routing::get(big))
+        .route("/v1/chat/completions", axum::routing::post(chat));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// A 50 MB tool output works and the store grows by about 50 MB, not more;
+/// a 100-turn conversation that resends its growing list of messages makes
+/// the store grow linearly (the arguments are journaled as digests, each
+/// reply once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_and_long_conversations_grow_the_store_linearly() {
+    let stub = start_stub().await;
+    let gateway = hearth_tools::ToolGateway::new(
+        hearth_tools::ToolRegistry::default(),
+        hearth_tools::EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]),
+    )
+    .unwrap();
+    let h = Harness::with(|options| options.runs.tools = Arc::new(gateway)).await;
+    let store = h.server.as_ref().unwrap().runs().store().clone();
+
+    let big = r#"
+import hearth_run
+ctx = hearth_run.context()
+page = ctx.tool("http", method="GET", url=ctx.input["url"] + "/big")
+ctx.complete({"status": page["status"], "bytes": len(page["body"])})
+"#;
+    let before = store.size_bytes().await.unwrap();
+    let id = h.start(big, json!({"url": stub})).await;
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(run["output"], json!({"status": 200, "bytes": 50 << 20}));
+    let grown = store.size_bytes().await.unwrap() - before;
+    println!("a 50 MiB tool output grew the store by {grown} bytes");
+    assert!(grown >= 50 << 20, "{grown}");
+    assert!(grown < (50 << 20) + (4 << 20), "stored once: {grown}");
+
+    let chat = r#"
+import json, hearth_run
+ctx = hearth_run.context()
+url = ctx.input["url"] + "/v1/chat/completions"
+messages = [{"role": "system", "content": "You are a careful assistant. " * 20}]
+for turn in range(100):
+    if turn == 50:
+        ctx.wait_signal("half")
+    messages.append({"role": "user", "content": f"Question {turn}: what comes next?"})
+    answer = ctx.tool("http", method="POST", url=url, json={"model": "scripted", "messages": messages})
+    messages.append(json.loads(answer["body"])["choices"][0]["message"])
+ctx.complete({"messages": len(messages)})
+"#;
+    let start = store.size_bytes().await.unwrap();
+    let id = h.start(chat, json!({"url": stub})).await;
+    h.wait_state(&id, "waiting").await;
+    let half = store.size_bytes().await.unwrap();
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/signals/half"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(run["output"], json!({"messages": 201}));
+    let end = store.size_bytes().await.unwrap();
+    let first = half - start;
+    let second = end - half;
+    println!(
+        "100-turn conversation: first 50 turns {first} bytes ({} per turn), last 50 turns {second} bytes ({} per turn)",
+        first / 50,
+        second / 50
+    );
+    // Linear: the second half, whose requests are twice as long, costs
+    // about what the first did (quadratic growth would make it ~3x).
+    assert!(second < first * 2, "first {first}, second {second}");
+    assert!(end - start < 100 * 8192, "{}", end - start);
+    h.stop().await;
+}

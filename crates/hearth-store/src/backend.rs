@@ -235,6 +235,10 @@ pub(crate) trait RunBackend {
     async fn wake(&self, run_id: &str, on: &str, now: u64) -> Result<bool>;
 
     async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>>;
+
+    /// Bytes the database takes (SQLite: its pages, WAL included;
+    /// PostgreSQL: `pg_database_size`).
+    async fn size_bytes(&self) -> Result<u64>;
 }
 
 /// The event announcing that a run moved to `state`, for a claim.

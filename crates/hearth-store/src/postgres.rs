@@ -158,7 +158,8 @@ crate::runs_backend::impl_run_backend!(
     PgBackend,
     Postgres,
     lock_row = " FOR UPDATE",
-    claim_lock = " FOR UPDATE OF r SKIP LOCKED"
+    claim_lock = " FOR UPDATE OF r SKIP LOCKED",
+    size = "SELECT pg_database_size(current_database())"
 );
 
 impl Backend for PgBackend {

@@ -7,7 +7,13 @@
 
 /// Implement `RunBackend` for `$backend` over database `$db`.
 macro_rules! impl_run_backend {
-    ($backend:ty, $db:ty, lock_row = $lock_row:literal, claim_lock = $claim_lock:literal) => {
+    (
+        $backend:ty,
+        $db:ty,
+        lock_row = $lock_row:literal,
+        claim_lock = $claim_lock:literal,
+        size = $size:literal
+    ) => {
         impl $crate::backend::RunBackend for $backend {
             async fn put_blob(&self, digest: &str, data: &[u8], now: u64) -> Result<()> {
                 sqlx::query(runs_sql::PUT_BLOB)
@@ -414,6 +420,14 @@ macro_rules! impl_run_backend {
                 let woken = wake_waiter(&mut tx, run_id, on, now).await?.is_some();
                 tx.commit().await.map_err(query("commit"))?;
                 Ok(woken)
+            }
+
+            async fn size_bytes(&self) -> Result<u64> {
+                let (size,): (i64,) = sqlx::query_as($size)
+                    .fetch_one(self.reads())
+                    .await
+                    .map_err(query("measuring the database"))?;
+                Ok(size.max(0) as u64)
             }
 
             async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>> {

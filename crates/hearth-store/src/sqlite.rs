@@ -146,7 +146,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
-crate::runs_backend::impl_run_backend!(SqliteBackend, Sqlite, lock_row = "", claim_lock = "");
+crate::runs_backend::impl_run_backend!(
+    SqliteBackend,
+    Sqlite,
+    lock_row = "",
+    claim_lock = "",
+    size = "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s"
+);
 
 impl Backend for SqliteBackend {
     async fn close(&self) {

@@ -279,6 +279,12 @@ impl Store {
         on_engine!(self, b => b.signals(run_id, name))
     }
 
+    /// Bytes the database takes now: for storage figures (how the store
+    /// grows with the work).
+    pub async fn size_bytes(&self) -> Result<u64> {
+        on_engine!(self, b => b.size_bytes())
+    }
+
     /// A run's events after `after`, oldest first, at most `limit`.
     pub async fn run_events(&self, run_id: &str, after: i64, limit: u32) -> Result<Vec<Event>> {
         let limit = limit.clamp(1, MAX_PAGE);
