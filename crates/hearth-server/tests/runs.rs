@@ -1059,3 +1059,86 @@ ctx.complete({"messages": len(messages)})
     assert!(end - start < 100 * 8192, "{}", end - start);
     h.stop().await;
 }
+
+/// Starting a new version of a program leaves a waiting run on its
+/// original bytes; an upgrade that would diverge from the journal is
+/// refused naming the first diverging step, and one that replays it is
+/// taken and used from the next launch on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stay_on_their_program_and_upgrades_must_replay_the_journal() {
+    let h = Harness::new().await;
+    let version = |greeting: &str, first_step: &str| {
+        format!(
+            r#"
+import hearth_run
+ctx = hearth_run.context()
+ctx.step("{first_step}", lambda: 1)
+ctx.wait_signal("go")
+ctx.complete("{greeting}")
+"#
+        )
+    };
+    let v1 = version("v1", "fetch");
+    let id = h.start(&v1, json!(null)).await;
+    let waiting = h.wait_state(&id, "waiting").await;
+    // A new version started meanwhile runs its own bytes; the waiting run
+    // keeps its own.
+    let v2 = version("v2", "fetch");
+    let other = h.start(&v2, json!(null)).await;
+    let other_run = h.wait_state(&other, "waiting").await;
+    assert_ne!(other_run["program"], waiting["program"]);
+
+    // A version whose first step differs is refused, naming it.
+    let diverging = version("v3", "download");
+    let body = |source: &str| json!({"program": {"files": {"main.py": base64::engine::general_purpose::STANDARD.encode(source)}, "entry": "main.py"}});
+    let (status, error) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/upgrade"),
+            Some(body(&diverging)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"fetch\"") && message.contains("\"download\""),
+        "{message}"
+    );
+    assert_eq!(h.run(&id).await["program"], waiting["program"], "unchanged");
+
+    // A version that replays the journal is taken.
+    let compatible = version("v4", "fetch");
+    let (status, upgraded) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/upgrade"),
+            Some(body(&compatible)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{upgraded}");
+    assert_ne!(upgraded["program"], waiting["program"]);
+    assert_eq!(upgraded["state"], "waiting");
+    for run in [&id, &other] {
+        let (status, _) = h
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/runs/{run}/signals/go"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(h.wait_state(&id, "completed").await["output"], "v4");
+    assert_eq!(h.wait_state(&other, "completed").await["output"], "v2");
+    // An ended run takes no upgrade.
+    let (status, error) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/upgrade"),
+            Some(body(&compatible)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "run_ended");
+    h.stop().await;
+}

@@ -163,6 +163,9 @@ pub enum EventPayload {
     /// A signal was sent to a run.
     #[serde(rename = "run.signalled")]
     RunSignalled(RunSignalled),
+    /// A run was moved to another program, checked to replay its journal.
+    #[serde(rename = "run.upgraded")]
+    RunUpgraded(RunUpgraded),
     /// A launch's program ended (exited, or its VM died), with its output.
     #[serde(rename = "run.exited")]
     RunExited(RunExited),
@@ -218,6 +221,7 @@ impl EventPayload {
             Self::RunCancelled(_) => "run.cancelled",
             Self::RunSignalled(_) => "run.signalled",
             Self::RunExited(_) => "run.exited",
+            Self::RunUpgraded(_) => "run.upgraded",
             Self::StepStarted(_) => "step.started",
             Self::StepSucceeded(_) => "step.succeeded",
             Self::StepFailed(_) => "step.failed",
@@ -666,6 +670,17 @@ pub struct RunSignalled {
     pub name: String,
     /// Its number.
     pub signal_id: i64,
+}
+
+/// `run.upgraded`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunUpgraded {
+    /// The program it ran.
+    pub from: String,
+    /// The program it runs now.
+    pub to: String,
+    /// Journal steps the new program replayed in the check.
+    pub replayed: u64,
 }
 
 /// `run.exited`.

@@ -107,6 +107,11 @@ pub struct RunChange {
     pub release: bool,
     /// Who cancelled it.
     pub cancelled_by: Option<String>,
+    /// Pin another program (an upgrade).
+    pub program: Option<String>,
+    /// Only if the run has had exactly this many launches (it did not move
+    /// on since it was read).
+    pub if_launches: Option<u32>,
 }
 
 /// Who writes a run.

@@ -133,7 +133,15 @@ where
     if let Some(by) = &change.cancelled_by {
         update.push(", cancelled_by = ").push_bind(by.clone());
     }
+    if let Some(program) = &change.program {
+        update.push(", program = ").push_bind(program.clone());
+    }
     update.push(" WHERE id = ").push_bind(id.to_string());
+    if let Some(launches) = change.if_launches {
+        update
+            .push(" AND launches = ")
+            .push_bind(i64::from(launches));
+    }
     update
         .push(" AND state = ")
         .push_bind(expected.as_str().to_string());

@@ -90,7 +90,7 @@ impl Store {
             let allowed = match change.state {
                 Some(next) => current.state.can_become(next),
                 None => !current.state.is_final(),
-            };
+            } && change.if_launches.is_none_or(|l| l == current.launches);
             if !allowed {
                 return Ok(None);
             }

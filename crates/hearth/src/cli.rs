@@ -133,6 +133,24 @@ pub enum RunCommand {
     Resolve(RunResolveArgs),
     /// Print a run's output; the exit code says whether it failed.
     Result(RunResultArgs),
+    /// Move a waiting run to a new program, refused unless the new program
+    /// replays the run's journal.
+    Upgrade(RunUpgradeArgs),
+}
+
+/// `hearth run upgrade` options.
+#[derive(Debug, Args)]
+pub struct RunUpgradeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// The new program: a file, or a directory (with --entry).
+    #[arg(long)]
+    pub program: PathBuf,
+    /// The file to run inside a directory program [default: main.py].
+    #[arg(long)]
+    pub entry: Option<String>,
 }
 
 /// `hearth run start` options.

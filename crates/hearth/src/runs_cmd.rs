@@ -13,7 +13,7 @@ use hearth_sandbox::HearthHome;
 
 use crate::cli::{
     RunCommand, RunIdArgs, RunLogsArgs, RunLsArgs, RunResolveArgs, RunResultArgs, RunSignalArgs,
-    RunStartArgs,
+    RunStartArgs, RunUpgradeArgs,
 };
 use crate::remote::{age, Api};
 
@@ -35,6 +35,7 @@ pub async fn run(home: &HearthHome, command: RunCommand) -> Result<i32> {
         RunCommand::Cancel(args) => cancel(home, args).await,
         RunCommand::Resolve(args) => resolve(home, args).await,
         RunCommand::Result(args) => result(home, args).await,
+        RunCommand::Upgrade(args) => upgrade(home, args).await,
     }
 }
 
@@ -371,6 +372,25 @@ async fn resolve(home: &HearthHome, args: RunResolveArgs) -> Result<i32> {
         .json(api.request(reqwest::Method::POST, &path).json(&body))
         .await?;
     println!("{} {}", args.id, run["state"].as_str().unwrap_or_default());
+    Ok(0)
+}
+
+async fn upgrade(home: &HearthHome, args: RunUpgradeArgs) -> Result<i32> {
+    let (files, entry) = read_program(&args.program, args.entry.as_deref())?;
+    let api = Api::new(home, &args.server)?;
+    let path = format!("/v1/runs/{}/upgrade", args.id);
+    let run = api
+        .json(
+            api.request(reqwest::Method::POST, &path)
+                .timeout(Duration::from_secs(360))
+                .json(&json!({"program": {"files": files, "entry": entry}})),
+        )
+        .await?;
+    println!(
+        "{} now runs {}",
+        args.id,
+        run["program"].as_str().unwrap_or_default()
+    );
     Ok(0)
 }
 

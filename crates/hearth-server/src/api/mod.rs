@@ -121,6 +121,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::resolve_run))
         .routes(routes!(runs::run_result))
+        .routes(routes!(runs::upgrade_run))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .split_for_parts();

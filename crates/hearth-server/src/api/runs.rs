@@ -308,9 +308,9 @@ fn seconds(field: &str, value: Option<f64>, max: Duration) -> Result<Option<u64>
     }
 }
 
-fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiError> {
+fn program_of(request: ProgramRequest) -> Result<Program, ApiError> {
     let mut files = BTreeMap::new();
-    for (path, data) in request.program.files {
+    for (path, data) in request.files {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.as_bytes())
             .map_err(|e| {
@@ -323,11 +323,16 @@ fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiE
     }
     let program = Program {
         files,
-        entry: request.program.entry,
+        entry: request.entry,
     };
     program
         .check()
         .map_err(|e| ApiError::invalid("program", e.to_string()))?;
+    Ok(program)
+}
+
+fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiError> {
+    let program = program_of(request.program)?;
     let defaults = RunSpec::default();
     let spec = RunSpec {
         command: request.command.unwrap_or_default(),
@@ -691,4 +696,39 @@ pub async fn run_result(
         output: run.output,
         error: run.error,
     }))
+}
+
+/// A new program for a run.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// The program the run runs from now on.
+    pub program: ProgramRequest,
+}
+
+/// Move a waiting run (or one that needs attention) to a new program. The
+/// new program is first run in a fresh VM against the run's journal,
+/// recording nothing; the upgrade is refused, naming the first diverging
+/// step, unless it replays every recorded step.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/upgrade",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = UpgradeRequest,
+    responses(
+        (status = 200, description = "Upgraded", body = RunView),
+        (status = 400, description = "The program is invalid", body = ErrorResponse),
+        (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 409, description = "The new program diverges from the journal, or the run is running or ended", body = ErrorResponse),
+    )
+)]
+pub async fn upgrade_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpgradeRequest>,
+) -> Result<Json<RunView>, ApiError> {
+    let program = program_of(request.program)?;
+    let run = state.runs.upgrade(&id, program).await?;
+    Ok(Json(run.into()))
 }

@@ -17,7 +17,7 @@ use hearth_sandbox::{ExecEvent, ExecOptions, Sandbox, SandboxOptions};
 use hearth_store::event::{RunExited, RunPending, RunRunning};
 use hearth_store::{EventPayload, Lease, RunChange, RunRecord, RunWriter};
 
-use super::session::{persisted_files, Launched, Session, Stopped};
+use super::session::{persisted_files, Launched, Session, Stopped, Verdict};
 use super::{failed, Inner, RunEngine};
 use crate::manager::{CreateSpec, ManagerError};
 
@@ -33,7 +33,7 @@ pub enum ProgramDir {
 }
 
 impl ProgramDir {
-    fn for_run(&self, run_id: &str) -> String {
+    pub(crate) fn for_run(&self, run_id: &str) -> String {
         match self {
             ProgramDir::Fixed(dir) => dir.clone(),
             ProgramDir::PerRun(root) => format!("{root}/{run_id}"),
@@ -522,6 +522,131 @@ async fn run_program(
     stop.cancel();
     let stopped = session.stopped();
     (end, stopped, log)
+}
+
+/// Run `program` in a fresh sandbox against `run`'s journal, recording
+/// nothing, until it leaves the journal (it replays), asks for another
+/// step than the journal holds (it diverges), or ends.
+pub(crate) async fn verify(
+    inner: &Arc<Inner>,
+    run: &RunRecord,
+    program: &Program,
+    timeout: Duration,
+) -> Result<Verdict, String> {
+    let store = &inner.store;
+    let steps = store.steps(&run.id).await.map_err(|e| e.to_string())?;
+    let journal = Journal::from_steps(&run.id, steps).map_err(|e| e.to_string())?;
+    let spec: RunSpec = serde_json::from_value(run.spec.clone()).unwrap_or_default();
+    let mut options = SandboxOptions {
+        image: spec.image.clone(),
+        vcpus: spec.vcpus,
+        memory: ByteSize::mib(spec.memory_mib),
+        timeout: Some(timeout),
+        ..SandboxOptions::default()
+    };
+    options.labels.insert("hearth.run".into(), run.id.clone());
+    options
+        .labels
+        .insert("hearth.check".into(), "upgrade".into());
+    let record = inner
+        .manager
+        .create(CreateSpec {
+            options,
+            env: BTreeMap::new(),
+        })
+        .await
+        .map_err(|e| format!("the check's VM could not start: {e}"))?;
+    let dir = format!("{}-check", inner.options.program_dir.for_run(&run.id));
+    let dir = match &inner.options.program_dir {
+        ProgramDir::Fixed(fixed) => fixed.clone(),
+        ProgramDir::PerRun(_) => dir,
+    };
+    let verdict = async {
+        let (_, sandbox) = inner
+            .manager
+            .running(&record.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        install(inner, program, &sandbox, &dir, &journal).await?;
+        let mut tunnel = sandbox
+            .open_tunnel("127.0.0.1:0", inner.options.max_request_body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut env = spec.env.clone();
+        env.insert(
+            "HEARTH_RUN_URL".into(),
+            format!("http://{}/v1/runs/{}", tunnel.address(), run.id),
+        );
+        env.insert("HEARTH_RUN_ID".into(), run.id.clone());
+        let argv = if spec.command.is_empty() {
+            program.default_command(&dir)
+        } else {
+            spec.command.clone()
+        };
+        let mut options = ExecOptions::new(argv);
+        options.env = env;
+        options.cwd = Some(dir.clone());
+        let mut exec = sandbox.exec(options).await.map_err(|e| e.to_string())?;
+        let stop = CancellationToken::new();
+        let launched = Launched {
+            run: run.clone(),
+            launch: run.launches + 1,
+            lease: inner.manager.node().lease(),
+            program: program.clone(),
+            sandbox: sandbox.clone(),
+        };
+        let session =
+            Arc::new(Session::new(inner.clone(), launched, journal, stop.clone()).verifying());
+        let mut log = LaunchLog::new(64 << 10);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                call = tunnel.next() => match call {
+                    Some(call) => {
+                        let session = session.clone();
+                        tokio::spawn(async move {
+                            let (status, body) =
+                                session.answer(call.method(), call.path(), call.body()).await;
+                            call.respond(status, Some("application/json"), body).await;
+                        });
+                    }
+                    None => return Err("the check's VM closed its channel".to_string()),
+                },
+                event = exec.next_event() => match event {
+                    Ok(Some(ExecEvent::Stdout(b))) => log.push("stdout", &b),
+                    Ok(Some(ExecEvent::Stderr(b))) => log.push("stderr", &b),
+                    Ok(Some(ExecEvent::Exit(report))) => {
+                        return Ok(session.verdict().unwrap_or_else(|| {
+                            let tail = String::from_utf8_lossy(&log.kept);
+                            let tail: String = tail.chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+                            Verdict::Diverges(format!(
+                                "the new program exited with status {} before it left the journal; its output ended with: {tail}",
+                                report.code
+                            ))
+                        }))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return Err("the check's VM stopped answering".to_string()),
+                },
+                () = stop.cancelled() => {
+                    return session
+                        .verdict()
+                        .ok_or_else(|| "the check ended without a verdict".to_string())
+                }
+                () = &mut deadline => {
+                    return Err(format!(
+                        "the new program did not reach the end of the journal within {} s",
+                        timeout.as_secs()
+                    ))
+                }
+            }
+        }
+    }
+    .await;
+    let _ = inner.manager.destroy(&record.id).await;
+    cleanup_dir(&inner.options.program_dir, &dir);
+    verdict
 }
 
 /// Write the program's files and the run's persisted files into the VM.

@@ -134,6 +134,9 @@ pub(crate) struct Inner {
     pub wake: Notify,
 }
 
+/// Longest the check of a new program may take.
+const UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A random run id.
 fn new_run_id() -> String {
     format!("run-{}", hearth_sandbox::ids::random_hex(10))
@@ -330,6 +333,61 @@ impl RunEngine {
             .ok_or_else(|| RunError::Conflict(format!("run {id} has no step {seq}")))?;
         self.inner.store.resolve_step(id, &step).await?;
         self.inner.wake.notify_one();
+        self.get(id).await
+    }
+
+    /// Move a run that is not running (waiting, needing a decision, or
+    /// pending) to a new program, once a check in a fresh VM showed that
+    /// the program replays every step the run recorded. Refused, naming the
+    /// first diverging step, when it does not.
+    pub async fn upgrade(&self, id: &str, program: Program) -> Result<RunRecord, RunError> {
+        program.check()?;
+        let run = self.get(id).await?;
+        if run.state.is_final() {
+            return Err(RunError::Ended(format!(
+                "run {id} has ended ({}); there is nothing to upgrade",
+                run.state
+            )));
+        }
+        if run.node_id.is_some() {
+            return Err(RunError::Conflict(format!(
+                "run {id} is {} on node {}: upgrade it while it waits (or needs attention)",
+                run.state,
+                run.node_id.clone().unwrap_or_default()
+            )));
+        }
+        let verdict = launch::verify(&self.inner, &run, &program, UPGRADE_CHECK_TIMEOUT)
+            .await
+            .map_err(|why| RunError::Conflict(format!("the upgrade check failed: {why}")))?;
+        let replayed = match verdict {
+            session::Verdict::Replays(steps) => steps,
+            session::Verdict::Diverges(why) => {
+                return Err(RunError::Conflict(format!(
+                    "refused: the new program does not replay run {id}'s journal: {why}"
+                )))
+            }
+        };
+        let digest = self.inner.store.put_blob(&program.to_bytes()).await?;
+        let change = RunChange {
+            program: Some(digest.clone()),
+            if_launches: Some(run.launches),
+            ..RunChange::default()
+        };
+        let payload = EventPayload::RunUpgraded(hearth_store::event::RunUpgraded {
+            from: run.program.clone(),
+            to: digest,
+            replayed,
+        });
+        let moved = self
+            .inner
+            .store
+            .change_run(id, RunWriter::Unowned, &change, payload)
+            .await?;
+        if moved.is_none() {
+            return Err(RunError::Conflict(format!(
+                "run {id} moved on while its new program was checked; check again"
+            )));
+        }
         self.get(id).await
     }
 

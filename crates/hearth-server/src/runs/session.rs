@@ -52,6 +52,15 @@ pub(crate) struct Launched {
     pub sandbox: Sandbox,
 }
 
+/// What checking a new program against a run's journal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It replays every recorded step (this many) and goes on from there.
+    Replays(u64),
+    /// It does not: why, naming the first step where it differs.
+    Diverges(String),
+}
+
 /// A launch's endpoint state.
 pub(crate) struct Session {
     pub engine: Arc<Inner>,
@@ -67,6 +76,9 @@ pub(crate) struct Session {
     stopped: Mutex<Option<Stopped>>,
     /// Cancelled when the launch must end.
     pub stop: CancellationToken,
+    /// Set for a check of a new program: nothing is recorded, replays are
+    /// answered until the program leaves its journal or diverges.
+    verify: Option<Mutex<Option<Verdict>>>,
 }
 
 type Answer = Result<Value, EndpointError>;
@@ -96,6 +108,94 @@ impl Session {
             policies: Mutex::default(),
             stopped: Mutex::default(),
             stop,
+            verify: None,
+        }
+    }
+
+    /// A session that checks whether its program replays the journal,
+    /// recording nothing.
+    pub fn verifying(mut self) -> Self {
+        self.verify = Some(Mutex::new(None));
+        self
+    }
+
+    /// What a verifying session found, if it is done.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.verify.as_ref().and_then(|v| v.lock().clone())
+    }
+
+    fn conclude(&self, verdict: Verdict) -> EndpointError {
+        if let Some(slot) = &self.verify {
+            slot.lock().get_or_insert(verdict);
+        }
+        self.stop.cancel();
+        EndpointError::stopped(
+            "stopped",
+            "this was a check of a new program against the run's journal; it is done",
+        )
+    }
+
+    async fn verify_call(&self, journal: &Journal, call: Call) -> Answer {
+        let recorded = journal.next_seq();
+        let call_seq = call.seq();
+        match &call {
+            Call::Context => {
+                return Ok(json!({
+                    "run_id": self.run.id,
+                    "name": self.run.name,
+                    "input": self.run.input,
+                    "launch": self.launch,
+                    "program_digest": self.run.program,
+                    "journal_length": recorded,
+                }))
+            }
+            Call::Complete { .. } => {
+                let replayed = journal
+                    .steps()
+                    .iter()
+                    .take_while(|s| s.state.is_final())
+                    .count() as u64;
+                let verdict = if replayed >= recorded {
+                    Verdict::Replays(recorded)
+                } else {
+                    Verdict::Diverges(format!(
+                        "the new program completes after replaying {replayed} steps; the journal holds {recorded}"
+                    ))
+                };
+                return Err(self.conclude(verdict));
+            }
+            Call::StepResult { seq, .. } => {
+                return Err(self.conclude(Verdict::Diverges(format!(
+                "the new program reported a result for step {seq}, which it was not asked to run"
+            ))))
+            }
+            _ => {}
+        }
+        let effect = match &call {
+            Call::Tool { name, args, .. } => match self.engine.tools.check(name, args) {
+                Ok(effect) => effect,
+                Err(error) => {
+                    return Err(self.conclude(Verdict::Diverges(format!(
+                        "step {}: {}",
+                        call_seq.unwrap_or_default(),
+                        error.message
+                    ))))
+                }
+            },
+            _ => Effect::Pure,
+        };
+        let Some(step) = call.step_call(effect) else {
+            return Err(EndpointError::invalid(None, "not a journaled call"));
+        };
+        match journal.decide(&step, self.now()) {
+            Ok(Decision::Replay(outcome)) => self.replayed(&call, outcome),
+            Ok(Decision::NonDeterminism(nd)) => {
+                Err(self.conclude(Verdict::Diverges(nd.to_string())))
+            }
+            // The first call the journal does not answer: everything before
+            // it replayed.
+            Ok(_) => Err(self.conclude(Verdict::Replays(step.seq))),
+            Err(error) => Err(self.conclude(Verdict::Diverges(error.to_string()))),
         }
     }
 
@@ -118,7 +218,15 @@ impl Session {
             None => match parse_call(&self.run.id, method, path, body) {
                 Ok(call) => {
                     let mut journal = self.journal.lock().await;
-                    self.handle(&mut journal, call).await
+                    if self.verify.is_some() {
+                        if self.verdict().is_some() {
+                            Err(EndpointError::stopped("stopped", "the check is done"))
+                        } else {
+                            self.verify_call(&journal, call).await
+                        }
+                    } else {
+                        self.handle(&mut journal, call).await
+                    }
                 }
                 Err(error) => Err(error),
             },
