@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use hearth_engine::journal::Resolution;
 use hearth_engine::{Program, RunSpec, RunState, StepError, StepRecord};
 use hearth_store::{Event, NodeState, RunFilter, RunRecord, StoreError};
 
-use super::{ApiJson, AppState};
+use super::{ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 use crate::forward::FORWARDED_BY;
 use crate::runs::{RunError, StartRun};
@@ -172,6 +172,7 @@ pub struct RunList {
 
 /// Which runs to list.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RunListQuery {
     /// Only this state (comma-separated for several).
@@ -232,6 +233,7 @@ pub struct ResolveRequest {
 
 /// `?wait=SECONDS`.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ResultQuery {
     /// Wait up to this many seconds for the run to end.
@@ -255,6 +257,7 @@ pub struct RunResult {
 
 /// `?after=N`.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AfterQuery {
     /// Events numbered above this.
@@ -389,6 +392,7 @@ fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiE
         (status = 401, description = "No valid token", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 503, description = "The store is unavailable", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
     )
 )]
 pub async fn start_run(
@@ -410,11 +414,13 @@ pub async fn start_run(
     responses(
         (status = 200, description = "Runs", body = RunList),
         (status = 400, description = "A filter is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn list_runs(
     State(state): State<AppState>,
-    Query(query): Query<RunListQuery>,
+    ApiQuery(query): ApiQuery<RunListQuery>,
 ) -> Result<Json<RunList>, ApiError> {
     let mut filter = RunFilter {
         parent_id: query.parent,
@@ -452,6 +458,8 @@ fn step_view(run_id: &str, step: &StepRecord) -> Value {
     responses(
         (status = 200, description = "The run", body = RunDetail),
         (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn get_run(
@@ -475,12 +483,15 @@ pub async fn get_run(
     responses(
         (status = 200, description = "Events", body = RunEvents),
         (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 400, description = "A field or parameter is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn run_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<AfterQuery>,
+    ApiQuery(query): ApiQuery<AfterQuery>,
 ) -> Result<Json<RunEvents>, ApiError> {
     state.runs.get(&id).await?;
     let events = state
@@ -500,6 +511,8 @@ pub async fn run_events(
     responses(
         (status = 200, description = "Logs", body = String, content_type = "text/plain"),
         (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn run_logs(
@@ -545,6 +558,11 @@ pub async fn run_logs(
         (status = 202, description = "Recorded", body = SignalView),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run has ended", body = ErrorResponse),
+        (status = 400, description = "A field or parameter is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn signal_run(
@@ -575,6 +593,12 @@ pub async fn signal_run(
         (status = 200, description = "Cancelled", body = RunView),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run has ended, or another node runs it", body = ErrorResponse),
+        (status = 400, description = "A field or parameter is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 502, description = "The node running it did not answer", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn cancel_run(
@@ -641,6 +665,10 @@ pub async fn cancel_run(
         (status = 400, description = "The decision is malformed", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The run or step does not wait for a decision", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn resolve_run(
@@ -682,12 +710,15 @@ pub async fn resolve_run(
     responses(
         (status = 200, description = "The run's state and outcome", body = RunResult),
         (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 400, description = "A field or parameter is invalid", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn run_result(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<ResultQuery>,
+    ApiQuery(query): ApiQuery<ResultQuery>,
 ) -> Result<Json<RunResult>, ApiError> {
     let wait = seconds("wait", query.wait, MAX_RESULT_WAIT)?.unwrap_or(0);
     let run = state.runs.wait(&id, Duration::from_millis(wait)).await?;
@@ -721,6 +752,10 @@ pub struct UpgradeRequest {
         (status = 400, description = "The program is invalid", body = ErrorResponse),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 409, description = "The new program diverges from the journal, or the run is running or ended", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
     )
 )]
 pub async fn upgrade_run(
