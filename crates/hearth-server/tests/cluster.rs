@@ -343,6 +343,17 @@ async fn a_node_that_finds_its_lease_taken_kills_its_vms_and_cannot_write() {
     let (status, sandbox) = client.post(&a, "/v1/sandboxes", json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{sandbox}");
     let id = sandbox["id"].as_str().unwrap().to_string();
+    // A renews its lease at least once while the sandbox runs (the lease
+    // the sandbox was created under is then an older copy of it).
+    let created_under = a.server.node().lease();
+    let renewed = std::time::Instant::now() + Duration::from_secs(30);
+    while a.server.node().lease().expires_ms == created_under.expires_ms {
+        assert!(
+            std::time::Instant::now() < renewed,
+            "A never renewed its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Another node (here: the test, through the store) expires A's lease,
     // as it would after watching A silent for a TTL.
@@ -372,6 +383,11 @@ async fn a_node_that_finds_its_lease_taken_kills_its_vms_and_cannot_write() {
     assert_eq!(sandbox["state"], "lost", "{sandbox}");
     let message = sandbox["end_message"].as_str().unwrap();
     assert!(message.contains("lost its lease"), "{message}");
+    // The VM is killed before the loss is recorded; its entry goes when
+    // its monitor has seen it die.
+    while a.server.manager().live(&id).is_some() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(a.server.manager().live(&id).is_none(), "its VM is gone");
 
     // A's attempt to record the VM's end under the lost lease was refused

@@ -152,6 +152,14 @@ pub struct Lease {
     pub expires_ms: u64,
 }
 
+impl Lease {
+    /// Whether `other` is this lease, perhaps renewed since: the same node
+    /// and epoch (renewals only move `expires_ms`).
+    pub fn same_epoch(&self, other: &Lease) -> bool {
+        self.node_id == other.node_id && self.epoch == other.epoch
+    }
+}
+
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (epoch {})", self.node_id, self.epoch)

@@ -248,12 +248,11 @@ impl SandboxManager {
             labels: new.labels.clone(),
             env_keys: spec.env.keys().cloned().collect(),
         };
-        self.events().insert_sandbox(&new, &lease, details).await?;
-        self.inner.parts.metrics.creates.inc();
-        self.inner.parts.metrics.moved(None, SandboxState::Creating);
+        // Known here before it is recorded: a destroy that finds the record
+        // must find the boot to cancel.
         let live = Arc::new(LiveSandbox {
             id: id.clone(),
-            lease,
+            lease: lease.clone(),
             env: spec.env,
             sandbox: Mutex::new(None),
             state: Mutex::new(SandboxState::Creating),
@@ -263,6 +262,12 @@ impl SandboxManager {
             _reservation: reservation,
         });
         self.inner.live.lock().insert(id.clone(), live.clone());
+        if let Err(error) = self.events().insert_sandbox(&new, &lease, details).await {
+            self.forget(&live);
+            return Err(error.into());
+        }
+        self.inner.parts.metrics.creates.inc();
+        self.inner.parts.metrics.moved(None, SandboxState::Creating);
 
         let (done_tx, done_rx) = oneshot::channel();
         let manager = self.clone();
@@ -594,7 +599,9 @@ impl SandboxManager {
             .live
             .lock()
             .values()
-            .filter(|l| &l.lease == lost)
+            // Its sandboxes hold the lease as it was when they were
+            // created; it has been renewed since.
+            .filter(|l| l.lease.same_epoch(lost))
             .cloned()
             .collect();
         for live in doomed {
