@@ -352,8 +352,15 @@ class Context:
 
     def _journaled(self, what, path, body):
         with self._lock:
-            body = dict(body, seq=self._begin(what))
-            return self._call("POST", path, body)
+            seq = self._begin(what)
+            try:
+                return self._call("POST", path, dict(body, seq=seq))
+            except HearthRunError as exc:
+                # A refused call recorded nothing: its seq is the next
+                # call's. (A step_failed answer is recorded at seq.)
+                if exc.code != "step_failed":
+                    self._seq = seq
+                raise
 
     @staticmethod
     def _outcome(outcome, name, failure):

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -228,6 +229,34 @@ impl Harness {
         }
     }
 
+    /// Follow run `id`'s events live (SSE), resuming after `last`; the
+    /// task ends with the stream and returns the events' JSON.
+    fn follow(&self, id: &str, last: Option<i64>) -> tokio::task::JoinHandle<Vec<Value>> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/runs/{id}/events", self.url))
+            .bearer_auth(self.token())
+            .header("Accept", "text/event-stream");
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut stream = sse_stream::SseByteStream::new(response.bytes_stream());
+            let mut events = Vec::new();
+            while let Some(Ok(event)) = stream.next().await {
+                if let Some(data) = event.data.filter(|d| !d.is_empty()) {
+                    let value: Value = serde_json::from_str(&data).unwrap();
+                    assert_eq!(event.id, Some(value["seq"].to_string()));
+                    assert_eq!(event.event.as_deref(), value["kind"].as_str());
+                    events.push(value);
+                }
+            }
+            events
+        })
+    }
+
     /// Wait until no fake VM runs.
     async fn wait_no_vm(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -374,6 +403,14 @@ ctx.complete({"approved": data})
     let run = h.wait_state(&id, "waiting").await;
     assert_eq!(run["waiting_for"]["on"], "approve");
     h.wait_no_vm().await;
+    // Followed live from here, the run's events end with its completion.
+    let (_, history) = h
+        .call(reqwest::Method::GET, &format!("/v1/runs/{id}/events"), None)
+        .await;
+    let last_seen = history["events"].as_array().unwrap().last().unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    let follow = h.follow(&id, Some(last_seen));
     let (status, body) = h
         .call(
             reqwest::Method::POST,
@@ -384,6 +421,28 @@ ctx.complete({"approved": data})
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let run = h.wait_state(&id, "completed").await;
     assert_eq!(run["output"], json!({"approved": {"by": "ana"}}));
+    let live = tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("the stream ends after the run's end")
+        .unwrap();
+    let kinds: Vec<&str> = live.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    // (The first launch's `run.exited` may come after the run waits.)
+    let signalled = kinds.iter().position(|k| *k == "run.signalled");
+    let relaunched = kinds.iter().position(|k| *k == "run.running");
+    assert!(
+        signalled.is_some() && signalled < relaunched,
+        "signalled, then relaunched: {kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"run.completed"), "{kinds:?}");
+    assert!(live
+        .iter()
+        .all(|e| e["run_id"] == id.as_str() && e["seq"].as_i64().unwrap() > last_seen));
+    // A stream opened after the end sends the rest of the history and ends.
+    let replay = tokio::time::timeout(Duration::from_secs(30), h.follow(&id, Some(last_seen)))
+        .await
+        .expect("a stream of an ended run ends")
+        .unwrap();
+    assert_eq!(replay, live);
     let (status, body) = h
         .call(
             reqwest::Method::POST,
@@ -767,6 +826,56 @@ async fn a_call_in_flight_when_the_vm_dies_is_retried_only_if_idempotent() {
         }
         assert_eq!(run["output"][4]["body"]["charged"], 5, "{run}");
     }
+    h.stop().await;
+}
+
+/// An unknown tool and arguments that do not fit a tool's parameters are
+/// refused with errors naming what was wrong; the program can go on, the
+/// refused calls leave nothing in the journal, and the ledger saw nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tool_calls_are_refused_without_harming_the_run() {
+    let (h, ledger) = with_ledger().await;
+    let program = r#"
+import hearth_run
+ctx = hearth_run.context()
+seen = []
+for name, args in [("nope", {}), ("charge", {}), ("charge", {"amount": "ten"}),
+                   ("charge", {"amount": 1, "extra": True})]:
+    try:
+        ctx.tool(name, **args)
+        seen.append("called")
+    except hearth_run.HearthRunError as e:
+        seen.append([e.status, e.code, e.field, e.message])
+seen.append(ctx.tool("charge", amount=7)["status"])
+ctx.complete(seen)
+"#;
+    let id = h.start(program, json!(null)).await;
+    let run = h.wait_state(&id, "completed").await;
+    let seen = run["output"].as_array().unwrap();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen[0][0], 404, "{seen:?}");
+    assert_eq!(seen[0][1], "not_found");
+    let unknown = seen[0][3].as_str().unwrap();
+    assert!(
+        unknown.contains("nope") && unknown.contains("charge"),
+        "names the tool and the tools there are: {unknown}"
+    );
+    for (refused, what) in seen[1..4].iter().zip(["amount", "amount", "extra"]) {
+        assert_eq!(refused[0], 400, "{refused}");
+        assert_eq!(refused[1], "invalid_argument", "{refused}");
+        let text = format!("{} {}", refused[2], refused[3]);
+        assert!(text.contains(what), "names {what}: {refused}");
+    }
+    assert_eq!(seen[4], 200, "the run goes on and charges once");
+    let steps = h
+        .call(reqwest::Method::GET, &format!("/v1/runs/{id}"), None)
+        .await
+        .1["steps"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(steps, 1, "only the good call is journaled");
+    assert_eq!(keys_once(&ledger).len(), 1);
     h.stop().await;
 }
 

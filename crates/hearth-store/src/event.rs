@@ -57,7 +57,15 @@ impl Event {
     pub fn ends_sandbox(&self) -> bool {
         SANDBOX_END_KINDS.contains(&self.kind.as_str())
     }
+
+    /// Whether this event is a run's last: the run ended for good.
+    pub fn ends_run(&self) -> bool {
+        RUN_END_KINDS.contains(&self.kind.as_str())
+    }
 }
+
+/// Kinds that end a run's history.
+pub const RUN_END_KINDS: [&str; 3] = ["run.completed", "run.failed", "run.cancelled"];
 
 /// Kinds that end a sandbox's history.
 pub const SANDBOX_END_KINDS: [&str; 4] = [

@@ -467,6 +467,10 @@ def test_errors_carry_code_message_and_field(engine):
         ctx.tool("nope")
     assert (e.value.code, e.value.status) == ("not_found", 404)
     assert "no tool nope" in e.value.message
+    # The refused call recorded nothing: the next call takes its seq.
+    assert ctx.seq == 0
+    ctx.now()
+    assert ctx.seq == 1
     ctx._seq = 5  # a client bug: a gap
     with pytest.raises(hearth_run.HearthRunError) as e:
         ctx.now()

@@ -1,5 +1,5 @@
-//! The event log, of one sandbox or of the whole server, as JSON pages or
-//! a live stream.
+//! The event log, of one sandbox, one run or the whole server, as JSON
+//! pages or a live stream.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tokio::sync::mpsc;
 
-use hearth_store::Event;
+use hearth_store::{Event, Store, StoreError};
 
 use super::model::{EventList, EventView, EventsQuery, LogStreamEvent};
 use super::{last_event_id, ApiQuery, AppState};
@@ -77,15 +77,8 @@ async fn events_response(
     headers: &HeaderMap,
     query: EventsQuery,
 ) -> Result<Response, ApiError> {
-    let after = match last_event_id(headers)? {
-        Some(seq) => seq,
-        None => query.after.unwrap_or(0).max(0),
-    };
-    let wants_stream = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if !wants_stream {
+    let after = resume_after(headers, query.after)?;
+    if !wants_stream(headers) {
         let limit = query.limit.unwrap_or(1000);
         if limit == 0 {
             return Err(ApiError::invalid("limit", "limit must be at least 1"));
@@ -99,15 +92,78 @@ async fn events_response(
         let events = events.into_iter().map(EventView::from).collect();
         return Ok(Json(EventList { events, next_after }).into_response());
     }
+    let feed = match sandbox {
+        Some(id) => Feed::Sandbox(id),
+        None => Feed::All,
+    };
+    Ok(stream(state.events.clone(), feed, after))
+}
+
+/// Where a history resumes: after `Last-Event-ID`, else after `?after=`.
+pub(super) fn resume_after(headers: &HeaderMap, after: Option<i64>) -> Result<i64, ApiError> {
+    Ok(match last_event_id(headers)? {
+        Some(seq) => seq,
+        None => after.unwrap_or(0).max(0),
+    })
+}
+
+/// Whether the client asked for a live stream rather than a page.
+pub(super) fn wants_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// Whose events a live stream carries.
+pub(super) enum Feed {
+    /// Every event of the server; never ends.
+    All,
+    /// One sandbox's; ends after its final event.
+    Sandbox(String),
+    /// One durable run's; ends after the run has ended for good.
+    Run(String),
+}
+
+impl Feed {
+    async fn page(&self, store: &Store, after: i64) -> Result<Vec<Event>, StoreError> {
+        match self {
+            Self::All => store.events(None, after, PAGE).await,
+            Self::Sandbox(id) => store.events(Some(id), after, PAGE).await,
+            Self::Run(id) => store.run_events(id, after, PAGE).await,
+        }
+    }
+
+    fn is_last(&self, event: &Event) -> bool {
+        match self {
+            Self::All => false,
+            Self::Sandbox(_) => event.ends_sandbox(),
+            Self::Run(_) => event.ends_run(),
+        }
+    }
+
+    /// Whether the subject has ended, so nothing more will follow.
+    async fn has_ended(&self, store: &Store) -> Result<bool, StoreError> {
+        match self {
+            Self::All => Ok(false),
+            Self::Sandbox(id) => Ok(store.sandbox(id).await?.is_some_and(|r| r.state.is_final())),
+            Self::Run(id) => Ok(store.run(id).await?.is_some_and(|r| r.state.is_final())),
+        }
+    }
+}
+
+/// The SSE response for `feed` from `after` on; event ids are the events'
+/// `seq`.
+pub(super) fn stream(log: EventLog, feed: Feed, after: i64) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
-    tokio::spawn(follow(state.events.clone(), sandbox, after, tx));
+    tokio::spawn(follow(log, feed, after, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         Some((Ok::<_, Infallible>(to_sse(event)), rx))
     });
-    Ok(Sse::new(stream)
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
 }
 
 fn to_sse(event: Event) -> SseEvent {
@@ -120,21 +176,22 @@ fn to_sse(event: Event) -> SseEvent {
         .data(data)
 }
 
-/// Send the events after `after` (of sandbox `id`, or all) to `tx`, always
-/// read from the store after the last one sent (exact with any number of
-/// writers): at once, then whenever this process appends one, and every
-/// poll interval for those other nodes append. Ends after a sandbox's final
-/// event, or when the client goes away. While the store is unavailable it
-/// keeps trying, so the stream resumes when the store is back.
-async fn follow(log: EventLog, id: Option<String>, mut after: i64, tx: mpsc::Sender<Event>) {
+/// Send `feed`'s events after `after` to `tx`, always read from the store
+/// after the last one sent (exact with any number of writers): at once,
+/// then whenever this process appends one, and every poll interval for
+/// those other nodes append. Ends after the subject's final event, or when
+/// the client goes away. While the store is unavailable it keeps trying,
+/// so the stream resumes when the store is back.
+async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Event>) {
     // Subscribe before the first read so that nothing appended between the
     // read and the wait is missed.
     let mut appended = log.subscribe();
     let mut poll = tokio::time::interval(log.poll_interval());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let store = log.store();
     loop {
         appended.borrow_and_update();
-        let page = match log.store().events(id.as_deref(), after, PAGE).await {
+        let page = match feed.page(store, after).await {
             Ok(page) => page,
             Err(error) if error.is_unavailable() => {
                 tracing::warn!(%error, "reading events for a stream; retrying");
@@ -148,7 +205,7 @@ async fn follow(log: EventLog, id: Option<String>, mut after: i64, tx: mpsc::Sen
         let full = page.len() == PAGE as usize;
         for event in page {
             after = event.seq;
-            let last = id.is_some() && event.ends_sandbox();
+            let last = feed.is_last(&event);
             if tx.send(event).await.is_err() || last {
                 return;
             }
@@ -157,26 +214,24 @@ async fn follow(log: EventLog, id: Option<String>, mut after: i64, tx: mpsc::Sen
             continue;
         }
         // Resumed after the end: there is nothing more to wait for.
-        if let Some(id) = &id {
-            match log.store().sandbox(id).await {
-                Ok(Some(record)) if record.state.is_final() => {
-                    // Its final event may have been appended after the read
-                    // above: read once more before ending.
-                    if let Ok(rest) = log.store().events(Some(id), after, PAGE).await {
-                        for event in rest {
-                            if tx.send(event).await.is_err() {
-                                return;
-                            }
+        match feed.has_ended(store).await {
+            Ok(true) => {
+                // Its final event may have been appended after the read
+                // above: read once more before ending.
+                if let Ok(rest) = feed.page(store, after).await {
+                    for event in rest {
+                        if tx.send(event).await.is_err() {
+                            return;
                         }
                     }
-                    return;
                 }
-                Ok(_) => {}
-                Err(error) if error.is_unavailable() => {}
-                Err(error) => {
-                    tracing::error!(%error, "reading a sandbox for a stream");
-                    return;
-                }
+                return;
+            }
+            Ok(false) => {}
+            Err(error) if error.is_unavailable() => {}
+            Err(error) => {
+                tracing::error!(%error, "reading a stream's subject");
+                return;
             }
         }
         tokio::select! {

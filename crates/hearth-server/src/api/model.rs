@@ -473,6 +473,9 @@ pub struct EventView {
     pub seq: i64,
     /// The sandbox.
     pub sandbox_id: Option<String>,
+    /// The durable run, for a run's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
     /// The node that recorded it.
     pub node_id: Option<String>,
     /// When, ms since the epoch.
@@ -492,6 +495,7 @@ impl From<Event> for EventView {
         Self {
             seq: e.seq,
             sandbox_id: e.sandbox_id,
+            run_id: e.run_id,
             node_id: e.node_id,
             at_ms: e.at_ms,
             kind: e.kind,

@@ -19,7 +19,8 @@ use hearth_engine::journal::Resolution;
 use hearth_engine::{Program, RunSpec, RunState, StepError, StepRecord};
 use hearth_store::{Event, NodeState, RunFilter, RunRecord, StoreError};
 
-use super::{ApiJson, ApiQuery, AppState};
+use super::model::LogStreamEvent;
+use super::{events, ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 use crate::forward::FORWARDED_BY;
 use crate::runs::{RunError, StartRun};
@@ -474,14 +475,18 @@ pub async fn get_run(
     }))
 }
 
-/// A run's events (state changes, steps, launches), oldest first.
+/// A run's events (state changes, steps, launches), oldest first. With
+/// `Accept: text/event-stream`, a live stream: the history after
+/// `Last-Event-ID` (or `?after=`), then each new event as it is recorded,
+/// ending after the run's final event (`run.completed`, `run.failed` or
+/// `run.cancelled`). Event ids are the events' `seq`.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/events",
     tag = "runs",
     params(("id" = String, Path, description = "Run id"), AfterQuery),
     responses(
-        (status = 200, description = "Events", body = RunEvents),
+        (status = 200, description = "Events, or the live stream with Accept: text/event-stream", content((RunEvents = "application/json"), (LogStreamEvent = "text/event-stream"))),
         (status = 404, description = "No such run", body = ErrorResponse),
         (status = 400, description = "A field or parameter is invalid", body = ErrorResponse),
         (status = 401, description = "No valid token", body = ErrorResponse),
@@ -491,14 +496,23 @@ pub async fn get_run(
 pub async fn run_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<AfterQuery>,
-) -> Result<Json<RunEvents>, ApiError> {
+) -> Result<Response, ApiError> {
     state.runs.get(&id).await?;
+    let after = events::resume_after(&headers, query.after)?;
+    if events::wants_stream(&headers) {
+        return Ok(events::stream(
+            state.events.clone(),
+            events::Feed::Run(id),
+            after,
+        ));
+    }
     let events = state
         .runs
-        .events(&id, query.after.unwrap_or(0), hearth_store::MAX_PAGE)
+        .events(&id, after, hearth_store::MAX_PAGE)
         .await?;
-    Ok(Json(RunEvents { events }))
+    Ok(Json(RunEvents { events }).into_response())
 }
 
 /// The program's output of every launch, interleaved with the run's
