@@ -9,7 +9,7 @@ use crate::event::{Event, EventPayload, EVENT_VERSION};
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal};
-use crate::runs_sql::StepRow;
+use crate::runs_sql::{StepRow, StepWriteRows};
 use hearth_engine::{RunState, StepRecord};
 
 /// An event about to be appended.
@@ -191,18 +191,15 @@ pub(crate) trait RunBackend {
         now: u64,
     ) -> Result<std::result::Result<Vec<(RunRecord, Event)>, String>>;
 
-    /// Write steps of a running run owned by `lease` and on launch
-    /// `launch`, with their events.
-    #[allow(clippy::too_many_arguments)]
+    /// Write each launch's steps, with their events, in one transaction
+    /// (one durable commit for the batch). Each write is checked on its
+    /// own (the run running or pending, owned by its lease, on its launch;
+    /// the lease current) and a refused one writes nothing.
     async fn put_steps(
         &self,
-        run_id: &str,
-        lease: &Lease,
-        launch: u32,
-        steps: &[StepRow],
-        events: &[NewEvent],
+        writes: &[StepWriteRows<'_>],
         now: u64,
-    ) -> Result<std::result::Result<Vec<Event>, RunRefusal>>;
+    ) -> Result<Vec<std::result::Result<Vec<Event>, RunRefusal>>>;
 
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>>;
 

@@ -34,6 +34,8 @@ pub use error::{Result, StoreError};
 pub use event::{Event, EventPayload, EVENT_VERSION};
 pub use model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 pub use node::{Lease, NodeCapacity, NodeLoad, NodeRecord, NodeSpec, NodeState};
-pub use runs::{NewRun, RunChange, RunFilter, RunRecord, RunWriter, Signal, INLINE_RESULT_MAX};
+pub use runs::{
+    NewRun, RunChange, RunFilter, RunRecord, RunWriter, Signal, StepWrite, INLINE_RESULT_MAX,
+};
 pub use store::{Store, MAX_PAGE};
 pub use url::{redact, DatabaseUrl};

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use hearth_engine::RunState;
+use hearth_engine::{RunState, StepRecord};
 
 use crate::node::Lease;
 
@@ -151,6 +151,20 @@ pub struct Signal {
     pub data: Value,
     /// When it was sent, ms since the epoch.
     pub sent_ms: u64,
+}
+
+/// One launch's write to its run's journal: whole step records, each
+/// replacing the stored one, fenced by the launch's lease and number.
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    /// The run.
+    pub run_id: String,
+    /// The lease of the node running the launch.
+    pub lease: Lease,
+    /// The launch number the run must still be on.
+    pub launch: u32,
+    /// The steps as they now are.
+    pub steps: Vec<StepRecord>,
 }
 
 /// Why a run write by its owner was not made.

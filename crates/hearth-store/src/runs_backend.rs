@@ -197,91 +197,33 @@ macro_rules! impl_run_backend {
 
             async fn put_steps(
                 &self,
-                run_id: &str,
-                lease: &Lease,
-                launch: u32,
-                steps: &[StepRow],
-                events: &[NewEvent],
+                writes: &[StepWriteRows<'_>],
                 now: u64,
-            ) -> Result<std::result::Result<Vec<Event>, RunRefusal>> {
+            ) -> Result<Vec<std::result::Result<Vec<Event>, RunRefusal>>> {
                 let mut tx = self.begin().await?;
-                if let Some(refusal) = fence(&mut tx, lease).await? {
-                    return Ok(Err(RunRefusal::Fenced(refusal)));
-                }
-                let select = format!(
-                    "SELECT state, node_id, node_epoch, sandbox_id, launches FROM runs WHERE id = $1{}",
-                    $lock_row
-                );
-                type Owner = (String, Option<String>, Option<i64>, Option<String>, i64);
-                let owner: Option<Owner> = sqlx::query_as(sqlx::AssertSqlSafe(select))
-                    .bind(run_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query("reading a run"))?;
-                let Some((state, node, epoch, sandbox, launches)) = owner else {
-                    return Ok(Err(RunRefusal::NotFound));
-                };
-                // Running, or claimed and about to launch (steps whose
-                // attempt was lost are recorded before the new VM starts).
-                if state != RunState::Running.as_str() && state != RunState::Pending.as_str() {
-                    return Ok(Err(RunRefusal::StateMoved));
-                }
-                if let Some(reason) =
-                    owner_refusal(RunWriter::Owner(lease), (node.as_deref(), epoch))
-                {
-                    return Ok(Err(RunRefusal::NotOwner(reason)));
-                }
-                // A launch that is over (its VM died, the run moved on to
-                // another launch) writes nothing, even on the same node.
-                if launches != i64::from(launch) {
-                    return Ok(Err(RunRefusal::NotOwner(format!(
-                        "launch {launch} is over: the run is on launch {launches}"
-                    ))));
-                }
-                for step in steps {
-                    if let Some((digest, data)) = &step.result_blob {
-                        sqlx::query(runs_sql::PUT_BLOB)
-                            .bind(digest)
-                            .bind(data.len() as i64)
-                            .bind(data.as_slice())
-                            .bind(now as i64)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(query("storing a step result"))?;
+                // Every lease in the batch, checked once (a batch is one
+                // node's: almost always one lease).
+                let mut fences: Vec<(&Lease, Option<String>)> = Vec::new();
+                let mut outcomes = Vec::with_capacity(writes.len());
+                for write in writes {
+                    let lease = write.lease;
+                    let fenced = match fences.iter().find(|(l, _)| l.same_epoch(lease)) {
+                        Some((_, refusal)) => refusal.clone(),
+                        None => {
+                            let refusal = fence(&mut tx, lease).await?;
+                            fences.push((lease, refusal.clone()));
+                            refusal
+                        }
+                    };
+                    if let Some(refusal) = fenced {
+                        outcomes.push(Err(RunRefusal::Fenced(refusal)));
+                        continue;
                     }
-                    sqlx::query(runs_sql::PUT_STEP)
-                        .bind(run_id)
-                        .bind(step.seq)
-                        .bind(&step.name)
-                        .bind(&step.args_digest)
-                        .bind(step.effect)
-                        .bind(step.state)
-                        .bind(&step.result)
-                        .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
-                        .bind(&step.error)
-                        .bind(&step.attempts)
-                        .bind(step.retry_at_ms)
-                        .bind(now as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query("writing a step"))?;
-                }
-                let mut written = Vec::with_capacity(events.len());
-                for event in events {
-                    written.push(
-                        insert_event(
-                            &mut tx,
-                            sandbox.as_deref(),
-                            Some(run_id),
-                            Some(&lease.node_id),
-                            event,
-                            now,
-                        )
-                        .await?,
-                    );
+                    let outcome = put_run_steps(&mut tx, write, now).await?;
+                    outcomes.push(outcome);
                 }
                 tx.commit().await.map_err(query("commit"))?;
-                Ok(Ok(written))
+                Ok(outcomes)
             }
 
             async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
@@ -382,22 +324,7 @@ macro_rules! impl_run_backend {
                     Some((state, None)) if state == RunState::NeedsAttention.as_str() => {}
                     Some(_) => return Ok(Err(RunRefusal::StateMoved)),
                 }
-                sqlx::query(runs_sql::PUT_STEP)
-                    .bind(run_id)
-                    .bind(step.seq)
-                    .bind(&step.name)
-                    .bind(&step.args_digest)
-                    .bind(step.effect)
-                    .bind(step.state)
-                    .bind(&step.result)
-                    .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
-                    .bind(&step.error)
-                    .bind(&step.attempts)
-                    .bind(step.retry_at_ms)
-                    .bind(now as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query("writing a step"))?;
+                put_step_row(&mut tx, run_id, step, now).await?;
                 sqlx::query(
                     "UPDATE runs SET state = 'pending', wake_ms = NULL, waiting_for = NULL, \
                      updated_ms = $2 WHERE id = $1",
@@ -438,6 +365,102 @@ macro_rules! impl_run_backend {
                     .map_err(query("reading a run's events"))?;
                 found.iter().map(rows::event).collect()
             }
+        }
+
+        /// Write one launch's steps with their events if the run is still
+        /// that launch's, owned by its lease (checked against the node row
+        /// by the caller); a refusal writes nothing.
+        async fn put_run_steps(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            write: &StepWriteRows<'_>,
+            now: u64,
+        ) -> Result<std::result::Result<Vec<Event>, RunRefusal>> {
+            let select = format!(
+                "SELECT state, node_id, node_epoch, sandbox_id, launches FROM runs WHERE id = $1{}",
+                $lock_row
+            );
+            type Owner = (String, Option<String>, Option<i64>, Option<String>, i64);
+            let owner: Option<Owner> = sqlx::query_as(sqlx::AssertSqlSafe(select))
+                .bind(write.run_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(query("reading a run"))?;
+            let Some((state, node, epoch, sandbox, launches)) = owner else {
+                return Ok(Err(RunRefusal::NotFound));
+            };
+            // Running, or claimed and about to launch (steps whose attempt
+            // was lost are recorded before the new VM starts).
+            if state != RunState::Running.as_str() && state != RunState::Pending.as_str() {
+                return Ok(Err(RunRefusal::StateMoved));
+            }
+            if let Some(reason) =
+                owner_refusal(RunWriter::Owner(write.lease), (node.as_deref(), epoch))
+            {
+                return Ok(Err(RunRefusal::NotOwner(reason)));
+            }
+            // A launch that is over (its VM died, the run moved on to
+            // another launch) writes nothing, even on the same node.
+            if launches != i64::from(write.launch) {
+                return Ok(Err(RunRefusal::NotOwner(format!(
+                    "launch {} is over: the run is on launch {launches}",
+                    write.launch
+                ))));
+            }
+            for step in write.steps {
+                put_step_row(&mut *conn, write.run_id, step, now).await?;
+            }
+            let mut written = Vec::with_capacity(write.events.len());
+            for event in write.events {
+                written.push(
+                    insert_event(
+                        &mut *conn,
+                        sandbox.as_deref(),
+                        Some(write.run_id),
+                        Some(&write.lease.node_id),
+                        event,
+                        now,
+                    )
+                    .await?,
+                );
+            }
+            Ok(Ok(written))
+        }
+
+        /// Write (insert or replace) one journal row, and first the blob
+        /// holding its result when that is too large for the row.
+        async fn put_step_row(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            run_id: &str,
+            step: &StepRow,
+            now: u64,
+        ) -> Result<()> {
+            if let Some((digest, data)) = &step.result_blob {
+                sqlx::query(runs_sql::PUT_BLOB)
+                    .bind(digest)
+                    .bind(data.len() as i64)
+                    .bind(data.as_slice())
+                    .bind(now as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(query("storing a step result"))?;
+            }
+            sqlx::query(runs_sql::PUT_STEP)
+                .bind(run_id)
+                .bind(step.seq)
+                .bind(&step.name)
+                .bind(&step.args_digest)
+                .bind(step.effect)
+                .bind(step.state)
+                .bind(&step.result)
+                .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
+                .bind(&step.error)
+                .bind(&step.attempts)
+                .bind(step.retry_at_ms)
+                .bind(now as i64)
+                .execute(&mut *conn)
+                .await
+                .map_err(query("writing a step"))?;
+            Ok(())
         }
 
         /// Wake run `run_id` if it is waiting on `on` (a signal's name or

@@ -10,7 +10,9 @@ use sqlx::{ColumnIndex, Database, Encode, QueryBuilder, Type};
 
 use hearth_engine::{Attempt, Effect, RunState, StepError, StepRecord, StepState};
 
+use crate::backend::NewEvent;
 use crate::error::{Result, StoreError};
+use crate::node::Lease;
 use crate::rows::StoreRow;
 use crate::runs::{RunChange, RunFilter, RunRecord, Signal};
 
@@ -200,6 +202,17 @@ where
         .push(" ORDER BY seq LIMIT ")
         .push_bind(i64::from(limit));
     select
+}
+
+/// One launch's journal write, as rows: checked and written on its own
+/// within a batch that commits together.
+#[derive(Debug)]
+pub(crate) struct StepWriteRows<'a> {
+    pub run_id: &'a str,
+    pub lease: &'a Lease,
+    pub launch: u32,
+    pub steps: &'a [StepRow],
+    pub events: &'a [NewEvent],
 }
 
 /// A step as written: its record's columns, and the blob holding its

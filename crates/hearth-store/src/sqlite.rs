@@ -26,7 +26,7 @@ use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::runs_sql::{self, StepRow};
+use crate::runs_sql::{self, StepRow, StepWriteRows};
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
 use sqlx::Row as _;

@@ -13,8 +13,10 @@ use crate::error::{Result, StoreError};
 use crate::event::{Event, EventPayload, RunCreated};
 use crate::node::Lease;
 use crate::runs::INLINE_RESULT_MAX;
-use crate::runs::{NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal};
-use crate::runs_sql::StepRow;
+use crate::runs::{
+    NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal, StepWrite,
+};
+use crate::runs_sql::{StepRow, StepWriteRows};
 use crate::store::{on_engine, Store, MAX_PAGE, MAX_RACES};
 
 impl Store {
@@ -148,8 +150,9 @@ impl Store {
     /// Write `steps` of run `run_id` (each the whole record, replacing the
     /// stored one) with one `step.*` event each, in one transaction.
     /// Refused, and the refusal recorded, unless the run is running (or
-    /// pending, about to launch) and owned by `lease`, and the lease is current: a node that lost a run
-    /// can never write to its journal.
+    /// pending, about to launch), on launch `launch` and owned by `lease`,
+    /// and the lease is current: a node that lost a run can never write to
+    /// its journal.
     pub async fn put_steps(
         &self,
         run_id: &str,
@@ -157,29 +160,78 @@ impl Store {
         launch: u32,
         steps: &[StepRecord],
     ) -> Result<Vec<Event>> {
-        let rows: Vec<StepRow> = steps
+        let write = StepWrite {
+            run_id: run_id.to_string(),
+            lease: lease.clone(),
+            launch,
+            steps: steps.to_vec(),
+        };
+        let mut outcomes = self.put_step_batch(std::slice::from_ref(&write)).await?;
+        outcomes.pop().unwrap_or(Ok(Vec::new()))
+    }
+
+    /// Write several launches' steps (each write as [`Store::put_steps`]
+    /// does it) in one transaction, so that one durable commit serves them
+    /// all: how concurrent runs share the cost of a commit. `Err` when the
+    /// transaction failed (nothing was written); otherwise each write's own
+    /// outcome, in order: a refused write wrote nothing, the others did.
+    pub async fn put_step_batch(&self, writes: &[StepWrite]) -> Result<Vec<Result<Vec<Event>>>> {
+        let prepared: Vec<(Vec<StepRow>, Vec<NewEvent>)> = writes
             .iter()
-            .map(|s| StepRow::of(s, INLINE_RESULT_MAX))
+            .map(|w| {
+                let rows = w
+                    .steps
+                    .iter()
+                    .map(|s| StepRow::of(s, INLINE_RESULT_MAX))
+                    .collect();
+                let events = w
+                    .steps
+                    .iter()
+                    .map(|s| NewEvent::of(&EventPayload::of_step(s)))
+                    .collect();
+                (rows, events)
+            })
             .collect();
-        let events: Vec<NewEvent> = steps
+        let rows: Vec<StepWriteRows<'_>> = writes
             .iter()
-            .map(|s| NewEvent::of(&EventPayload::of_step(s)))
+            .zip(&prepared)
+            .map(|(w, (steps, events))| StepWriteRows {
+                run_id: &w.run_id,
+                lease: &w.lease,
+                launch: w.launch,
+                steps,
+                events,
+            })
             .collect();
         let now = self.now();
-        match on_engine!(self, b => b.put_steps(run_id, lease, launch, &rows, &events, now))? {
+        let outcomes = on_engine!(self, b => b.put_steps(&rows, now))?;
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for (write, outcome) in writes.iter().zip(outcomes) {
+            answers.push(self.step_write_outcome(write, outcome).await);
+        }
+        Ok(answers)
+    }
+
+    async fn step_write_outcome(
+        &self,
+        write: &StepWrite,
+        outcome: std::result::Result<Vec<Event>, RunRefusal>,
+    ) -> Result<Vec<Event>> {
+        let run_id = &write.run_id;
+        match outcome {
             Ok(events) => Ok(events),
-            Err(RunRefusal::NotFound) => Err(StoreError::RunNotFound(run_id.to_string())),
+            Err(RunRefusal::NotFound) => Err(StoreError::RunNotFound(run_id.clone())),
             Err(RunRefusal::StateMoved) => {
                 let state = match self.run(run_id).await {
                     Ok(Some(run)) => run.state.to_string(),
                     _ => "unknown".into(),
                 };
                 let reason = format!("run {run_id} is no longer running (it is {state})");
-                Err(self.refused(lease, None, "step", reason).await)
+                Err(self.refused(&write.lease, None, "step", reason).await)
             }
             Err(RunRefusal::Fenced(reason)) | Err(RunRefusal::NotOwner(reason)) => {
                 let reason = format!("does not own run {run_id}: {reason}");
-                Err(self.refused(lease, None, "step", reason).await)
+                Err(self.refused(&write.lease, None, "step", reason).await)
             }
         }
     }

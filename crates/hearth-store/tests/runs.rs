@@ -14,7 +14,7 @@ use hearth_store::event::{RunFailed, RunRunning, RunWaiting};
 use hearth_store::testing::TestDatabase;
 use hearth_store::{
     EventPayload, Lease, ManualClock, NewRun, NodeCapacity, NodeSpec, RunChange, RunFilter,
-    RunWriter, Store, StoreError,
+    RunWriter, StepWrite, Store, StoreError,
 };
 
 macro_rules! on_both {
@@ -42,6 +42,7 @@ on_both!(
     signals_wake_only_runs_waiting_for_them,
     an_ended_child_wakes_its_waiting_parent,
     large_results_are_stored_once_as_blobs,
+    a_batch_commits_each_good_write_and_refuses_each_bad_one,
 );
 
 const T0: u64 = 1_800_000_000_000;
@@ -492,6 +493,70 @@ async fn a_node_that_lost_its_lease_cannot_write_the_journal(db: TestDatabase) {
         store.steps("run-1").await.unwrap()[0].result,
         Some(json!(2))
     );
+}
+
+/// Writes of several runs commit together; each is checked on its own,
+/// and a refused one (another node's run, an ended launch) writes nothing
+/// while the others are written, in order.
+async fn a_batch_commits_each_good_write_and_refuses_each_bad_one(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let b = lease(&store, "nd-b").await;
+    for id in ["run-1", "run-2", "run-3"] {
+        store.insert_run(&new_run(&store, id).await).await.unwrap();
+    }
+    launch(&store, &a, "run-1").await;
+    launch(&store, &a, "run-2").await;
+    launch(&store, &b, "run-3").await;
+    let write = |run: &str, lease: &Lease, launch: u32, steps: Vec<StepRecord>| StepWrite {
+        run_id: run.into(),
+        lease: lease.clone(),
+        launch,
+        steps,
+    };
+    let started = step(0, StepState::Started, None);
+    let done = step(0, StepState::Succeeded, Some(json!({"ok": 1})));
+    let outcomes = store
+        .put_step_batch(&[
+            write("run-1", &a, 1, vec![started.clone()]),
+            write("run-3", &a, 1, vec![done.clone()]),
+            write("run-2", &a, 2, vec![done.clone()]),
+            write("run-2", &a, 1, vec![started.clone()]),
+            // A later write of the same run replaces the earlier one.
+            write("run-1", &a, 1, vec![done.clone()]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 5);
+    let kinds = |i: usize| -> Vec<String> {
+        outcomes[i]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.kind.clone())
+            .collect()
+    };
+    assert_eq!(kinds(0), ["step.started"]);
+    let refused = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(refused.contains("nd-b"), "another node's run: {refused}");
+    let refused = outcomes[2].as_ref().unwrap_err().to_string();
+    assert!(refused.contains("launch 2 is over"), "{refused}");
+    assert_eq!(kinds(3), ["step.started"]);
+    assert_eq!(kinds(4), ["step.succeeded"]);
+    assert_eq!(store.steps("run-1").await.unwrap(), vec![done]);
+    assert_eq!(store.steps("run-2").await.unwrap(), vec![started]);
+    assert!(store.steps("run-3").await.unwrap().is_empty());
+    let events: Vec<String> = store
+        .run_events("run-1", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("step."))
+        .collect();
+    assert_eq!(events, ["step.started", "step.succeeded"]);
+    // An empty batch is a no-op.
+    assert!(store.put_step_batch(&[]).await.unwrap().is_empty());
 }
 
 async fn signals_wake_only_runs_waiting_for_them(db: TestDatabase) {

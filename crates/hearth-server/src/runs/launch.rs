@@ -518,8 +518,10 @@ async fn run_program(
         }
     }
     // The launch is over: calls still in flight (a tool call the VM's
-    // death cut off) are abandoned and can record nothing.
+    // death cut off) are abandoned and can record nothing; what it queued
+    // is written before the run moves on.
     stop.cancel();
+    session.flush().await;
     let stopped = session.stopped();
     (end, stopped, log)
 }

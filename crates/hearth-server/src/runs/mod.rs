@@ -7,6 +7,7 @@
 //! persists every change before the program hears of it, so a launch that
 //! dies anywhere resumes from what was recorded.
 
+mod group_commit;
 mod launch;
 mod session;
 pub mod tools;
@@ -127,6 +128,8 @@ pub(crate) struct Inner {
     pub store: Store,
     pub tools: Arc<dyn ToolBox>,
     pub options: RunOptions,
+    /// Where launches' journal writes are queued and committed together.
+    pub journal: group_commit::GroupCommit,
     /// Stops the scheduler and every launch.
     pub stop: CancellationToken,
     /// Launches running here, by run id.
@@ -146,11 +149,13 @@ impl RunEngine {
     /// An engine launching runs through `manager`'s sandboxes.
     pub fn new(manager: SandboxManager, options: RunOptions) -> Self {
         let store = manager.events().store().clone();
+        let journal = group_commit::GroupCommit::start(store.clone());
         Self {
             inner: Arc::new(Inner {
                 manager,
                 store,
                 tools: options.tools.clone(),
+                journal,
                 options,
                 stop: CancellationToken::new(),
                 active: Mutex::default(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use hearth_engine::journal::{AfterFailure, Decision, Outcome};
@@ -22,8 +23,11 @@ use hearth_engine::{
 };
 use hearth_sandbox::Sandbox;
 use hearth_store::event::{RunCompleted, RunNeedsAttention, RunWaiting};
-use hearth_store::{EventPayload, Lease, NewRun, RunChange, RunRecord, RunWriter, StoreError};
+use hearth_store::{
+    EventPayload, Lease, NewRun, RunChange, RunRecord, RunWriter, StepWrite, StoreError,
+};
 
+use super::group_commit::Written;
 use super::{failed, Inner};
 
 /// Why the engine ended a launch (the program's VM is to be released).
@@ -79,6 +83,21 @@ pub(crate) struct Session {
     /// Set for a check of a new program: nothing is recorded, replays are
     /// answered until the program leaves its journal or diverges.
     verify: Option<Mutex<Option<Verdict>>>,
+    /// The last write queued without waiting for it (see [`Wait`]).
+    behind: Mutex<Option<oneshot::Receiver<Written>>>,
+}
+
+/// Whether a call's answer waits for its journal write to be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The answer leaves only once the write is durable.
+    Durable,
+    /// The write is queued, and the answer leaves at once: for the start of
+    /// a step that may be repeated (pure or idempotent). Losing that record
+    /// in a crash only means the step runs again, which its effect allows;
+    /// the launch's next durable write (always queued after it) or its end
+    /// waits for it.
+    Behind,
 }
 
 type Answer = Result<Value, EndpointError>;
@@ -109,6 +128,7 @@ impl Session {
             stopped: Mutex::default(),
             stop,
             verify: None,
+            behind: Mutex::default(),
         }
     }
 
@@ -251,6 +271,7 @@ impl Session {
             Stopped::Failed => "failed",
             Stopped::Fenced(_) => "fenced",
         };
+        self.flush().await;
         let message = match self
             .engine
             .store
@@ -275,7 +296,22 @@ impl Session {
         EndpointError::stopped(reason, message)
     }
 
-    async fn persist(&self, journal: &Journal, seq: u64) -> Result<(), EndpointError> {
+    /// Wait for the writes queued without waiting (see [`Wait::Behind`]):
+    /// before the run's state changes, and when the launch ends.
+    pub async fn flush(&self) {
+        let behind = self.behind.lock().take();
+        if let Some(written) = behind {
+            match written.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(run = %self.run.id, %error, "a step's start was not recorded");
+                }
+                Err(_) => tracing::warn!(run = %self.run.id, "the journal committer stopped"),
+            }
+        }
+    }
+
+    async fn persist(&self, journal: &Journal, seq: u64, wait: Wait) -> Result<(), EndpointError> {
         let Some(step) = journal.step(seq) else {
             return Ok(());
         };
@@ -292,18 +328,18 @@ impl Session {
                 return Err(error);
             }
         }
-        match self
-            .engine
-            .store
-            .put_steps(
-                &self.run.id,
-                &self.lease,
-                self.launch,
-                std::slice::from_ref(step),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
+        let write = StepWrite {
+            run_id: self.run.id.clone(),
+            lease: self.lease.clone(),
+            launch: self.launch,
+            steps: vec![step.clone()],
+        };
+        if wait == Wait::Behind {
+            *self.behind.lock() = Some(self.engine.journal.queue(write));
+            return Ok(());
+        }
+        match self.engine.journal.write(write).await {
+            Ok(()) => Ok(()),
             Err(error) => {
                 *self.stopped.lock() = Some(Stopped::Fenced(error.to_string()));
                 self.stop.cancel();
@@ -485,13 +521,27 @@ impl Session {
         })
     }
 
-    async fn begin(&self, journal: &mut Journal, step: &StepCall) -> Result<u64, EndpointError> {
+    async fn begin(
+        &self,
+        journal: &mut Journal,
+        step: &StepCall,
+        wait: Wait,
+    ) -> Result<u64, EndpointError> {
         let now = self.now();
         journal
             .begin(step, now)
             .map_err(|e| EndpointError::other(409, "conflict", e.to_string()))?;
-        self.persist(journal, step.seq).await?;
+        self.persist(journal, step.seq, wait).await?;
         Ok(now)
+    }
+
+    /// How the start of a step the program runs itself (or a value) is
+    /// recorded: a step that may be repeated need not wait for it.
+    fn start_wait(step: &StepCall) -> Wait {
+        match step.effect {
+            Effect::Pure | Effect::Idempotent => Wait::Behind,
+            Effect::Unsafe => Wait::Durable,
+        }
     }
 
     async fn succeed(
@@ -504,7 +554,7 @@ impl Session {
         journal
             .succeed(seq, attempt, result, self.now())
             .map_err(|e| EndpointError::other(409, "conflict", e.to_string()))?;
-        self.persist(journal, seq).await
+        self.persist(journal, seq, Wait::Durable).await
     }
 
     /// Record attempt `attempt` of `seq` as failed for good with `error`,
@@ -520,7 +570,7 @@ impl Session {
         if let Err(e) = journal.fail(seq, attempt, error.clone(), &RetryPolicy::never(), 0.0, now) {
             return EndpointError::other(409, "conflict", e.to_string());
         }
-        if let Err(e) = self.persist(journal, seq).await {
+        if let Err(e) = self.persist(journal, seq, Wait::Durable).await {
             return e;
         }
         EndpointError::other(400, "step_failed", error.message)
@@ -545,11 +595,11 @@ impl Session {
         let seq = step.seq;
         match call {
             Call::Step { .. } => {
-                self.begin(journal, step).await?;
+                self.begin(journal, step, Self::start_wait(step)).await?;
                 Ok(json!({"action": "execute", "attempt": attempt, "idempotency_key": key}))
             }
             Call::Value { kind, .. } => {
-                let now = self.begin(journal, step).await?;
+                let now = self.begin(journal, step, Self::start_wait(step)).await?;
                 let value = match kind {
                     ValueKind::Now => json!(now as f64 / 1000.0),
                     ValueKind::Random => json!(rand_unit()),
@@ -559,7 +609,7 @@ impl Session {
                 Ok(result)
             }
             Call::Sleep { ms, .. } => {
-                let now = self.begin(journal, step).await?;
+                let now = self.begin(journal, step, Wait::Durable).await?;
                 let until = Self::first_start(journal, seq, now).saturating_add(*ms);
                 self.hold_or_release(seq, "sleep", None, until).await?;
                 let result = json!({"slept": true});
@@ -569,7 +619,7 @@ impl Session {
             Call::Signal {
                 name, timeout_ms, ..
             } => {
-                let now = self.begin(journal, step).await?;
+                let now = self.begin(journal, step, Wait::Durable).await?;
                 let index = journal.steps()[..seq as usize]
                     .iter()
                     .filter(|s| {
@@ -610,7 +660,7 @@ impl Session {
                 name,
                 ..
             } => {
-                self.begin(journal, step).await?;
+                self.begin(journal, step, Wait::Durable).await?;
                 let child_id = child_run_id(&self.run.id, seq);
                 let child_program = match self.program.with_entry(program) {
                     Ok(p) => p,
@@ -661,7 +711,7 @@ impl Session {
                         self.run.id
                     )));
                 };
-                self.begin(journal, step).await?;
+                self.begin(journal, step, Wait::Durable).await?;
                 if !child.state.is_final() {
                     let error = self.release(seq, "child", Some(child_id), None).await;
                     if let Ok(Some(now)) = self.engine.store.run(child_id).await {
@@ -676,7 +726,7 @@ impl Session {
                 Ok(json!({ "outcome": outcome }))
             }
             Call::Persist { path, .. } => {
-                self.begin(journal, step).await?;
+                self.begin(journal, step, Wait::Durable).await?;
                 let limit = self.engine.options.max_value;
                 let data = match self.sandbox.read_file_to_vec(path, limit).await {
                     Ok(data) => data,
@@ -698,7 +748,7 @@ impl Session {
                 Ok(result)
             }
             Call::Restore { path, .. } => {
-                self.begin(journal, step).await?;
+                self.begin(journal, step, Wait::Durable).await?;
                 let result = match latest_persisted(journal, seq, path) {
                     Some(digest) => {
                         let data = self
@@ -745,7 +795,7 @@ impl Session {
         let policy = self.engine.tools.retry_policy(name, args);
         let mut attempt = first_attempt;
         loop {
-            self.begin(journal, step).await?;
+            self.begin(journal, step, Wait::Durable).await?;
             let outcome = tokio::select! {
                 outcome = self.engine.tools.call(name, args, key) => outcome,
                 () = self.stop.cancelled() => {
@@ -766,7 +816,7 @@ impl Session {
                     let after = journal
                         .fail(seq, attempt, error.clone(), &policy, rand_unit(), now)
                         .map_err(|e| EndpointError::other(409, "conflict", e.to_string()))?;
-                    self.persist(journal, seq).await?;
+                    self.persist(journal, seq, Wait::Durable).await?;
                     match after {
                         AfterFailure::Failed => {
                             return Ok(json!({
@@ -811,7 +861,7 @@ impl Session {
                 journal.succeed(seq, attempt, result, now).map_err(|e| {
                     EndpointError::other(409, "conflict", format!("{e}; ask POST /steps again"))
                 })?;
-                self.persist(journal, seq).await?;
+                self.persist(journal, seq, Wait::Durable).await?;
                 let recorded = journal.step(seq).and_then(|s| s.result.clone());
                 Ok(
                     json!({"action": "done", "outcome": {"status": "succeeded", "result": recorded}}),
@@ -824,7 +874,7 @@ impl Session {
                     .map_err(|e| {
                         EndpointError::other(409, "conflict", format!("{e}; ask POST /steps again"))
                     })?;
-                self.persist(journal, seq).await?;
+                self.persist(journal, seq, Wait::Durable).await?;
                 Ok(match after {
                     AfterFailure::Failed => {
                         json!({"action": "done", "outcome": {"status": "failed", "error": error}})
