@@ -6,13 +6,17 @@
 //! fake VM (the real guest agent on the host, so the tunnel is real and
 //! listens on the host's loopback); the program only publishes its
 //! `HEARTH_RUN_URL`, and this process stands in for it, making each step
-//! with the protocol's two requests (`POST /steps`, then its result) and
+//! either as `hearth_run` makes a repeatable step past the journal's end
+//! (run first, then one `POST /steps` with its result) or as it makes an
+//! unsafe one (`POST /steps`, then its result: two requests), and
 //! completing the run. Every step is committed durably before its answer
 //! (SQLite `synchronous=FULL`, PostgreSQL's default `fsync`).
 //!
 //! Prints, for SQLite and PostgreSQL:
-//! - step latency p50/p99 and the 10-step run p50/p99, runs one at a time;
-//! - steps per second with 16 runs of 10 steps at once;
+//! - the endpoint's round trip for a call that writes nothing;
+//! - for each way of making a step: step latency p50/p99 and the 10-step
+//!   run p50/p99, runs one at a time; steps per second with 16 runs of 10
+//!   steps at once;
 //! - crash to resume: from a killed VM to the program running again in a
 //!   fresh one (relaunch backoff set to 0; fake VMs, so this is Hearth's
 //!   control plane, not a VM boot).
@@ -62,6 +66,32 @@ struct Args {
     /// Only this backend (sqlite or postgres).
     #[arg(long)]
     backend: Option<String>,
+}
+
+/// How a step is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Run first and record with one request, as `hearth_run` does for a
+    /// repeatable step past the journal's end.
+    RunFirst,
+    /// Ask, then report: two requests, as for an unsafe step.
+    AskFirst,
+}
+
+impl Mode {
+    fn effect(self) -> &'static str {
+        match self {
+            Mode::RunFirst => "idempotent",
+            Mode::AskFirst => "unsafe",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::RunFirst => "1 request/step (idempotent)",
+            Mode::AskFirst => "2 requests/step (unsafe)",
+        }
+    }
 }
 
 /// The program: publish the endpoint's URL, then wait to be completed.
@@ -161,35 +191,33 @@ impl Bench {
     }
 
     /// Make `steps` steps on the endpoint at `url`; each step's latency.
-    async fn steps(&self, url: &str, steps: u64) -> Result<Vec<Duration>> {
+    async fn steps(&self, url: &str, steps: u64, mode: Mode) -> Result<Vec<Duration>> {
         let mut times = Vec::with_capacity(steps as usize);
         for seq in 0..steps {
             let started = Instant::now();
-            let answer = self
-                .post(
-                    format!("{url}/steps"),
-                    json!({"seq": seq, "name": "work", "args": [seq], "effect": "idempotent"}),
-                )
-                .await?;
-            match answer["action"].as_str() {
-                Some("execute") => {}
-                // A relaunched program replays what was recorded.
-                Some("replay") => {
-                    times.push(started.elapsed());
-                    continue;
+            let ask = json!({"seq": seq, "name": "work", "args": [seq], "effect": mode.effect()});
+            let mut answer = match mode {
+                Mode::RunFirst => {
+                    let mut ran = ask;
+                    ran["attempt"] = json!(1);
+                    ran["result"] = json!({"n": seq});
+                    self.post(format!("{url}/steps"), ran).await?
                 }
+                Mode::AskFirst => self.post(format!("{url}/steps"), ask).await?,
+            };
+            if answer["action"] == "execute" {
+                answer = self
+                    .post(
+                        format!("{url}/steps/{seq}/result"),
+                        json!({"attempt": 1, "result": {"n": seq}}),
+                    )
+                    .await?;
+            }
+            match answer["action"].as_str() {
+                // A relaunched program replays what was recorded.
+                Some("done") | Some("replay") => times.push(started.elapsed()),
                 _ => bail!("step {seq}: {answer}"),
             }
-            let done = self
-                .post(
-                    format!("{url}/steps/{seq}/result"),
-                    json!({"attempt": 1, "result": {"n": seq}}),
-                )
-                .await?;
-            if done["action"] != "done" {
-                bail!("step {seq} result: {done}");
-            }
-            times.push(started.elapsed());
         }
         Ok(times)
     }
@@ -217,26 +245,21 @@ async fn read_url(path: &Path, not: Option<&str>) -> Result<String> {
     }
 }
 
-async fn backend(name: &str, args: &Args) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("hb").tempdir_in("/tmp")?;
-    let db = match name {
-        "postgres" => Some(TestDatabase::postgres().await),
-        _ => None,
-    };
-    let database = match &db {
-        Some(db) => db.url.clone(),
-        None => DatabaseUrl::Sqlite(dir.path().join("hearth.db")),
-    };
-    let bench = Arc::new(Bench::start(dir.path(), database).await?);
-
-    // One run at a time.
+/// Runs one at a time: step and run latency.
+async fn sequential(
+    name: &str,
+    bench: &Bench,
+    args: &Args,
+    mode: Mode,
+    first: usize,
+) -> Result<()> {
     let mut step_times = Vec::new();
     let mut run_times = Vec::new();
     for n in 0..args.runs {
-        let (_, url_file) = bench.start_run(n).await?;
+        let (_, url_file) = bench.start_run(first + n).await?;
         let url = read_url(&url_file, None).await?;
         let started = Instant::now();
-        step_times.extend(bench.steps(&url, args.steps).await?);
+        step_times.extend(bench.steps(&url, args.steps, mode).await?);
         run_times.push(started.elapsed());
         bench.complete(&url).await?;
     }
@@ -244,7 +267,8 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
     run_times.sort();
     let total: Duration = step_times.iter().sum();
     println!(
-        "{name:<8} sequential: step p50 {:.2} ms p99 {:.2} ms; {}-step run p50 {:.2} ms p99 {:.2} ms; {:.0} steps/s",
+        "{name:<8} {:<28} sequential: step p50 {:.2} ms p99 {:.2} ms; {}-step run p50 {:.2} ms p99 {:.2} ms; {:.0} steps/s",
+        mode.label(),
         ms(percentile(&step_times, 0.5)),
         ms(percentile(&step_times, 0.99)),
         args.steps,
@@ -252,13 +276,22 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
         ms(percentile(&run_times, 0.99)),
         step_times.len() as f64 / total.as_secs_f64(),
     );
+    Ok(())
+}
 
-    // Many at once.
+/// Many runs at once: steps per second.
+async fn concurrent(
+    name: &str,
+    bench: &Arc<Bench>,
+    args: &Args,
+    mode: Mode,
+    first: usize,
+) -> Result<()> {
     let mut rates = Vec::new();
     for round in 0..args.rounds {
         let mut urls = Vec::new();
         for c in 0..args.concurrent {
-            let (_, url_file) = bench.start_run(10_000 + round * 1000 + c).await?;
+            let (_, url_file) = bench.start_run(first + round * 1000 + c).await?;
             urls.push(url_file);
         }
         let mut ready = Vec::new();
@@ -270,7 +303,9 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
         for url in ready.clone() {
             let bench = bench.clone();
             let steps = args.steps;
-            tasks.push(tokio::spawn(async move { bench.steps(&url, steps).await }));
+            tasks.push(tokio::spawn(
+                async move { bench.steps(&url, steps, mode).await },
+            ));
         }
         let mut count = 0;
         for task in tasks {
@@ -283,19 +318,58 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "{name:<8} {} runs x {} steps at once: {:.0} steps/s (median of {} rounds)",
+        "{name:<8} {:<28} {} runs x {} steps at once: {:.0} steps/s (median of {} rounds)",
+        mode.label(),
         args.concurrent,
         args.steps,
         rates[rates.len() / 2],
         args.rounds
     );
+    Ok(())
+}
+
+async fn backend(name: &str, args: &Args) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("hb").tempdir_in("/tmp")?;
+    let db = match name {
+        "postgres" => Some(TestDatabase::postgres().await),
+        _ => None,
+    };
+    let database = match &db {
+        Some(db) => db.url.clone(),
+        None => DatabaseUrl::Sqlite(dir.path().join("hearth.db")),
+    };
+    let bench = Arc::new(Bench::start(dir.path(), database).await?);
+
+    // The transport alone: a call that writes nothing.
+    let mut trips = Vec::new();
+    {
+        let (_, url_file) = bench.start_run(0).await?;
+        let url = read_url(&url_file, None).await?;
+        for _ in 0..args.runs as u64 * args.steps {
+            let started = Instant::now();
+            let response = bench.http.get(&url).send().await?;
+            response.error_for_status()?.bytes().await?;
+            trips.push(started.elapsed());
+        }
+        bench.complete(&url).await?;
+    }
+    trips.sort();
+    println!(
+        "{name:<8} endpoint round trip that writes nothing (GET context): p50 {:.2} ms p99 {:.2} ms",
+        ms(percentile(&trips, 0.5)),
+        ms(percentile(&trips, 0.99)),
+    );
+    for (m, mode) in [Mode::RunFirst, Mode::AskFirst].into_iter().enumerate() {
+        sequential(name, &bench, args, mode, 1_000 * (m + 1)).await?;
+        concurrent(name, &bench, args, mode, 10_000 * (m + 1)).await?;
+    }
 
     // Crash to resume.
     let mut resumes = Vec::new();
     for n in 0..args.crashes {
-        let (id, url_file) = bench.start_run(20_000 + n).await?;
+        let (id, url_file) = bench.start_run(100_000 + n).await?;
         let url = read_url(&url_file, None).await?;
-        bench.steps(&url, 3).await?;
+        bench.steps(&url, 3, Mode::RunFirst).await?;
         let run = bench.server.runs().get(&id).await?;
         let sandbox = run.sandbox_id.context("a running run has a sandbox")?;
         let killed = Instant::now();
@@ -305,7 +379,7 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
         let again = read_url(&url_file, Some(&url)).await?;
         resumes.push(killed.elapsed());
         // It replays its three steps and goes on.
-        bench.steps(&again, 3).await?;
+        bench.steps(&again, 3, Mode::RunFirst).await?;
         bench.complete(&again).await?;
     }
     resumes.sort();

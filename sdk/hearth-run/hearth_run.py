@@ -26,6 +26,7 @@ launch; anything nondeterministic (time, randomness, I/O) goes through
 ``ctx.step``, ``ctx.now`` or ``ctx.random``.
 """
 
+import hashlib
 import http.client
 import json
 import os
@@ -53,6 +54,13 @@ __all__ = [
 EXIT_RUN_STOPPED = 75
 
 _EFFECTS = ("pure", "idempotent", "unsafe")
+
+
+def idempotency_key(run_id, seq):
+    """The idempotency key of step ``seq`` of run ``run_id``: the same on
+    every attempt and every launch (``docs/run-endpoint.md``)."""
+    digest = hashlib.sha256(f"hearth-step\0{run_id}\0{seq}".encode()).hexdigest()
+    return "hk_" + digest[:40]
 _ON_FAILURE = ("raise", "value")
 
 
@@ -413,27 +421,35 @@ class Context:
         with self._lock:
             seq = self._begin("step")
             request = dict(seq=seq, **request)
+            answer, exc = None, None
+            if effect != "unsafe" and seq >= (self.journal_length or 0):
+                # Past the journal's end a step that may be repeated runs
+                # first and is recorded with the ask: one call, not two.
+                first = {"attempt": 1, "idempotency_key": idempotency_key(self.run_id, seq)}
+                report, exc = self._attempt(name, fn, args, first)
+                answer = self._call("POST", "/steps", dict(request, **report))
             while True:
-                answer = self._call("POST", "/steps", request)
+                if answer is None:
+                    answer, exc = self._call("POST", "/steps", request), None
                 action = answer.get("action")
                 if action == "replay":
                     return self._outcome(answer.get("outcome"), name, StepFailed)
                 if action == "wait":
                     time.sleep(max(0, answer.get("wait_ms", 0)) / 1000)
+                    answer = None
                     continue
-                if action != "execute":
+                if action == "execute":
+                    report, exc = self._attempt(name, fn, args, answer)
+                    answer = self._call("POST", f"/steps/{seq}/result", report)
+                    action = answer.get("action")
+                if action == "retry":
+                    time.sleep(max(0, answer.get("wait_ms", 0)) / 1000)
+                    answer = None
+                    continue
+                if action != "done":
                     raise HearthRunError("bad_answer", f"unknown action {action!r} for step {name!r}")
-                report, exc = self._attempt(name, fn, args, answer)
-                done = self._call("POST", f"/steps/{seq}/result", report)
-                if done.get("action") == "retry":
-                    time.sleep(max(0, done.get("wait_ms", 0)) / 1000)
-                    continue
-                if done.get("action") != "done":
-                    raise HearthRunError(
-                        "bad_answer", f"unknown action {done.get('action')!r} for step {name!r}"
-                    )
                 try:
-                    return self._outcome(done.get("outcome"), name, StepFailed)
+                    return self._outcome(answer.get("outcome"), name, StepFailed)
                 except StepFailed as failed:
                     raise failed from exc
 

@@ -90,6 +90,9 @@ mod tests {
     fn idempotency_keys_are_stable_per_step_and_distinct_across_steps_and_runs() {
         let k = idempotency_key("run-1", 3);
         assert_eq!(k, idempotency_key("run-1", 3));
+        // Clients compute it too (docs/run-endpoint.md; hearth_run's test
+        // checks the same value).
+        assert_eq!(k, "hk_f00b9bad5dc9f10d03581bf6a3d940b7bfc6c839");
         assert_ne!(k, idempotency_key("run-1", 4));
         assert_ne!(k, idempotency_key("run-2", 3));
         // No ambiguity from concatenation: ("run-1", 23) vs ("run-12", 3).

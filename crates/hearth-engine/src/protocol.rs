@@ -51,6 +51,10 @@ pub enum Call {
         effect: Effect,
         /// How failed attempts are retried.
         retry: Option<RetryPolicy>,
+        /// The outcome of its first attempt, when the program ran it before
+        /// asking (it was past the journal's end, and the step may be
+        /// repeated): recorded in the same call.
+        ran: Option<Result<Value, StepError>>,
     },
     /// `POST /steps/{seq}/result`: an attempt's outcome.
     StepResult {
@@ -219,6 +223,18 @@ struct StepBody {
     effect: Effect,
     #[serde(default)]
     retry: Option<RetryPolicy>,
+    /// Present when the program ran the first attempt before asking.
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+/// `Some` whenever the field is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 fn idempotent() -> Effect {
@@ -233,6 +249,16 @@ struct ResultBody {
     result: Option<Value>,
     #[serde(default)]
     error: Option<ErrorBody>,
+}
+
+impl From<ErrorBody> for StepError {
+    fn from(e: ErrorBody) -> Self {
+        StepError {
+            class: e.class,
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -399,12 +425,42 @@ pub fn parse_call(
                     .check()
                     .map_err(|e| EndpointError::invalid(Some("retry"), e))?;
             }
+            let ran = match (b.attempt, b.result, b.error) {
+                (None, None, None) => None,
+                (None, _, _) => {
+                    return Err(EndpointError::invalid(
+                        Some("attempt"),
+                        "a step sent with its result or error needs \"attempt\": 1",
+                    ))
+                }
+                (Some(attempt), _, _) if attempt != 1 => {
+                    return Err(EndpointError::invalid(
+                        Some("attempt"),
+                        format!("only a step's first attempt may be sent with the step (got attempt {attempt}); report later attempts with POST /steps/{{seq}}/result"),
+                    ))
+                }
+                (Some(_), _, _) if b.effect == Effect::Unsafe => {
+                    return Err(EndpointError::invalid(
+                        Some("effect"),
+                        "an unsafe step must be asked for before it runs: send POST /steps without a result, and run it on \"execute\"",
+                    ))
+                }
+                (Some(_), Some(_), Some(_)) => {
+                    return Err(EndpointError::invalid(
+                        Some("result"),
+                        "send either a result or an error, not both",
+                    ))
+                }
+                (Some(_), _, Some(e)) => Some(Err(e.into())),
+                (Some(_), result, None) => Some(Ok(result.unwrap_or(Value::Null))),
+            };
             Call::Step {
                 seq: b.seq,
                 name: b.name,
                 args: b.args,
                 effect: b.effect,
                 retry: b.retry,
+                ran,
             }
         }
         ("POST", ["steps", seq, "result"]) => {
@@ -413,11 +469,7 @@ pub fn parse_call(
             })?;
             let b: ResultBody = parse(body)?;
             let outcome = match (b.result, b.error) {
-                (_, Some(e)) => Err(StepError {
-                    class: e.class,
-                    message: e.message,
-                    retryable: e.retryable,
-                }),
+                (_, Some(e)) => Err(e.into()),
                 (Some(result), None) => Ok(result),
                 (None, None) => Ok(Value::Null),
             };
@@ -622,6 +674,51 @@ mod tests {
             &format!("/v1/runs/run-1{route}"),
             body.as_bytes(),
         )
+    }
+
+    #[test]
+    fn a_step_may_carry_its_first_attempts_outcome() {
+        let ran = |body: &str| match call("POST", "/steps", body) {
+            Ok(Call::Step { ran, .. }) => Ok(ran),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(ran(r#"{"seq":0,"name":"a"}"#).unwrap(), None);
+        assert_eq!(
+            ran(r#"{"seq":0,"name":"a","attempt":1,"result":{"n":1}}"#).unwrap(),
+            Some(Ok(json!({"n": 1})))
+        );
+        // A null result is a result.
+        assert_eq!(
+            ran(r#"{"seq":0,"name":"a","attempt":1,"result":null}"#).unwrap(),
+            Some(Ok(Value::Null))
+        );
+        let failed =
+            ran(r#"{"seq":0,"name":"a","effect":"pure","attempt":1,"error":{"message":"m"}}"#)
+                .unwrap();
+        assert!(matches!(
+            failed,
+            Some(Err(StepError {
+                retryable: true,
+                ..
+            }))
+        ));
+        for (body, field) in [
+            (r#"{"seq":0,"name":"a","result":1}"#, "attempt"),
+            (r#"{"seq":0,"name":"a","attempt":2,"result":1}"#, "attempt"),
+            (
+                r#"{"seq":0,"name":"a","effect":"unsafe","attempt":1,"result":1}"#,
+                "effect",
+            ),
+            (
+                r#"{"seq":0,"name":"a","attempt":1,"result":1,"error":{"message":"m"}}"#,
+                "result",
+            ),
+        ] {
+            let error = ran(body).unwrap_err();
+            assert_eq!(error.status, 400, "{body}");
+            assert_eq!(error.field.as_deref(), Some(field), "{body}: {error:?}");
+        }
     }
 
     #[test]

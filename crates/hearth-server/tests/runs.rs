@@ -455,6 +455,57 @@ ctx.complete({"approved": data})
     h.stop().await;
 }
 
+/// A repeatable step run before it is asked for is recorded with one
+/// request (its start and outcome, both as events); sent again, the
+/// recorded outcome wins; an unsafe step may not be sent that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_run_first_is_recorded_with_one_request() {
+    let h = Harness::new().await;
+    let program = r#"
+import json, os, urllib.request, urllib.error, hearth_run
+url = os.environ["HEARTH_RUN_URL"]
+def post(body):
+    request = urllib.request.Request(url + "/steps", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return [e.code, json.load(e)["error"].get("field")]
+step = {"seq": 0, "name": "a", "args": [1], "attempt": 1}
+answers = [
+    post(dict(step, effect="unsafe", result=1)),
+    post(dict(step, result={"x": 1})),
+    post(dict(step, result={"x": 2})),
+]
+hearth_run.context().complete(answers)
+"#;
+    let id = h.start(program, json!(null)).await;
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(
+        run["output"],
+        json!([
+            [400, "effect"],
+            {"action": "done", "outcome": {"status": "succeeded", "result": {"x": 1}}},
+            {"action": "replay", "outcome": {"status": "succeeded", "result": {"x": 1}}},
+        ])
+    );
+    let (_, detail) = h
+        .call(reqwest::Method::GET, &format!("/v1/runs/{id}"), None)
+        .await;
+    let steps = detail["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0]["attempts"].as_array().unwrap().len(), 1);
+    let kinds = h.wait_events(&id, "run.completed", 1).await;
+    let step_kinds: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| k.starts_with("step."))
+        .collect();
+    assert_eq!(step_kinds, ["step.started", "step.succeeded"]);
+    h.stop().await;
+}
+
 /// A program that takes another path on replay (here: it branches on a
 /// file it did not record, as it would on random.random()) fails with a
 /// non-determinism error naming both steps.

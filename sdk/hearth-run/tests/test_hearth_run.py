@@ -25,6 +25,7 @@ import hearth_run  # noqa: E402
 RUN = "run-abc"
 NOW = 1764660000.123
 RANDOM = 0.7134
+KEY0 = hearth_run.idempotency_key(RUN, 0)
 
 
 class FakeEngine:
@@ -161,11 +162,21 @@ class FakeEngine:
         else:
             entry = {"path": "/steps", "key": key, "attempt": 0, "outcome": None}
             self.journal.append(entry)
+        if "attempt" in body:
+            # Run before it was asked for: its first attempt, reported.
+            if body["attempt"] != 1 or entry["attempt"] != 0 or body["effect"] == "unsafe":
+                return 400, error("invalid_argument", "not a first attempt", "attempt")
+            entry["attempt"] = 1
+            return self.step_result(seq, body)
         waits = self.waits.get(seq)
         if waits:
             return 200, {"action": "wait", "wait_ms": waits.pop(0)}
         entry["attempt"] += 1
-        return 200, {"action": "execute", "attempt": entry["attempt"], "idempotency_key": f"hk_{seq}"}
+        return 200, {
+            "action": "execute",
+            "attempt": entry["attempt"],
+            "idempotency_key": hearth_run.idempotency_key(RUN, seq),
+        }
 
     def step_result(self, seq, body):
         entry = self.journal[seq]
@@ -277,16 +288,27 @@ def test_step_executes_reports_and_replays_without_calling_fn(engine):
     assert ctx.idempotency_key is None
     assert ctx.step("add", add, 2, 3) == {"sum": 5, "pair": [2, 3]}
     assert ctx.idempotency_key is None
-    assert calls == [(2, 3, "hk_0")]
+    assert calls == [(2, 3, KEY0)]
+    # Past the journal's end, a repeatable step runs first and is recorded
+    # with one call.
     assert engine.posts() == [
-        ("/steps", {"seq": 0, "name": "add", "args": [2, 3], "effect": "idempotent"}),
-        ("/steps/0/result", {"attempt": 1, "result": {"sum": 5, "pair": [2, 3]}}),
+        (
+            "/steps",
+            {
+                "seq": 0,
+                "name": "add",
+                "args": [2, 3],
+                "effect": "idempotent",
+                "attempt": 1,
+                "result": {"sum": 5, "pair": [2, 3]},
+            },
+        ),
     ]
 
     again = engine.relaunch()
     assert again.journal_length == 1 and again.replaying
     assert again.step("add", add, 2, 3) == {"sum": 5, "pair": [2, 3]}
-    assert calls == [(2, 3, "hk_0")]  # not called on replay
+    assert calls == [(2, 3, KEY0)]  # not called on replay
     assert engine.posts() == [
         ("/steps", {"seq": 0, "name": "add", "args": [2, 3], "effect": "idempotent"}),
     ]
@@ -304,7 +326,7 @@ def test_failed_attempt_is_retried_then_recorded(engine):
         return "ok"
 
     assert ctx.step("flaky", flaky, effect="unsafe") == "ok"
-    assert attempts == ["hk_0", "hk_0"]
+    assert attempts == [KEY0, KEY0]
     assert engine.posts() == [
         ("/steps", {"seq": 0, "name": "flaky", "args": [], "effect": "unsafe"}),
         (
@@ -319,9 +341,36 @@ def test_failed_attempt_is_retried_then_recorded(engine):
     ]
 
 
+def test_idempotency_keys_match_the_engines():
+    # The same value as hearth-engine's digest test.
+    assert hearth_run.idempotency_key("run-1", 3) == "hk_f00b9bad5dc9f10d03581bf6a3d940b7bfc6c839"
+
+
+def test_a_step_run_first_and_retried_asks_again(engine):
+    ctx = hearth_run.Context(engine.url)
+    attempts = []
+
+    def flaky():
+        attempts.append(ctx.idempotency_key)
+        if len(attempts) == 1:
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    assert ctx.step("flaky", flaky) == "ok"
+    assert attempts == [KEY0, KEY0]
+    assert [(p, b.get("attempt")) for p, b in engine.posts()] == [
+        ("/steps", 1),
+        ("/steps", None),
+        ("/steps/0/result", 2),
+    ]
+
+
 def test_wait_answer_asks_again(engine):
     engine.waits[0] = [0, 1]
     ctx = hearth_run.Context(engine.url)
+    key = {"name": "s", "args": [], "effect": "idempotent"}
+    engine.journal.append({"path": "/steps", "key": key, "attempt": 0, "outcome": None})
+    ctx.journal_length = 1  # a step already in the journal: asked first
     assert ctx.step("s", lambda: 7) == 7
     assert [p for p, _ in engine.posts()] == ["/steps", "/steps", "/steps", "/steps/0/result"]
 
@@ -360,7 +409,14 @@ def test_retryable_failure_gives_up_after_the_policy(engine):
         ctx.step("boom", lambda: 1 / 0)
     assert e.value.error["class"] == "ZeroDivisionError"
     assert e.value.error["retryable"] is True
-    assert [b.get("attempt") for p, b in engine.posts() if p.endswith("/result")] == [1, 2, 3]
+    # The first attempt is reported with the step, the retries apart.
+    assert [(p, b.get("attempt")) for p, b in engine.posts()] == [
+        ("/steps", 1),
+        ("/steps", None),
+        ("/steps/0/result", 2),
+        ("/steps", None),
+        ("/steps/0/result", 3),
+    ]
 
 
 def test_unserializable_result_names_the_step(engine):

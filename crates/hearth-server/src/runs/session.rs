@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use hearth_engine::journal::{AfterFailure, Decision, Outcome};
 use hearth_engine::{
     parse_call, Call, Effect, EndpointError, Journal, Program, RetryPolicy, RunState, StepCall,
-    StepError, ValueKind,
+    StepError, StepRecord, ValueKind,
 };
 use hearth_sandbox::Sandbox;
 use hearth_store::event::{RunCompleted, RunNeedsAttention, RunWaiting};
@@ -312,6 +312,19 @@ impl Session {
     }
 
     async fn persist(&self, journal: &Journal, seq: u64, wait: Wait) -> Result<(), EndpointError> {
+        self.persist_from(journal, seq, None, wait).await
+    }
+
+    /// Write step `seq` as the journal now holds it, preceded in the same
+    /// write (so with its own event) by `started`, the step as it was when
+    /// its attempt began, when that was not written on its own.
+    async fn persist_from(
+        &self,
+        journal: &Journal,
+        seq: u64,
+        started: Option<StepRecord>,
+        wait: Wait,
+    ) -> Result<(), EndpointError> {
         let Some(step) = journal.step(seq) else {
             return Ok(());
         };
@@ -332,7 +345,7 @@ impl Session {
             run_id: self.run.id.clone(),
             lease: self.lease.clone(),
             launch: self.launch,
-            steps: vec![step.clone()],
+            steps: started.into_iter().chain([step.clone()]).collect(),
         };
         if wait == Wait::Behind {
             *self.behind.lock() = Some(self.engine.journal.queue(write));
@@ -367,7 +380,7 @@ impl Session {
                 outcome,
             } => {
                 return self
-                    .step_result(journal, *seq, *attempt, outcome.clone())
+                    .step_result(journal, *seq, *attempt, outcome.clone(), None)
                     .await
             }
             _ => {}
@@ -407,6 +420,13 @@ impl Session {
                     return Err(self.needs_decision(seq, &name).await);
                 }
                 Decision::Wait { until_ms } => {
+                    if let Call::Step { ran: Some(_), .. } = call {
+                        return Err(EndpointError::other(
+                            409,
+                            "conflict",
+                            format!("step {} has a retry scheduled: send POST /steps without a result and wait as told", step.seq),
+                        ));
+                    }
                     if let Call::Step { .. } = call {
                         return Ok(
                             json!({"action": "wait", "wait_ms": until_ms.saturating_sub(now)}),
@@ -594,9 +614,26 @@ impl Session {
     ) -> Answer {
         let seq = step.seq;
         match call {
-            Call::Step { .. } => {
+            Call::Step { ran: None, .. } => {
                 self.begin(journal, step, Self::start_wait(step)).await?;
                 Ok(json!({"action": "execute", "attempt": attempt, "idempotency_key": key}))
+            }
+            Call::Step { ran: Some(_), .. } if attempt != 1 => Err(EndpointError::other(
+                409,
+                "conflict",
+                format!("step {seq} is on attempt {attempt}: send POST /steps without a result, and run the attempt on \"execute\""),
+            )),
+            Call::Step {
+                ran: Some(outcome), ..
+            } => {
+                // Run before it was asked for, reported with the ask: its
+                // start and outcome are written together.
+                journal
+                    .begin(step, self.now())
+                    .map_err(|e| EndpointError::other(409, "conflict", e.to_string()))?;
+                let started = journal.step(seq).cloned();
+                self.step_result(journal, seq, attempt, outcome.clone(), started)
+                    .await
             }
             Call::Value { kind, .. } => {
                 let now = self.begin(journal, step, Self::start_wait(step)).await?;
@@ -854,6 +891,7 @@ impl Session {
         seq: u64,
         attempt: u32,
         outcome: Result<Value, StepError>,
+        started: Option<StepRecord>,
     ) -> Answer {
         let now = self.now();
         match outcome {
@@ -861,7 +899,8 @@ impl Session {
                 journal.succeed(seq, attempt, result, now).map_err(|e| {
                     EndpointError::other(409, "conflict", format!("{e}; ask POST /steps again"))
                 })?;
-                self.persist(journal, seq, Wait::Durable).await?;
+                self.persist_from(journal, seq, started.clone(), Wait::Durable)
+                    .await?;
                 let recorded = journal.step(seq).and_then(|s| s.result.clone());
                 Ok(
                     json!({"action": "done", "outcome": {"status": "succeeded", "result": recorded}}),
@@ -874,7 +913,8 @@ impl Session {
                     .map_err(|e| {
                         EndpointError::other(409, "conflict", format!("{e}; ask POST /steps again"))
                     })?;
-                self.persist(journal, seq, Wait::Durable).await?;
+                self.persist_from(journal, seq, started, Wait::Durable)
+                    .await?;
                 Ok(match after {
                     AfterFailure::Failed => {
                         json!({"action": "done", "outcome": {"status": "failed", "error": error}})
