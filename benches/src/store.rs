@@ -1,7 +1,9 @@
 //! `hearth-bench-store`: how long one sandbox state change with its event
 //! takes in the store, on SQLite and on PostgreSQL, alone and with several
 //! writers at once (the event counter serializes event commits on
-//! PostgreSQL: this measures what that costs).
+//! PostgreSQL: this measures what that costs); and how long one journal
+//! write takes (a step's start and outcome with their events), alone and
+//! committed in batches as the run engine's group commit does.
 //!
 //! ```sh
 //! scripts/postgres.sh                       # a local PostgreSQL
@@ -14,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use hearth_engine::{Attempt, AttemptOutcome, Effect, RunState, StepRecord, StepState};
+use hearth_store::event::RunRunning;
 use hearth_store::event::{SandboxCreating, SandboxEnded, SandboxStopping, StopRequester};
 use hearth_store::testing::TestDatabase;
 use hearth_store::{
-    EventPayload, Lease, NewSandbox, NodeCapacity, NodeSpec, SandboxState, Store, SystemClock,
-    Transition,
+    EventPayload, Lease, NewRun, NewSandbox, NodeCapacity, NodeSpec, RunChange, RunWriter,
+    SandboxState, StepWrite, Store, SystemClock, Transition,
 };
 
 #[derive(Debug, Parser)]
@@ -168,7 +172,113 @@ async fn bench(backend: &str, args: &Args) -> Result<()> {
         ms(percentile(&times, 0.50)),
         ms(percentile(&times, 0.99)),
     );
+    journal(backend, &store, &lease, args).await?;
     store.close().await;
+    Ok(())
+}
+
+/// Create run `id`, claimed by `lease` and running.
+async fn running_run(store: &Store, lease: &Lease, id: &str) -> Result<()> {
+    let program = store.put_blob(b"print(1)\n").await?;
+    store
+        .insert_run(&NewRun {
+            id: id.into(),
+            name: None,
+            program,
+            spec: serde_json::json!({}),
+            input: serde_json::Value::Null,
+            parent: None,
+            deadline_ms: None,
+        })
+        .await?;
+    store.claim_runs(lease, 1, Some(id)).await?;
+    let change = RunChange {
+        state: Some(RunState::Running),
+        launched: true,
+        ..RunChange::default()
+    };
+    let payload = EventPayload::RunRunning(RunRunning {
+        launch: 1,
+        sandbox_id: format!("sb-{id}"),
+    });
+    store
+        .change_run(id, RunWriter::Owner(lease), &change, payload)
+        .await?
+        .context("pending -> running")?;
+    Ok(())
+}
+
+/// Step `seq` as it is when its attempt starts and when it succeeded.
+fn step_records(seq: u64) -> [StepRecord; 2] {
+    let mut started = StepRecord {
+        seq,
+        name: "work".into(),
+        args_digest: format!("sha256:{seq:064}"),
+        effect: Effect::Idempotent,
+        state: StepState::Started,
+        result: None,
+        error: None,
+        attempts: vec![Attempt {
+            number: 1,
+            started_ms: 1,
+            ended_ms: None,
+            outcome: AttemptOutcome::InFlight,
+        }],
+        retry_at_ms: None,
+    };
+    let mut done = started.clone();
+    done.state = StepState::Succeeded;
+    done.result = Some(serde_json::json!({"n": seq, "text": "a short result"}));
+    done.attempts[0].ended_ms = Some(2);
+    done.attempts[0].outcome = AttemptOutcome::Succeeded;
+    started.result = None;
+    [started, done]
+}
+
+/// One journal write alone, then batches of `writers` runs' writes.
+async fn journal(backend: &str, store: &Store, lease: &Lease, args: &Args) -> Result<()> {
+    let runs = args.writers.max(1);
+    for r in 0..runs {
+        running_run(store, lease, &format!("run-bench-{r}")).await?;
+    }
+    let write = |r: usize, seq: u64| StepWrite {
+        run_id: format!("run-bench-{r}"),
+        lease: lease.clone(),
+        launch: 1,
+        steps: step_records(seq).to_vec(),
+    };
+    let mut times = Vec::new();
+    for seq in 0..args.changes as u64 {
+        let started = Instant::now();
+        for outcome in store.put_step_batch(&[write(0, seq)]).await? {
+            outcome?;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "{backend:8} journal write (one step's start and outcome, 2 events): p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+    );
+    let mut times = Vec::new();
+    let first = args.changes as u64;
+    for seq in first..first + (args.changes / runs) as u64 {
+        let batch: Vec<StepWrite> = (0..runs).map(|r| write(r, seq)).collect();
+        let started = Instant::now();
+        for outcome in store.put_step_batch(&batch).await? {
+            outcome?;
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    let p50 = percentile(&times, 0.50);
+    println!(
+        "{backend:8} journal batch of {runs} runs' writes: p50 {:.2} ms, p99 {:.2} ms = {:.0} steps/s at p50",
+        ms(p50),
+        ms(percentile(&times, 0.99)),
+        runs as f64 / p50.as_secs_f64(),
+    );
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::runs_sql::{self, StepRow, StepWriteRows};
+use crate::runs_sql::{self, EventRow, StepRow, StepWriteRows};
 use crate::url::redact;
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
@@ -133,6 +133,50 @@ pub(crate) async fn insert_event(
     .await
     .map_err(query("appending an event"))?;
     rows::event(&row)
+}
+
+/// Append `rows` events in one statement, numbered in the order given
+/// from a range taken from the counter row (whose lock the transaction
+/// then holds until it commits); returned in that order.
+pub(crate) async fn insert_events(
+    conn: &mut PgConnection,
+    rows: &[EventRow<'_>],
+    now: u64,
+) -> Result<Vec<Event>> {
+    let statement = format!(
+        "WITH n AS (UPDATE event_counter SET last = last + $1 WHERE id = 1 RETURNING last), \
+         v (i, sandbox_id, run_id, node_id, at_ms, kind, version, data) AS (VALUES {}) \
+         INSERT INTO events (seq, sandbox_id, run_id, node_id, at_ms, kind, version, data) \
+         SELECT n.last - $1 + v.i, v.sandbox_id, v.run_id, v.node_id, v.at_ms, v.kind, \
+         v.version, v.data FROM n, v RETURNING *",
+        (0..rows.len())
+            .map(|r| {
+                let first = 2 + r * 8;
+                let params: Vec<String> = (first..first + 8).map(|p| format!("${p}")).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(statement)).bind(rows.len() as i64);
+    for (i, row) in rows.iter().enumerate() {
+        insert = insert
+            .bind(i as i64 + 1)
+            .bind(row.sandbox_id)
+            .bind(row.run_id)
+            .bind(row.node_id)
+            .bind(now as i64)
+            .bind(row.event.kind)
+            .bind(i64::from(row.event.version))
+            .bind(&row.event.data);
+    }
+    let found = insert
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("appending events"))?;
+    let mut events = found.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
 }
 
 async fn node_row(conn: &mut PgConnection, id: &str, lock: bool) -> Result<Option<NodeRecord>> {

@@ -200,11 +200,33 @@ macro_rules! impl_run_backend {
                 writes: &[StepWriteRows<'_>],
                 now: u64,
             ) -> Result<Vec<std::result::Result<Vec<Event>, RunRefusal>>> {
+                if writes.is_empty() {
+                    return Ok(Vec::new());
+                }
                 let mut tx = self.begin().await?;
                 // Every lease in the batch, checked once (a batch is one
                 // node's: almost always one lease).
                 let mut fences: Vec<(&Lease, Option<String>)> = Vec::new();
+                // The runs written, read (on PostgreSQL: locked) at once.
+                let mut ids: Vec<&str> = writes.iter().map(|w| w.run_id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut select = sqlx::query_as::<_, RunOwnerRow>(sqlx::AssertSqlSafe(
+                    runs_sql::run_owners(ids.len(), $lock_row),
+                ));
+                for id in &ids {
+                    select = select.bind(*id);
+                }
+                let owners: std::collections::HashMap<String, RunOwnerRow> = select
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(query("reading runs"))?
+                    .into_iter()
+                    .map(|row| (row.0.clone(), row))
+                    .collect();
                 let mut outcomes = Vec::with_capacity(writes.len());
+                let mut rows: Vec<(&str, &StepRow)> = Vec::new();
+                let mut events: Vec<runs_sql::EventRow<'_>> = Vec::new();
                 for write in writes {
                     let lease = write.lease;
                     let fenced = match fences.iter().find(|(l, _)| l.same_epoch(lease)) {
@@ -215,12 +237,77 @@ macro_rules! impl_run_backend {
                             refusal
                         }
                     };
-                    if let Some(refusal) = fenced {
-                        outcomes.push(Err(RunRefusal::Fenced(refusal)));
+                    let refusal = match fenced {
+                        Some(refusal) => Some(RunRefusal::Fenced(refusal)),
+                        None => write_refusal(write, owners.get(write.run_id)),
+                    };
+                    if let Some(refusal) = refusal {
+                        outcomes.push(Err(refusal));
                         continue;
                     }
-                    let outcome = put_run_steps(&mut tx, write, now).await?;
-                    outcomes.push(outcome);
+                    let sandbox = owners.get(write.run_id).and_then(|o| o.4.as_deref());
+                    rows.extend(write.steps.iter().map(|step| (write.run_id, step)));
+                    events.extend(write.events.iter().map(|event| runs_sql::EventRow {
+                        sandbox_id: sandbox,
+                        run_id: Some(write.run_id),
+                        node_id: Some(&lease.node_id),
+                        event,
+                    }));
+                    outcomes.push(Ok(Vec::with_capacity(write.events.len())));
+                }
+                // One row per run and seq: the last one written wins.
+                let mut seen = std::collections::HashSet::new();
+                let mut last: Vec<(&str, &StepRow)> = rows
+                    .into_iter()
+                    .rev()
+                    .filter(|(run, step)| seen.insert((*run, step.seq)))
+                    .collect();
+                last.reverse();
+                for (_, step) in &last {
+                    if let Some((digest, data)) = &step.result_blob {
+                        sqlx::query(runs_sql::PUT_BLOB)
+                            .bind(digest)
+                            .bind(data.len() as i64)
+                            .bind(data.as_slice())
+                            .bind(now as i64)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(query("storing a step result"))?;
+                    }
+                }
+                if !last.is_empty() {
+                    let statement = runs_sql::put_step_rows(last.len());
+                    let mut upsert = sqlx::query(sqlx::AssertSqlSafe(statement));
+                    for (run_id, step) in &last {
+                        upsert = upsert
+                            .bind(*run_id)
+                            .bind(step.seq)
+                            .bind(&step.name)
+                            .bind(&step.args_digest)
+                            .bind(step.effect)
+                            .bind(step.state)
+                            .bind(&step.result)
+                            .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
+                            .bind(&step.error)
+                            .bind(&step.attempts)
+                            .bind(step.retry_at_ms)
+                            .bind(now as i64);
+                    }
+                    upsert
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query("writing steps"))?;
+                }
+                let mut written = if events.is_empty() {
+                    Vec::new()
+                } else {
+                    insert_events(&mut tx, &events, now).await?
+                }
+                .into_iter();
+                for (write, outcome) in writes.iter().zip(outcomes.iter_mut()) {
+                    if let Ok(mine) = outcome {
+                        mine.extend(written.by_ref().take(write.events.len()));
+                    }
                 }
                 tx.commit().await.map_err(query("commit"))?;
                 Ok(outcomes)
@@ -367,63 +454,45 @@ macro_rules! impl_run_backend {
             }
         }
 
-        /// Write one launch's steps with their events if the run is still
-        /// that launch's, owned by its lease (checked against the node row
-        /// by the caller); a refusal writes nothing.
-        async fn put_run_steps(
-            conn: &mut <$db as sqlx::Database>::Connection,
+        /// A run's owner columns: id, state, node, epoch, sandbox, launches.
+        type RunOwnerRow = (
+            String,
+            String,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            i64,
+        );
+
+        /// Why one launch's journal write may not be made, given its run's
+        /// owner columns (`None`: no such run); its lease is checked
+        /// against the node row by the caller.
+        fn write_refusal(
             write: &StepWriteRows<'_>,
-            now: u64,
-        ) -> Result<std::result::Result<Vec<Event>, RunRefusal>> {
-            let select = format!(
-                "SELECT state, node_id, node_epoch, sandbox_id, launches FROM runs WHERE id = $1{}",
-                $lock_row
-            );
-            type Owner = (String, Option<String>, Option<i64>, Option<String>, i64);
-            let owner: Option<Owner> = sqlx::query_as(sqlx::AssertSqlSafe(select))
-                .bind(write.run_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(query("reading a run"))?;
-            let Some((state, node, epoch, sandbox, launches)) = owner else {
-                return Ok(Err(RunRefusal::NotFound));
+            owner: Option<&RunOwnerRow>,
+        ) -> Option<RunRefusal> {
+            let Some((_, state, node, epoch, _, launches)) = owner else {
+                return Some(RunRefusal::NotFound);
             };
             // Running, or claimed and about to launch (steps whose attempt
             // was lost are recorded before the new VM starts).
             if state != RunState::Running.as_str() && state != RunState::Pending.as_str() {
-                return Ok(Err(RunRefusal::StateMoved));
+                return Some(RunRefusal::StateMoved);
             }
             if let Some(reason) =
-                owner_refusal(RunWriter::Owner(write.lease), (node.as_deref(), epoch))
+                owner_refusal(RunWriter::Owner(write.lease), (node.as_deref(), *epoch))
             {
-                return Ok(Err(RunRefusal::NotOwner(reason)));
+                return Some(RunRefusal::NotOwner(reason));
             }
             // A launch that is over (its VM died, the run moved on to
             // another launch) writes nothing, even on the same node.
-            if launches != i64::from(write.launch) {
-                return Ok(Err(RunRefusal::NotOwner(format!(
+            if *launches != i64::from(write.launch) {
+                return Some(RunRefusal::NotOwner(format!(
                     "launch {} is over: the run is on launch {launches}",
                     write.launch
-                ))));
+                )));
             }
-            for step in write.steps {
-                put_step_row(&mut *conn, write.run_id, step, now).await?;
-            }
-            let mut written = Vec::with_capacity(write.events.len());
-            for event in write.events {
-                written.push(
-                    insert_event(
-                        &mut *conn,
-                        sandbox.as_deref(),
-                        Some(write.run_id),
-                        Some(&write.lease.node_id),
-                        event,
-                        now,
-                    )
-                    .await?,
-                );
-            }
-            Ok(Ok(written))
+            None
         }
 
         /// Write (insert or replace) one journal row, and first the blob

@@ -41,6 +41,59 @@ pub(crate) const PUT_STEP: &str = "INSERT INTO steps (run_id, seq, name, args_di
      attempts = excluded.attempts, retry_at_ms = excluded.retry_at_ms, \
      updated_ms = excluded.updated_ms";
 
+/// Upsert `rows` journal rows in one statement (`$1`… in row order, twelve
+/// per row as in [`PUT_STEP`]); at most one row per run and seq.
+pub(crate) fn put_step_rows(rows: usize) -> String {
+    const COLUMNS: usize = 12;
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=COLUMNS)
+                .map(|c| format!("${}", r * COLUMNS + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let conflict = &PUT_STEP[PUT_STEP.find(" ON CONFLICT").unwrap_or(PUT_STEP.len())..];
+    format!(
+        "INSERT INTO steps (run_id, seq, name, args_digest, effect, state, result, \
+         result_blob, error, attempts, retry_at_ms, updated_ms) VALUES {}{conflict}",
+        values.join(", ")
+    )
+}
+
+/// The owner columns of the runs `ids` (`$1`…), for checking journal
+/// writes; `lock` is appended (PostgreSQL locks them, in id order).
+pub(crate) fn run_owners(ids: usize, lock: &str) -> String {
+    let params: Vec<String> = (1..=ids).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT id, state, node_id, node_epoch, sandbox_id, launches FROM runs \
+         WHERE id IN ({}) ORDER BY id{lock}",
+        params.join(", ")
+    )
+}
+
+/// An event to append, with what it concerns.
+#[derive(Debug)]
+pub(crate) struct EventRow<'a> {
+    pub sandbox_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub node_id: Option<&'a str>,
+    pub event: &'a NewEvent,
+}
+
+/// The values of `rows` events as `(…), (…)` from parameter `first` on,
+/// seven per event: sandbox_id, run_id, node_id, at_ms, kind, version,
+/// data.
+pub(crate) fn event_values(rows: usize, first: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (0..7).map(|c| format!("${}", first + r * 7 + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    values.join(", ")
+}
+
 /// A run's journal, with large results joined from the blob store.
 pub(crate) const STEPS: &str = "SELECT s.*, b.data AS result_data FROM steps s \
      LEFT JOIN blobs b ON b.digest = s.result_blob WHERE s.run_id = $1 ORDER BY s.seq";

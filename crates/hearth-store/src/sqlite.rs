@@ -26,7 +26,7 @@ use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::runs_sql::{self, StepRow, StepWriteRows};
+use crate::runs_sql::{self, EventRow, StepRow, StepWriteRows};
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
 use sqlx::Row as _;
@@ -130,6 +130,38 @@ pub(crate) async fn insert_event(
     .await
     .map_err(query("appending an event"))?;
     rows::event(&row)
+}
+
+/// Append `rows` events in one statement; returned in the order given.
+pub(crate) async fn insert_events(
+    conn: &mut SqliteConnection,
+    rows: &[EventRow<'_>],
+    now: u64,
+) -> Result<Vec<Event>> {
+    let statement = format!(
+        "INSERT INTO events (sandbox_id, run_id, node_id, at_ms, kind, version, data) \
+         VALUES {} RETURNING *",
+        runs_sql::event_values(rows.len(), 1)
+    );
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(statement));
+    for row in rows {
+        insert = insert
+            .bind(row.sandbox_id)
+            .bind(row.run_id)
+            .bind(row.node_id)
+            .bind(now as i64)
+            .bind(row.event.kind)
+            .bind(i64::from(row.event.version))
+            .bind(&row.event.data);
+    }
+    let found = insert
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query("appending events"))?;
+    let mut events = found.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+    // Numbered in the order given; RETURNING's order is unspecified.
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
 }
 
 async fn node_row(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRecord>> {
