@@ -506,6 +506,104 @@ hearth_run.context().complete(answers)
     h.stop().await;
 }
 
+/// A run that failed is forked from just before its failing step: the
+/// fork replays the steps before it without running them, runs the rest
+/// afresh, and completes. Forks past the journal or of unknown runs are
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_forked_before_its_failing_step_replays_and_goes_on() {
+    let h = Harness::new().await;
+    let shared = h.shared("fork");
+    let broken = shared.join("broken");
+    std::fs::write(&broken, "").unwrap();
+    let program = r#"
+import os, hearth_run
+ctx = hearth_run.context()
+shared = ctx.input["shared"]
+def work(i):
+    with open(os.path.join(shared, "log"), "a") as f:
+        f.write(f"{ctx.run_id} {i}\n")
+    if i == 2 and os.path.exists(os.path.join(shared, "broken")):
+        raise hearth_run.NonRetryable("the service is broken")
+    return i * 10
+ctx.complete([ctx.step("work", work, i) for i in range(4)])
+"#;
+    let mut body = h.start_body(program, json!({"shared": shared}));
+    body["max_restarts"] = json!(0);
+    let id = h.start_with(body).await;
+    let failed = h.wait_state(&id, "failed").await;
+    let states: Vec<&str> = failed["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["succeeded", "succeeded", "failed"]);
+
+    // Refused: past the journal, and an unknown run.
+    let (status, error) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/fork"),
+            Some(json!({"at_step": 4})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has 3 steps"), "{message}");
+    let (status, _) = h
+        .call(
+            reqwest::Method::POST,
+            "/v1/runs/run-nope/fork",
+            Some(json!({"at_step": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Fixed; forked just before the failing step.
+    std::fs::remove_file(&broken).unwrap();
+    let (status, fork) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/fork"),
+            Some(json!({"at_step": 2, "name": "retry-after-fix"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{fork}");
+    let fork_id = fork["id"].as_str().unwrap().to_string();
+    assert_ne!(fork_id, id);
+    assert_eq!(fork["name"], "retry-after-fix");
+    let done = h.wait_state(&fork_id, "completed").await;
+    assert_eq!(done["output"], json!([0, 10, 20, 30]));
+    let log = std::fs::read_to_string(shared.join("log")).unwrap();
+    let by_fork: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with(&fork_id))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        by_fork,
+        ["2", "3"],
+        "the fork ran only steps 2 and 3: {log}"
+    );
+    let kinds = h.wait_events(&fork_id, "run.completed", 1).await;
+    assert_eq!(kinds.first().map(String::as_str), Some("run.created"));
+    let (_, events) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{fork_id}/events"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        events["events"][0]["data"]["forked_from"],
+        json!({"run_id": id, "at_step": 2})
+    );
+    // The original is unchanged.
+    assert_eq!(h.run(&id).await["state"], "failed");
+    h.stop().await;
+}
+
 /// A program that takes another path on replay (here: it branches on a
 /// file it did not record, as it would on random.random()) fails with a
 /// non-determinism error naming both steps.
@@ -995,6 +1093,33 @@ async fn a_parent_awaits_its_children_and_sees_a_failure() {
         3,
         "one child per spawn, even across relaunches"
     );
+    // A fork cannot await another run's children; one that keeps their
+    // results replays them.
+    let (status, error) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/fork"),
+            Some(json!({"at_step": 3})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot await another run's child"),
+        "{message}"
+    );
+    let (status, fork) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/runs/{id}/fork"),
+            Some(json!({"at_step": 6})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{fork}");
+    let forked = h
+        .wait_state(fork["id"].as_str().unwrap(), "completed")
+        .await;
+    assert_eq!(forked["output"], run["output"]);
     h.stop().await;
 }
 

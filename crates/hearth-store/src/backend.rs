@@ -162,7 +162,15 @@ pub(crate) trait RunBackend {
     async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
 
     /// Record a new pending run, unowned.
-    async fn insert_run(&self, new: &NewRun, event: &NewEvent, now: u64) -> Result<Event>;
+    /// Insert a pending run with its event and the first steps of its
+    /// journal (a fork's), in one transaction.
+    async fn insert_run(
+        &self,
+        new: &NewRun,
+        steps: &[StepRow],
+        event: &NewEvent,
+        now: u64,
+    ) -> Result<Event>;
 
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
 

@@ -585,6 +585,20 @@ pub struct RunCreated {
     /// The run that spawned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// The run it was forked from, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkedFrom>,
+}
+
+/// Where a forked run came from: its journal starts with the first
+/// `at_step` steps of that run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForkedFrom {
+    /// The run forked.
+    pub run_id: String,
+    /// How many of its steps the fork kept (the fork's first new step is
+    /// this one).
+    pub at_step: u64,
 }
 
 /// `run.claimed`.

@@ -36,7 +36,13 @@ macro_rules! impl_run_backend {
                 Ok(row.map(|(data,)| data))
             }
 
-            async fn insert_run(&self, new: &NewRun, event: &NewEvent, now: u64) -> Result<Event> {
+            async fn insert_run(
+                &self,
+                new: &NewRun,
+                steps: &[StepRow],
+                event: &NewEvent,
+                now: u64,
+            ) -> Result<Event> {
                 let mut tx = self.begin().await?;
                 let inserted = sqlx::query(runs_sql::INSERT_RUN)
                     .bind(&new.id)
@@ -62,6 +68,9 @@ macro_rules! impl_run_backend {
                         )))
                     }
                     Err(e) => return Err(query("inserting a run")(e)),
+                }
+                for step in steps {
+                    put_step_row(&mut tx, &new.id, step, now).await?;
                 }
                 let event = insert_event(&mut tx, None, Some(&new.id), None, event, now).await?;
                 tx.commit().await.map_err(query("commit"))?;

@@ -10,7 +10,7 @@ use hearth_engine::StepRecord;
 
 use crate::backend::{Backend, NewEvent, RunBackend, RunUpdated};
 use crate::error::{Result, StoreError};
-use crate::event::{Event, EventPayload, RunCreated};
+use crate::event::{Event, EventPayload, ForkedFrom, RunCreated};
 use crate::node::Lease;
 use crate::runs::INLINE_RESULT_MAX;
 use crate::runs::{
@@ -44,9 +44,48 @@ impl Store {
             name: new.name.clone(),
             program: new.program.clone(),
             parent_id: new.parent.as_ref().map(|(id, _)| id.clone()),
+            forked_from: None,
         });
         let now = self.now();
-        on_engine!(self, b => b.insert_run(new, &NewEvent::of(&payload), now))
+        on_engine!(self, b => b.insert_run(new, &[], &NewEvent::of(&payload), now))
+    }
+
+    /// Record a new run, pending, whose journal starts with the first `at`
+    /// steps of run `from`'s (copied, so both go on independently), with
+    /// its `run.created` event naming where it was forked. Refused
+    /// ([`StoreError::Invalid`], saying why) when `from` has fewer steps or
+    /// one of them has not finished (its outcome would not replay).
+    pub async fn fork_run(&self, new: &NewRun, from: &str, at: u64) -> Result<Event> {
+        let steps = self.steps(from).await?;
+        if at > steps.len() as u64 {
+            return Err(StoreError::Invalid(format!(
+                "run {from} has {} steps in its journal: fork at step {} or earlier",
+                steps.len(),
+                steps.len()
+            )));
+        }
+        let kept = &steps[..at as usize];
+        if let Some(step) = kept.iter().find(|s| !s.state.is_final()) {
+            return Err(StoreError::Invalid(format!(
+                "step {} ({}) of run {from} is {}, not finished, so it cannot be replayed: fork at step {} or earlier",
+                step.seq, step.name, step.state, step.seq
+            )));
+        }
+        let rows: Vec<StepRow> = kept
+            .iter()
+            .map(|s| StepRow::of(s, INLINE_RESULT_MAX))
+            .collect();
+        let payload = EventPayload::RunCreated(RunCreated {
+            name: new.name.clone(),
+            program: new.program.clone(),
+            parent_id: None,
+            forked_from: Some(ForkedFrom {
+                run_id: from.to_string(),
+                at_step: at,
+            }),
+        });
+        let now = self.now();
+        on_engine!(self, b => b.insert_run(new, &rows, &NewEvent::of(&payload), now))
     }
 
     /// One run.

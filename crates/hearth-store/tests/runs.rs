@@ -43,6 +43,7 @@ on_both!(
     an_ended_child_wakes_its_waiting_parent,
     large_results_are_stored_once_as_blobs,
     a_batch_commits_each_good_write_and_refuses_each_bad_one,
+    a_fork_copies_finished_steps_and_refuses_unfinished_ones,
 );
 
 const T0: u64 = 1_800_000_000_000;
@@ -557,6 +558,73 @@ async fn a_batch_commits_each_good_write_and_refuses_each_bad_one(db: TestDataba
     assert_eq!(events, ["step.started", "step.succeeded"]);
     // An empty batch is a no-op.
     assert!(store.put_step_batch(&[]).await.unwrap().is_empty());
+}
+
+/// A fork starts pending with a copy of the first steps (large results
+/// included) and says where it came from; both journals then go on apart.
+/// A fork past the journal or keeping an unfinished step is refused.
+async fn a_fork_copies_finished_steps_and_refuses_unfinished_ones(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let source = new_run(&store, "run-1").await;
+    store.insert_run(&source).await.unwrap();
+    launch(&store, &a, "run-1").await;
+    let big = json!("x".repeat(40_000));
+    let steps = vec![
+        step(0, StepState::Succeeded, Some(json!(1))),
+        step(1, StepState::Succeeded, Some(big.clone())),
+        step(2, StepState::Started, None),
+    ];
+    store.put_steps("run-1", &a, 1, &steps).await.unwrap();
+    let fork = |id: &str| NewRun {
+        id: id.into(),
+        ..source.clone()
+    };
+    let event = store.fork_run(&fork("run-2"), "run-1", 2).await.unwrap();
+    assert_eq!(event.kind, "run.created");
+    assert_eq!(
+        event.data["forked_from"],
+        json!({"run_id": "run-1", "at_step": 2})
+    );
+    let forked = store.run("run-2").await.unwrap().unwrap();
+    assert_eq!(forked.state, RunState::Pending);
+    assert_eq!(forked.program, source.program);
+    assert_eq!(store.steps("run-2").await.unwrap(), steps[..2].to_vec());
+    assert_eq!(store.steps("run-2").await.unwrap()[1].result, Some(big));
+    // A fork of zero steps is a fresh start.
+    store.fork_run(&fork("run-3"), "run-1", 0).await.unwrap();
+    assert!(store.steps("run-3").await.unwrap().is_empty());
+    for (at, says) in [(4, "has 3 steps"), (3, "fork at step")] {
+        let error = store
+            .fork_run(&fork(&format!("run-x{at}")), "run-1", at)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(says), "{error}");
+    }
+    // Apart from here on.
+    store
+        .put_steps(
+            "run-1",
+            &a,
+            1,
+            &[step(2, StepState::Succeeded, Some(json!(3)))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.steps("run-2").await.unwrap().len(), 2);
+    store
+        .put_steps("run-1", &a, 1, &[step(3, StepState::Started, None)])
+        .await
+        .unwrap();
+    let error = store
+        .fork_run(&fork("run-x"), "run-1", 4)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("step 3"), "{error}");
+    assert!(
+        store.run("run-x").await.unwrap().is_none(),
+        "nothing written"
+    );
 }
 
 async fn signals_wake_only_runs_waiting_for_them(db: TestDatabase) {

@@ -136,6 +136,27 @@ pub enum RunCommand {
     /// Move a waiting run to a new program, refused unless the new program
     /// replays the run's journal.
     Upgrade(RunUpgradeArgs),
+    /// Start a new run whose journal is a run's first N steps: it replays
+    /// them and runs step N and what follows afresh. Prints the new id.
+    Fork(RunForkArgs),
+}
+
+/// `hearth run fork` options.
+#[derive(Debug, Args)]
+pub struct RunForkArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Run id.
+    pub id: String,
+    /// Keep steps 0 to N-1; step N is the fork's first new step.
+    #[arg(long, value_name = "N")]
+    pub at_step: u64,
+    /// A name for the fork [default: the run's].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Wait for the fork to end and print its result, as `run result --wait`.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `hearth run upgrade` options.

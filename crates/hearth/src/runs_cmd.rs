@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use hearth_sandbox::HearthHome;
 
 use crate::cli::{
-    RunCommand, RunIdArgs, RunLogsArgs, RunLsArgs, RunResolveArgs, RunResultArgs, RunSignalArgs,
-    RunStartArgs, RunUpgradeArgs,
+    RunCommand, RunForkArgs, RunIdArgs, RunLogsArgs, RunLsArgs, RunResolveArgs, RunResultArgs,
+    RunSignalArgs, RunStartArgs, RunUpgradeArgs,
 };
 use crate::remote::{age, Api};
 
@@ -36,6 +36,7 @@ pub async fn run(home: &HearthHome, command: RunCommand) -> Result<i32> {
         RunCommand::Resolve(args) => resolve(home, args).await,
         RunCommand::Result(args) => result(home, args).await,
         RunCommand::Upgrade(args) => upgrade(home, args).await,
+        RunCommand::Fork(args) => fork(home, args).await,
     }
 }
 
@@ -392,6 +393,28 @@ async fn upgrade(home: &HearthHome, args: RunUpgradeArgs) -> Result<i32> {
         run["program"].as_str().unwrap_or_default()
     );
     Ok(0)
+}
+
+async fn fork(home: &HearthHome, args: RunForkArgs) -> Result<i32> {
+    let api = Api::new(home, &args.server)?;
+    let mut body = json!({"at_step": args.at_step});
+    if let Some(name) = &args.name {
+        body["name"] = json!(name);
+    }
+    let path = format!("/v1/runs/{}/fork", args.id);
+    let run = api
+        .json(api.request(reqwest::Method::POST, &path).json(&body))
+        .await?;
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    if !args.wait {
+        println!("{id}");
+        return Ok(0);
+    }
+    eprintln!(
+        "hearth: forked {} at step {} as {id}",
+        args.id, args.at_step
+    );
+    print_result(&api, &id, true).await
 }
 
 async fn result(home: &HearthHome, args: RunResultArgs) -> Result<i32> {

@@ -58,7 +58,7 @@ ctx = hearth_run.context()
 results = []
 for amount in range(1, 6):
     results.append(ctx.tool("charge", amount=amount)["body"]["charged"])
-    if amount == 3 and ctx.launch == 1:
+    if amount == 3 and ctx.launch == 1 and ctx.name != "fork":
         time.sleep(120)
 ctx.complete({"charged": results, "launch": ctx.launch})
 "#;
@@ -196,6 +196,42 @@ async fn runs_resume_in_fresh_vms_after_a_vm_kill_and_a_server_kill() {
         .map(|(_, a)| *a)
         .collect();
     assert_eq!(amounts, [1, 2, 3, 4, 5], "each charge exactly once");
+
+    // A fork that keeps the whole journal replays every charge in a fresh
+    // VM without making one.
+    let charged = charges_of(&ledger).len();
+    let forked = hearth(
+        home.path(),
+        &served.url,
+        &[
+            "run",
+            "fork",
+            &id,
+            "--at-step",
+            "5",
+            "--name",
+            "fork",
+            "--wait",
+        ],
+    );
+    assert!(forked.status.success(), "{forked:?}");
+    let output: Value = serde_json::from_slice(&forked.stdout).unwrap();
+    assert_eq!(output["charged"], json!([1, 2, 3, 4, 5]));
+    assert_eq!(
+        charges_of(&ledger).len(),
+        charged,
+        "the fork charged nothing"
+    );
+    let refused = hearth(
+        home.path(),
+        &served.url,
+        &["run", "fork", &id, "--at-step", "99"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fork at step"),
+        "{refused:?}"
+    );
 
     // A run that failed says so in its exit code.
     let bad = home.path().join("bad.py");

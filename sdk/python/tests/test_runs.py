@@ -185,6 +185,7 @@ def test_refusals_of_the_server(client: Hearth, tmp_path: Path) -> None:
         lambda: client.runs.logs("run-000000000000"),
         lambda: client.runs.events("run-000000000000"),
         lambda: client.runs.resolve("run-000000000000", 0, retry=True),
+        lambda: client.runs.fork("run-000000000000", 0),
     ):
         with pytest.raises(NotFound):
             call()
@@ -267,6 +268,18 @@ def test_file_program_completes_with_its_journal(
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
     assert run.events(after=seqs[0]) == events[1:]
+
+    # A fork keeping the first step replays it and runs the second afresh.
+    fork = run.fork(1, name=f"fork-{run_id}")
+    assert fork.id != run.id and fork.name == f"fork-{run_id}"
+    assert fork.wait(timeout=RUN_TIMEOUT) == {"total": 6, "doubled": 12}
+    forked_steps = fork.refresh().steps
+    assert forked_steps is not None
+    assert forked_steps[0].attempts == steps[0].attempts  # replayed, not run
+    assert forked_steps[1].attempts != steps[1].attempts
+    with pytest.raises(InvalidArgument) as invalid:
+        run.fork(3)
+    assert "has 2 steps" in invalid.value.message
 
     # It has ended: signals and cancels are refused with the server's word.
     with pytest.raises(Conflict) as caught:

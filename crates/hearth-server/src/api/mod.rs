@@ -122,6 +122,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::resolve_run))
         .routes(routes!(runs::run_result))
         .routes(routes!(runs::upgrade_run))
+        .routes(routes!(runs::fork_run))
         .routes(routes!(system::metrics))
         .routes(routes!(system::openapi_json))
         .split_for_parts();

@@ -296,6 +296,16 @@ impl From<RunError> for ApiError {
     }
 }
 
+fn check_run_name(name: Option<&str>) -> Result<(), ApiError> {
+    match name {
+        Some(name) if name.is_empty() || name.len() > 256 => Err(ApiError::invalid(
+            "name",
+            "a run name must be 1 to 256 bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn seconds(field: &str, value: Option<f64>, max: Duration) -> Result<Option<u64>, ApiError> {
     match value {
         None => Ok(None),
@@ -358,14 +368,7 @@ fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiE
             "max_restarts must be at most 1000",
         ));
     }
-    if let Some(name) = &request.name {
-        if name.is_empty() || name.len() > 256 {
-            return Err(ApiError::invalid(
-                "name",
-                "a run name must be 1 to 256 bytes",
-            ));
-        }
-    }
+    check_run_name(request.name.as_deref())?;
     let deadline = seconds(
         "deadline_seconds",
         request.deadline_seconds,
@@ -780,4 +783,48 @@ pub async fn upgrade_run(
     let program = program_of(request.program)?;
     let run = state.runs.upgrade(&id, program).await?;
     Ok(Json(run.into()))
+}
+
+/// Where to fork a run.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many of the run's steps the fork keeps: it replays steps
+    /// `0..at_step` and runs step `at_step` and what follows afresh.
+    pub at_step: u64,
+    /// A name for the fork (default: the run's).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Fork a run: a new run of the same program, input and spec whose journal
+/// is the run's first `at_step` steps, so it replays them without running
+/// them and goes on from there (to try another branch, or to debug a
+/// failed run from just before it failed). Both runs go on independently;
+/// the fork has no deadline. Persisted files recorded in those steps are
+/// restored as in any relaunch.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/fork",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    request_body = ForkRequest,
+    responses(
+        (status = 201, description = "The fork, pending", body = RunView),
+        (status = 400, description = "The journal is shorter, one of the kept steps has not finished, or they spawn a child whose result they do not hold", body = ErrorResponse),
+        (status = 404, description = "No such run", body = ErrorResponse),
+        (status = 401, description = "No valid token", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "The body is not JSON", body = ErrorResponse),
+        (status = 503, description = "The store is unavailable", body = ErrorResponse),
+    )
+)]
+pub async fn fork_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ForkRequest>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    check_run_name(request.name.as_deref())?;
+    let run = state.runs.fork(&id, request.at_step, request.name).await?;
+    Ok((StatusCode::CREATED, Json(run.into())))
 }

@@ -193,6 +193,59 @@ impl RunEngine {
         self.get(&new.id).await
     }
 
+    /// Start a new run of run `id`'s program, input and spec whose journal
+    /// is the first `at` steps of `id`'s: it replays them without running
+    /// them, and runs step `at` and what follows afresh. Both runs then go
+    /// on independently. Refused when the journal is shorter, when one of
+    /// those steps has not finished, or when they spawn a child whose
+    /// result they do not hold (a fork cannot await another run's child).
+    pub async fn fork(
+        &self,
+        id: &str,
+        at: u64,
+        name: Option<String>,
+    ) -> Result<RunRecord, RunError> {
+        let source = self.get(id).await?;
+        let steps = self.inner.store.steps(id).await?;
+        let kept = &steps[..(at as usize).min(steps.len())];
+        for spawn in kept.iter().filter(|s| s.name == "spawn") {
+            let Some(child) = spawn
+                .result
+                .as_ref()
+                .and_then(|r| r.get("child_id"))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let awaited = format!("child:{child}");
+            if !kept.iter().any(|s| s.name == awaited) {
+                return Err(RunError::Invalid(format!(
+                    "step {} of run {id} spawned child {child}, whose result is not among the first {at} steps: a fork cannot await another run's child; fork at step {} or earlier, or after the step that awaits it",
+                    spawn.seq, spawn.seq
+                )));
+            }
+        }
+        let new = NewRun {
+            id: new_run_id(),
+            name: name.or(source.name),
+            program: source.program,
+            spec: source.spec,
+            input: source.input,
+            parent: None,
+            deadline_ms: None,
+        };
+        self.inner
+            .store
+            .fork_run(&new, id, at)
+            .await
+            .map_err(|e| match e {
+                StoreError::Invalid(message) => RunError::Invalid(message),
+                other => RunError::Store(other),
+            })?;
+        self.inner.wake.notify_one();
+        self.get(&new.id).await
+    }
+
     /// One run.
     pub async fn get(&self, id: &str) -> Result<RunRecord, RunError> {
         self.inner

@@ -287,6 +287,19 @@ class Runs:
         data = self._http.json("POST", f"{self._path(run_id)}/cancel", json_body=body)
         return Run(self, RunInfo.from_json(data))
 
+    def fork(self, run_id: str, at_step: int, name: str | None = None) -> Run:
+        """Start a new run of this run's program, input and spec whose
+        journal is its first ``at_step`` steps: the fork replays them
+        without running them, and runs step ``at_step`` and what follows
+        afresh. Both runs then go on independently. :class:`InvalidArgument`
+        if the journal is shorter, one of those steps has not finished, or
+        they spawn a child whose result they do not hold."""
+        body: dict[str, Any] = {"at_step": at_step}
+        if name is not None:
+            body["name"] = name
+        data = self._http.json("POST", f"{self._path(run_id)}/fork", json_body=body)
+        return Run(self, RunInfo.from_json(data))
+
     def resolve(
         self,
         run_id: str,
@@ -544,6 +557,11 @@ class Run:
     def signal(self, name: str, data: Any = None) -> int:
         """Send it a signal; see :meth:`Runs.signal`."""
         return self._runs.signal(self.id, name, data)
+
+    def fork(self, at_step: int, name: str | None = None) -> Run:
+        """Fork it at step ``at_step``; see :meth:`Runs.fork`. Returns the
+        fork."""
+        return self._runs.fork(self.id, at_step, name)
 
     def cancel(self, by: str | None = None) -> RunInfo:
         """Cancel it; see :meth:`Runs.cancel`. Returns its final state."""
