@@ -399,47 +399,11 @@ async fn run_program(
     stop: CancellationToken,
 ) -> (End, Option<Stopped>, LaunchLog) {
     let mut log = LaunchLog::new(inner.options.max_log);
-    if let Err(message) = install(inner, program, sandbox, dir, &journal).await {
-        return (End::VmDied(message), None, log);
-    }
-    let mut tunnel = match sandbox
-        .open_tunnel("127.0.0.1:0", inner.options.max_request_body)
-        .await
-    {
-        Ok(tunnel) => tunnel,
-        Err(error) => {
-            return (
-                End::VmDied(format!("the run endpoint could not open: {error}")),
-                None,
-                log,
-            )
-        }
-    };
-    let mut env = spec.env.clone();
-    env.insert(
-        "HEARTH_RUN_URL".into(),
-        format!("http://{}/v1/runs/{}", tunnel.address(), run.id),
-    );
-    env.insert("HEARTH_RUN_ID".into(), run.id.clone());
-    env.insert("PYTHONUNBUFFERED".into(), "1".into());
-    let argv = if spec.command.is_empty() {
-        program.default_command(dir)
-    } else {
-        spec.command.clone()
-    };
-    let mut options = ExecOptions::new(argv);
-    options.env = env;
-    options.cwd = Some(dir.to_string());
-    let mut exec = match sandbox.exec(options).await {
-        Ok(exec) => exec,
-        Err(error) => {
-            return (
-                End::VmDied(format!("the program could not start: {error}")),
-                None,
-                log,
-            )
-        }
-    };
+    let (mut tunnel, mut exec) =
+        match start(inner, run, spec, program, sandbox, dir, &journal).await {
+            Ok(started) => started,
+            Err(message) => return (End::VmDied(message), None, log),
+        };
     let launched = Launched {
         run: run.clone(),
         launch,
@@ -569,26 +533,8 @@ pub(crate) async fn verify(
             .running(&record.id)
             .await
             .map_err(|e| e.to_string())?;
-        install(inner, program, &sandbox, &dir, &journal).await?;
-        let mut tunnel = sandbox
-            .open_tunnel("127.0.0.1:0", inner.options.max_request_body)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut env = spec.env.clone();
-        env.insert(
-            "HEARTH_RUN_URL".into(),
-            format!("http://{}/v1/runs/{}", tunnel.address(), run.id),
-        );
-        env.insert("HEARTH_RUN_ID".into(), run.id.clone());
-        let argv = if spec.command.is_empty() {
-            program.default_command(&dir)
-        } else {
-            spec.command.clone()
-        };
-        let mut options = ExecOptions::new(argv);
-        options.env = env;
-        options.cwd = Some(dir.clone());
-        let mut exec = sandbox.exec(options).await.map_err(|e| e.to_string())?;
+        let (mut tunnel, mut exec) =
+            start(inner, run, &spec, program, &sandbox, &dir, &journal).await?;
         let stop = CancellationToken::new();
         let launched = Launched {
             run: run.clone(),
@@ -649,6 +595,44 @@ pub(crate) async fn verify(
     let _ = inner.manager.destroy(&record.id).await;
     cleanup_dir(&inner.options.program_dir, &dir);
     verdict
+}
+
+/// Put the program and the persisted files in place, open the run
+/// endpoint, and start the program with its URL; why not, if it failed.
+async fn start(
+    inner: &Inner,
+    run: &RunRecord,
+    spec: &RunSpec,
+    program: &Program,
+    sandbox: &Sandbox,
+    dir: &str,
+    journal: &Journal,
+) -> Result<(hearth_sandbox::Tunnel, hearth_sandbox::Execution), String> {
+    install(inner, program, sandbox, dir, journal).await?;
+    let tunnel = sandbox
+        .open_tunnel("127.0.0.1:0", inner.options.max_request_body)
+        .await
+        .map_err(|e| format!("the run endpoint could not open: {e}"))?;
+    let mut env = spec.env.clone();
+    env.insert(
+        "HEARTH_RUN_URL".into(),
+        format!("http://{}/v1/runs/{}", tunnel.address(), run.id),
+    );
+    env.insert("HEARTH_RUN_ID".into(), run.id.clone());
+    env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    let argv = if spec.command.is_empty() {
+        program.default_command(dir)
+    } else {
+        spec.command.clone()
+    };
+    let mut options = ExecOptions::new(argv);
+    options.env = env;
+    options.cwd = Some(dir.to_string());
+    let exec = sandbox
+        .exec(options)
+        .await
+        .map_err(|e| format!("the program could not start: {e}"))?;
+    Ok((tunnel, exec))
 }
 
 /// Write the program's files and the run's persisted files into the VM.
