@@ -101,3 +101,36 @@ def test_a_connection_closed_under_a_request_is_retried_only_if_idempotent() -> 
         with pytest.raises(ConnectionFailed):
             hearth.sandboxes.create()
         assert sent == ["POST"]
+
+
+def test_a_stream_abandoned_to_a_finalizer_is_closed_by_the_next_request() -> None:
+    # A finalizer (garbage collection) can close a stream's reader while a
+    # request holds the connection pool's lock, and closing the response
+    # takes that lock: the close is left to the next request instead.
+    closed: list[str] = []
+
+    class Body(httpx.SyncByteStream):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield b"data: 1\n\n"
+
+        def close(self) -> None:
+            closed.append("stream")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/stream":
+            return httpx.Response(200, stream=Body())
+        return httpx.Response(200, json={"status": "ok", "version": "test"})
+
+    with Hearth("http://hearth.test", token="t", transport=httpx.MockTransport(handler)) as hearth:
+        http = hearth._http
+
+        def reader():  # type: ignore[no-untyped-def]
+            with http.stream("GET", "/stream") as response:
+                yield from response.iter_bytes()
+
+        gen = reader()
+        assert next(gen) == b"data: 1\n\n"
+        gen.close()  # as a finalizer would
+        assert closed == [], "not closed inside the finalizer"
+        assert hearth.health().status == "ok"
+        assert closed == ["stream"], "closed by the next request"

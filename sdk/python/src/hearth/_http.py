@@ -104,10 +104,24 @@ class Http:
             timeout=httpx.Timeout(timeout),
             transport=transport,
         )
+        # Streams whose reader was closed by a finalizer, to close later.
+        self._deferred: list[contextlib.ExitStack] = []
 
     def close(self) -> None:
         """Close the connection pool."""
+        self._close_deferred()
         self._client.close()
+
+    def _close_deferred(self) -> None:
+        while self._deferred:
+            try:
+                stack = self._deferred.pop()
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                stack.close()
+            except httpx.HTTPError:
+                pass
 
     def transport_error(self, exc: httpx.TransportError, what: str) -> HearthError:
         """A :class:`HearthError` for a request that got no (full) answer;
@@ -148,6 +162,7 @@ class Http:
         server had closed, not a refusal of the request.
         """
         retry = method in _IDEMPOTENT and (content is None or isinstance(content, bytes))
+        self._close_deferred()
         while True:
             try:
                 response = self._client.request(
@@ -204,6 +219,7 @@ class Http:
         60 s between reads (streams send a keep-alive every 15 s).
         """
         retry = method in _IDEMPOTENT  # as in request()
+        self._close_deferred()
         with contextlib.ExitStack() as stack:
             while True:
                 try:
@@ -231,7 +247,17 @@ class Http:
                 except httpx.TransportError as exc:
                     raise self.transport_error(exc, f"{method} {path}") from exc
                 raise error_from_response(response)
-            yield response
+            try:
+                yield response
+            except GeneratorExit:
+                # The reader was closed without being finished, which is
+                # often a finalizer during garbage collection. That can run
+                # while this thread holds the connection pool's lock (in
+                # any request), and closing the response takes that lock:
+                # a deadlock. So the response is closed by the next request
+                # (or close()) instead.
+                self._deferred.append(stack.pop_all())
+                raise
 
     def _stream_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT)

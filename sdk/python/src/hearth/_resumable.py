@@ -64,6 +64,9 @@ class ResumableStream(Generic[_T]):
             close = getattr(self._gen, "close", None)
             if close is not None:
                 close()
+        # Closed here, by the caller (not by a finalizer): the connection
+        # can go now.
+        self._http._close_deferred()
 
     def __enter__(self) -> Self:
         return self
