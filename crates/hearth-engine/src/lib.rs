@@ -15,22 +15,31 @@
 //!   stop for a person's decision when an unsafe step's outcome is
 //!   unknown, or fail on non-determinism;
 //! - [`RetryPolicy`]: attempts, backoff, jitter, errors never retried;
-//! - [`digest`]: argument digests and idempotency keys.
+//! - [`digest`]: argument digests and idempotency keys;
+//! - [`Session`]: one launch's answers to its program's calls, acting
+//!   through a [`Host`] (the server's store and sandbox, or a simulation);
+//! - [`sim`]: a deterministic simulation of runs over a simulated host,
+//!   with injected crashes and failures, checking the engine's promises.
 
 pub mod digest;
+pub mod host;
 pub mod journal;
 pub mod protocol;
 pub mod retry;
 pub mod run;
+pub mod session;
+pub mod sim;
 pub mod spec;
 pub mod step;
 
+pub use host::{Child, Durability, Host, HostError, LaunchEnd, NewChild, Stopped};
 pub use journal::{
     AfterFailure, Decision, Journal, JournalError, NonDeterminism, Outcome, Resolution, StepIdent,
 };
 pub use protocol::{parse_call, Call, EndpointError, OnFailure, ValueKind};
 pub use retry::RetryPolicy;
 pub use run::RunState;
+pub use session::{LaunchInfo, Session};
 pub use spec::{Program, ProgramError, RunSpec, PROGRAM_DIR};
 pub use step::{Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState};
 

@@ -17,9 +17,10 @@ use hearth_sandbox::{ExecEvent, ExecOptions, Sandbox, SandboxOptions};
 use hearth_store::event::{RunExited, RunPending, RunRunning};
 use hearth_store::{EventPayload, Lease, RunChange, RunRecord, RunWriter};
 
-use super::session::{persisted_files, Launched, Session, Stopped, Verdict};
+use super::session::{launch_end, persisted_files, Launched, Session, Verdict};
 use super::{failed, Inner, RunEngine};
 use crate::manager::{CreateSpec, ManagerError};
+use hearth_engine::host::Stopped;
 
 /// Where a program's files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,19 +166,8 @@ async fn try_launch(
             .await?;
     }
     if let Some(step) = journal.needs_decision() {
-        let change = RunChange {
-            state: Some(RunState::NeedsAttention),
-            release: true,
-            ..RunChange::default()
-        };
-        let payload = EventPayload::RunNeedsAttention(hearth_store::event::RunNeedsAttention {
-            seq: step.seq,
-            step: step.name.clone(),
-            message: format!(
-                "step {} ({}) started and its outcome is unknown, and it may not be repeated safely: decide with `hearth run resolve {} --step {} --retry|--skip-with JSON|--fail`",
-                step.seq, step.name, run.id, step.seq
-            ),
-        });
+        let end = hearth_engine::session::needs_attention(&run.id, step.seq, &step.name);
+        let (change, payload) = launch_end(&end);
         record(inner, run, lease, change, payload).await?;
         return Ok(());
     }
