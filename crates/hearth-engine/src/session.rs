@@ -66,6 +66,82 @@ pub fn needs_attention(run_id: &str, seq: u64, name: &str) -> LaunchEnd {
     }
 }
 
+/// What a run's next launch does, decided before any VM boots.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Boot a VM and run the program.
+    Launch,
+    /// Do not: the run ends its turn this way.
+    Stop(LaunchEnd),
+}
+
+/// Prepare `journal` for a new launch at `now_ms`: attempts the last launch
+/// left in flight are lost (a step safe to repeat is scheduled again, an
+/// unsafe one becomes indeterminate). Returns the steps that changed (to
+/// record before anything else), and whether to launch: not when a step
+/// needs a person's decision, nor past the run's deadline.
+pub fn resume(
+    journal: &mut Journal,
+    deadline_ms: Option<u64>,
+    now_ms: u64,
+) -> (Vec<StepRecord>, Resume) {
+    let lost: Vec<StepRecord> = journal
+        .interrupt(now_ms)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|seq| journal.step(*seq).cloned())
+        .collect();
+    let next = if let Some(step) = journal.needs_decision() {
+        Resume::Stop(needs_attention(journal.run_id(), step.seq, &step.name))
+    } else if deadline_ms.is_some_and(|d| d <= now_ms) {
+        Resume::Stop(LaunchEnd::Failed {
+            code: "deadline",
+            message: "the run passed its deadline before it ended".into(),
+        })
+    } else {
+        Resume::Launch
+    };
+    (lost, next)
+}
+
+/// After the program or its VM crashed: relaunch later, or fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterCrash {
+    /// Relaunch number `restart`, not before `wake_ms`.
+    Relaunch {
+        /// Which relaunch (1 for the first).
+        restart: u32,
+        /// When, ms since the epoch.
+        wake_ms: u64,
+        /// What happened, and which relaunch of how many.
+        message: String,
+    },
+    /// The relaunches are used up: the run fails.
+    Exhausted {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What follows a crash (`message`) of a run that has been relaunched
+/// `restarts` times under `spec`, at `now_ms`.
+pub fn after_crash(spec: &crate::RunSpec, restarts: u32, now_ms: u64, message: &str) -> AfterCrash {
+    let restart = restarts + 1;
+    if restart > spec.max_restarts {
+        return AfterCrash::Exhausted {
+            message: format!(
+                "the program crashed and its {} relaunches are used up; the last crash: {message}",
+                spec.max_restarts
+            ),
+        };
+    }
+    AfterCrash::Relaunch {
+        restart,
+        wake_ms: now_ms + spec.restart_backoff(restart),
+        message: format!("{message}; relaunch {restart} of {}", spec.max_restarts),
+    }
+}
+
 /// A launch's endpoint: answers the program's calls against its journal.
 pub struct Session<H> {
     host: H,
@@ -746,6 +822,73 @@ pub fn persisted_files(journal: &Journal) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crashes_relaunch_with_backoff_until_the_restarts_are_used_up() {
+        let spec = crate::RunSpec {
+            max_restarts: 2,
+            ..crate::RunSpec::default()
+        };
+        assert_eq!(
+            after_crash(&spec, 0, 10_000, "boom"),
+            AfterCrash::Relaunch {
+                restart: 1,
+                wake_ms: 11_000,
+                message: "boom; relaunch 1 of 2".into()
+            }
+        );
+        assert!(matches!(
+            after_crash(&spec, 1, 10_000, "boom"),
+            AfterCrash::Relaunch {
+                restart: 2,
+                wake_ms: 12_000,
+                ..
+            }
+        ));
+        let AfterCrash::Exhausted { message } = after_crash(&spec, 2, 10_000, "boom") else {
+            panic!("a third relaunch of two allowed");
+        };
+        assert!(message.contains("2 relaunches are used up") && message.ends_with("boom"));
+    }
+
+    #[test]
+    fn a_launch_stops_before_booting_for_a_decision_or_a_deadline() {
+        use crate::{digest::args_digest, Effect, StepCall};
+        let call = |seq, effect| StepCall {
+            seq,
+            name: format!("s{seq}"),
+            args_digest: args_digest(&json!(null)),
+            effect,
+        };
+        let mut journal = Journal::new("run-a");
+        journal.begin(&call(0, Effect::Pure), 1).unwrap();
+        journal.succeed(0, 1, json!(1), 2).unwrap();
+        journal.begin(&call(1, Effect::Idempotent), 3).unwrap();
+        let (lost, next) = resume(&mut journal.clone(), None, 10);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].state, crate::StepState::Scheduled);
+        assert_eq!(next, Resume::Launch);
+        let (_, next) = resume(&mut journal.clone(), Some(10), 10);
+        assert!(matches!(
+            next,
+            Resume::Stop(LaunchEnd::Failed {
+                code: "deadline",
+                ..
+            })
+        ));
+
+        journal.succeed(1, 1, json!(2), 4).unwrap();
+        journal.begin(&call(2, Effect::Unsafe), 5).unwrap();
+        let (lost, next) = resume(&mut journal, None, 10);
+        assert_eq!(lost[0].state, crate::StepState::Indeterminate);
+        let Resume::Stop(LaunchEnd::NeedsAttention {
+            seq: 2, message, ..
+        }) = next
+        else {
+            panic!("an unsafe step in flight needs a decision: {next:?}");
+        };
+        assert!(message.contains("hearth run resolve run-a --step 2"));
+    }
 
     #[test]
     fn child_ids_are_stable_per_step_and_distinct() {

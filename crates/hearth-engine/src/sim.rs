@@ -39,7 +39,9 @@ use crate::digest::{bytes_digest, idempotency_key};
 use crate::host::{Child, Durability, Host, HostError, LaunchEnd, NewChild};
 use crate::journal::Resolution;
 use crate::protocol::{Call, EndpointError, ValueKind};
-use crate::session::{persisted_files, LaunchInfo, Session};
+use crate::session::{
+    after_crash, persisted_files, resume, AfterCrash, LaunchInfo, Resume, Session,
+};
 use crate::{Effect, Journal, RetryPolicy, RunSpec, RunState, StepError, StepRecord, StepState};
 
 /// The run every simulation runs.
@@ -739,8 +741,9 @@ impl Sim {
     }
 
     /// One launch, as the server's `try_launch` does it: load the journal,
-    /// lose the attempts in flight, stop for a decision if one is needed,
-    /// then run the program in a fresh VM until it or the engine ends it.
+    /// [`resume`] it (lose the attempts in flight, stop for a decision if
+    /// one is needed), then run the program in a fresh VM until it or the
+    /// engine ends it; after a crash, [`after_crash`] decides.
     fn launch(&mut self) {
         let (mut journal, epoch, launch) = {
             let mut world = self.world();
@@ -752,23 +755,23 @@ impl Sim {
                 }
             };
             let now = world.now;
-            let lost = journal.interrupt(now).unwrap_or_default();
+            let (lost, next) = resume(&mut journal, None, now);
             if !lost.is_empty() {
-                let steps: Vec<_> = lost
-                    .iter()
-                    .filter_map(|seq| journal.step(*seq).cloned())
-                    .collect();
                 let epoch = world.stored.epoch;
                 if world.check_write(epoch).is_err() {
                     world.fault("store_write_failed_at_launch");
                     return;
                 }
-                world.note(format!("attempts lost in steps {lost:?}"));
-                world.commit(steps);
+                let seqs: Vec<_> = lost.iter().map(|s| s.seq).collect();
+                world.note(format!("attempts lost in steps {seqs:?}"));
+                world.commit(lost);
             }
-            if let Some(step) = journal.needs_decision() {
-                world.note(format!("step {} needs a decision", step.seq));
-                world.move_run(RunState::NeedsAttention);
+            if let Resume::Stop(end) = next {
+                world.note(format!("no launch: {end:?}"));
+                match end {
+                    LaunchEnd::NeedsAttention { .. } => world.move_run(RunState::NeedsAttention),
+                    other => world.violate(format!("a launch stopped for {other:?}")),
+                }
                 return;
             }
             world.move_run(RunState::Running);
@@ -821,20 +824,25 @@ impl Sim {
                 if world.stored.state != RunState::Running {
                     return;
                 }
-                let restart = world.stored.restarts + 1;
                 let spec = RunSpec {
                     max_restarts: world.config.max_restarts,
                     ..RunSpec::default()
                 };
-                if restart > spec.max_restarts {
-                    world.note("restarts used up".into());
-                    world.error = Some("restarts_exhausted".into());
-                    world.move_run(RunState::Failed);
-                    return;
+                let (restarts, now) = (world.stored.restarts, world.now);
+                match after_crash(&spec, restarts, now, "the VM died") {
+                    AfterCrash::Exhausted { message } => {
+                        world.note(message);
+                        world.error = Some("restarts_exhausted".into());
+                        world.move_run(RunState::Failed);
+                    }
+                    AfterCrash::Relaunch {
+                        restart, wake_ms, ..
+                    } => {
+                        world.stored.restarts = restart;
+                        world.stored.wake_ms = Some(wake_ms);
+                        world.move_run(RunState::Pending);
+                    }
                 }
-                world.stored.restarts = restart;
-                world.stored.wake_ms = Some(world.now + spec.restart_backoff(restart));
-                world.move_run(RunState::Pending);
             }
         }
     }

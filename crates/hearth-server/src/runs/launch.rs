@@ -21,6 +21,7 @@ use super::session::{launch_end, persisted_files, Launched, Session, Verdict};
 use super::{failed, Inner, RunEngine};
 use crate::manager::{CreateSpec, ManagerError};
 use hearth_engine::host::Stopped;
+use hearth_engine::session::{after_crash, AfterCrash, Resume};
 
 /// Where a program's files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,24 +156,12 @@ async fn try_launch(
             return Ok(());
         }
     };
-    let lost = journal.interrupt(now).unwrap_or_default();
+    let (lost, next) = hearth_engine::session::resume(&mut journal, run.deadline_ms, now);
     if !lost.is_empty() {
-        let steps: Vec<_> = lost
-            .iter()
-            .filter_map(|seq| journal.step(*seq).cloned())
-            .collect();
-        store
-            .put_steps(&run.id, lease, run.launches, &steps)
-            .await?;
+        store.put_steps(&run.id, lease, run.launches, &lost).await?;
     }
-    if let Some(step) = journal.needs_decision() {
-        let end = hearth_engine::session::needs_attention(&run.id, step.seq, &step.name);
+    if let Resume::Stop(end) = next {
         let (change, payload) = launch_end(&end);
-        record(inner, run, lease, change, payload).await?;
-        return Ok(());
-    }
-    if run.deadline_ms.is_some_and(|d| d <= now) {
-        let (change, payload) = failed("deadline", "the run passed its deadline before it ended");
         record(inner, run, lease, change, payload).await?;
         return Ok(());
     }
@@ -340,31 +329,30 @@ async fn crashed(
     spec: &RunSpec,
     message: &str,
 ) -> Result<(), hearth_store::StoreError> {
-    let restart = run.restarts + 1;
-    if restart > spec.max_restarts {
-        let (change, payload) = failed(
-            "restarts_exhausted",
-            &format!(
-                "the program crashed and its {} relaunches are used up; the last crash: {message}",
-                spec.max_restarts
-            ),
-        );
-        return record(inner, run, lease, change, payload).await.map(|_| ());
+    let now = inner.store.clock().now_ms();
+    match after_crash(spec, run.restarts, now, message) {
+        AfterCrash::Exhausted { message } => {
+            let (change, payload) = failed("restarts_exhausted", &message);
+            record(inner, run, lease, change, payload).await.map(|_| ())
+        }
+        AfterCrash::Relaunch {
+            wake_ms, message, ..
+        } => {
+            let change = RunChange {
+                state: Some(RunState::Pending),
+                release: true,
+                restarted: true,
+                wake_ms: Some(Some(wake_ms)),
+                ..RunChange::default()
+            };
+            let payload = EventPayload::RunPending(RunPending {
+                cause: "crashed".into(),
+                message,
+                wake_ms: Some(wake_ms),
+            });
+            record(inner, run, lease, change, payload).await.map(|_| ())
+        }
     }
-    let wake = inner.store.clock().now_ms() + spec.restart_backoff(restart);
-    let change = RunChange {
-        state: Some(RunState::Pending),
-        release: true,
-        restarted: true,
-        wake_ms: Some(Some(wake)),
-        ..RunChange::default()
-    };
-    let payload = EventPayload::RunPending(RunPending {
-        cause: "crashed".into(),
-        message: format!("{message}; relaunch {restart} of {}", spec.max_restarts),
-        wake_ms: Some(wake),
-    });
-    record(inner, run, lease, change, payload).await.map(|_| ())
 }
 
 fn cleanup_dir(kind: &super::launch::ProgramDir, dir: &str) {
