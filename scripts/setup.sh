@@ -33,15 +33,22 @@ packages=(
   postgresql        # the shared store of several nodes, and its tests
   util-linux        # unshare: the fake VM driver's PID namespaces (tests)
 )
-missing=()
-for p in "${packages[@]%% *}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}" >&2
-  $SUDO apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+install_missing() {
+  local missing=()
+  for p in "${packages[@]%% *}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    $SUDO apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  fi
+}
+install_missing
+# Twice: installing one package can remove another that conflicts with it
+# (qemu-system-x86 7.2 removes a newer qemu-utils from backports); the
+# second pass installs the matching version.
+install_missing
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found: install the Rust toolchain (rustup) first" >&2

@@ -225,6 +225,7 @@ fn step_records(seq: u64) -> [StepRecord; 2] {
             outcome: AttemptOutcome::InFlight,
         }],
         retry_at_ms: None,
+        checkpoint: None,
     };
     let mut done = started.clone();
     done.state = StepState::Succeeded;

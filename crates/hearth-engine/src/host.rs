@@ -13,7 +13,7 @@ use std::future::Future;
 use serde_json::Value;
 
 use crate::protocol::EndpointError;
-use crate::{Effect, RetryPolicy, StepError, StepRecord};
+use crate::{Effect, RetryPolicy, StepError, StepRecord, WorkspaceCheckpoint};
 
 /// The host could not do what the session asked (the store is out of
 /// reach, or this node no longer owns the run). The launch ends; the run
@@ -129,6 +129,12 @@ pub trait Host: Send + Sync {
 
     /// Stop the launch: the program must exit, calls in flight are cut off.
     fn cancel(&self);
+
+    /// With a durable workspace, checkpoint the VM's files as they stand
+    /// (a step has just ended); `None` without one.
+    fn checkpoint(
+        &self,
+    ) -> impl Future<Output = Result<Option<WorkspaceCheckpoint>, HostError>> + Send;
 
     /// Sleep until `until_ms`; `false` when the launch was stopped first.
     fn hold_until(&self, until_ms: u64) -> impl Future<Output = bool> + Send;

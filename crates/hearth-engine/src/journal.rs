@@ -375,6 +375,7 @@ impl Journal {
                 error: None,
                 attempts: vec![started.clone()],
                 retry_at_ms: None,
+                checkpoint: None,
             });
             return Ok(started);
         }
@@ -472,6 +473,14 @@ impl Journal {
         };
         step.error = Some(error);
         Ok(after)
+    }
+
+    /// Attach the durable workspace's checkpoint taken when step `seq`
+    /// ended.
+    pub fn set_checkpoint(&mut self, seq: u64, checkpoint: crate::WorkspaceCheckpoint) {
+        if let Some(step) = self.steps.get_mut(seq as usize) {
+            step.checkpoint = Some(checkpoint);
+        }
     }
 
     /// The VM or the server died: every attempt in flight is lost. A step

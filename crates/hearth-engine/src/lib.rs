@@ -40,8 +40,11 @@ pub use protocol::{parse_call, Call, EndpointError, OnFailure, ValueKind};
 pub use retry::RetryPolicy;
 pub use run::RunState;
 pub use session::{LaunchInfo, Session};
-pub use spec::{Program, ProgramError, RunSpec, PROGRAM_DIR};
-pub use step::{Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState};
+pub use spec::{Program, ProgramError, RunSpec, WorkspaceMode, PROGRAM_DIR};
+pub use step::{
+    Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState,
+    WorkspaceCheckpoint,
+};
 
 /// Longest a program may sleep or wait for a signal in one call, ms: 30
 /// days, so that no deadline arithmetic overflows.

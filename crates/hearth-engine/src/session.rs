@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::host::{Child, Durability, Host, HostError, LaunchEnd, NewChild, Stopped};
 use crate::journal::{AfterFailure, Decision, Outcome};
 use crate::protocol::{Call, EndpointError, ValueKind};
-use crate::{Effect, Journal, RetryPolicy, StepCall, StepError, StepRecord};
+use crate::{Effect, Journal, RetryPolicy, StepCall, StepError, StepRecord, WorkspaceCheckpoint};
 
 /// What a launch knows of its run.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,7 +242,7 @@ impl<H: Host> Session<H> {
 
     async fn persist(
         &self,
-        journal: &Journal,
+        journal: &mut Journal,
         seq: u64,
         durability: Durability,
     ) -> Result<(), EndpointError> {
@@ -254,11 +254,25 @@ impl<H: Host> Session<H> {
     /// its attempt began, when that was not written on its own.
     async fn persist_from(
         &self,
-        journal: &Journal,
+        journal: &mut Journal,
         seq: u64,
         started: Option<StepRecord>,
         durability: Durability,
     ) -> Result<(), EndpointError> {
+        let ended = journal
+            .step(seq)
+            .is_some_and(|s| s.state.is_final() && s.checkpoint.is_none());
+        if ended {
+            // The files as the step left them go with its record.
+            match self.host.checkpoint().await {
+                Ok(Some(checkpoint)) => journal.set_checkpoint(seq, checkpoint),
+                Ok(None) => {}
+                Err(error) => {
+                    self.set_stopped(Stopped::Fenced(error.to_string()));
+                    return Err(fenced(&error));
+                }
+            }
+        }
         let Some(step) = journal.step(seq) else {
             return Ok(());
         };
@@ -801,6 +815,39 @@ fn latest_persisted(journal: &Journal, seq: u64, path: &str) -> Option<String> {
         .filter_map(|s| s.result.as_ref())
         .find(|r| r["path"] == path)
         .and_then(|r| r["digest"].as_str().map(str::to_string))
+}
+
+/// The layers of the durable workspace as it stood at the end of the last
+/// step before `upto` that recorded a checkpoint, base first; empty when
+/// none did. An error names a layer the journal does not hold.
+pub fn workspace_chain(journal: &Journal, upto: u64) -> Result<Vec<WorkspaceCheckpoint>, String> {
+    let steps = &journal.steps()[..(upto as usize).min(journal.steps().len())];
+    let Some(top) = steps.iter().rev().find_map(|s| s.checkpoint.as_ref()) else {
+        return Ok(Vec::new());
+    };
+    let layers: HashMap<&str, &WorkspaceCheckpoint> = steps
+        .iter()
+        .filter_map(|s| s.checkpoint.as_ref())
+        .map(|c| (c.layer.as_str(), c))
+        .collect();
+    let mut chain = vec![top.clone()];
+    while let Some(parent) = &chain.last().and_then(|c| c.parent.clone()) {
+        if chain.len() > steps.len() {
+            return Err(format!(
+                "the workspace layers of run {} loop",
+                journal.run_id()
+            ));
+        }
+        let layer = layers.get(parent.as_str()).ok_or_else(|| {
+            format!(
+                "the workspace layer {parent} of run {} is not in its journal",
+                journal.run_id()
+            )
+        })?;
+        chain.push((*layer).clone());
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 /// Every path persisted in `journal`, with its latest digest.

@@ -26,7 +26,7 @@
 //!   (its journal loads and its state is live);
 //! - a file persisted before a crash is there after the relaunch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +36,17 @@ use std::task::{Context, Poll, Waker};
 use serde_json::{json, Value};
 
 use crate::digest::{bytes_digest, idempotency_key};
-use crate::host::{Child, Durability, Host, HostError, LaunchEnd, NewChild};
+use crate::host::{Child, Durability, Host, HostError, LaunchEnd, NewChild, Stopped};
 use crate::journal::Resolution;
 use crate::protocol::{Call, EndpointError, ValueKind};
+use crate::session::workspace_chain;
 use crate::session::{
     after_crash, persisted_files, resume, AfterCrash, LaunchInfo, Resume, Session,
 };
-use crate::{Effect, Journal, RetryPolicy, RunSpec, RunState, StepError, StepRecord, StepState};
+use crate::{
+    Effect, Journal, RetryPolicy, RunSpec, RunState, StepError, StepRecord, StepState,
+    WorkspaceCheckpoint,
+};
 
 /// The run every simulation runs.
 const RUN_ID: &str = "run-sim";
@@ -239,6 +243,13 @@ struct World {
     write_fails: bool,
     /// The VM's files (lost with the VM).
     files: BTreeMap<String, Vec<u8>>,
+    /// The durable workspace: which steps' files the VM holds (the program
+    /// writes one before each step `writes_file` picks).
+    workspace: BTreeSet<u64>,
+    /// Frozen workspace layers: what each held.
+    layers: BTreeMap<String, BTreeSet<u64>>,
+    /// Layers named so far.
+    layer_count: u64,
     /// Unsafe effects (charges, unsafe steps) by seq.
     effects: BTreeMap<u64, u32>,
     /// Idempotent effects by key: (seq, times applied, result).
@@ -247,6 +258,8 @@ struct World {
     retries: BTreeMap<u64, u32>,
     /// Results people gave (skip-with), by seq.
     skipped: BTreeMap<u64, ()>,
+    /// Steps a person ended (skipped or failed).
+    decided: BTreeSet<u64>,
     /// Executions of steps the program runs itself, by seq.
     runs: BTreeMap<u64, u32>,
     /// The first final answer the program got, by seq.
@@ -372,6 +385,19 @@ struct SimHost {
     died: AtomicBool,
     /// The server crashed during the current call.
     node_crashed: AtomicBool,
+    /// The workspace layers of this launch's VM.
+    disk: Mutex<SimDisk>,
+}
+
+/// A launch's writable disk: the frozen layer it stands on, the writable
+/// layer over it, and whether anything was written since the last
+/// checkpoint.
+#[derive(Debug)]
+struct SimDisk {
+    parent: Option<String>,
+    active: String,
+    last: Option<WorkspaceCheckpoint>,
+    dirty: bool,
 }
 
 impl SimHost {
@@ -443,6 +469,33 @@ impl Host for SimHost {
 
     fn cancel(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    async fn checkpoint(&self) -> Result<Option<WorkspaceCheckpoint>, HostError> {
+        let mut world = self.world();
+        let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        if world.roll() && world.rng.chance(0.3) {
+            world.fault("checkpoint_failed");
+            return Err(HostError("simulated checkpoint failure".into()));
+        }
+        if let (false, Some(last)) = (disk.dirty, &disk.last) {
+            return Ok(Some(last.clone()));
+        }
+        let frozen = disk.active.clone();
+        let state = world.workspace.clone();
+        let digest = bytes_digest(format!("{state:?}").as_bytes());
+        world.layers.insert(frozen.clone(), state);
+        world.layer_count += 1;
+        let next = format!("l{}", world.layer_count);
+        let checkpoint = WorkspaceCheckpoint {
+            layer: frozen.clone(),
+            digest,
+            parent: disk.parent.replace(frozen),
+        };
+        disk.active = next;
+        disk.dirty = false;
+        disk.last = Some(checkpoint.clone());
+        Ok(Some(checkpoint))
     }
 
     async fn hold_until(&self, until_ms: u64) -> bool {
@@ -638,6 +691,11 @@ struct Sim {
     program: Vec<Op>,
 }
 
+/// Whether the program writes a file into its workspace before step `seq`.
+fn writes_file(seq: u64) -> bool {
+    seq % 3 != 2
+}
+
 /// The file the program persists and restores.
 const FILE: &str = "/work/state.bin";
 
@@ -725,8 +783,11 @@ impl Sim {
             Resolution::Retry => *world.retries.entry(step.seq).or_default() += 1,
             Resolution::SkipWith { .. } => {
                 world.skipped.insert(step.seq, ());
+                world.decided.insert(step.seq);
             }
-            Resolution::Fail { .. } => {}
+            Resolution::Fail { .. } => {
+                world.decided.insert(step.seq);
+            }
         }
         let now = world.now;
         if let Err(error) = journal.resolve(step.seq, resolution, now) {
@@ -745,7 +806,7 @@ impl Sim {
     /// one is needed), then run the program in a fresh VM until it or the
     /// engine ends it; after a crash, [`after_crash`] decides.
     fn launch(&mut self) {
-        let (mut journal, epoch, launch) = {
+        let (mut journal, epoch, launch, disk) = {
             let mut world = self.world();
             let mut journal = match Journal::from_steps(RUN_ID, world.stored.steps.clone()) {
                 Ok(journal) => journal,
@@ -774,6 +835,46 @@ impl Sim {
                 }
                 return;
             }
+            // The workspace as of the last checkpoint the journal holds:
+            // exactly the files written up to that step.
+            let chain = match workspace_chain(&journal, journal.next_seq()) {
+                Ok(chain) => chain,
+                Err(error) => {
+                    world.violate(error);
+                    return;
+                }
+            };
+            let parent = chain.last().map(|c| c.layer.clone());
+            world.workspace = match &parent {
+                Some(layer) => world.layers.get(layer).cloned().unwrap_or_default(),
+                None => BTreeSet::new(),
+            };
+            // Every step a launch ended carries the files as it left them;
+            // only a person's decision ends one without.
+            let upto = journal
+                .steps()
+                .iter()
+                .rev()
+                .find(|s| s.state.is_final() && !world.decided.contains(&s.seq))
+                .map(|s| s.seq);
+            let expected: BTreeSet<u64> = match upto {
+                Some(upto) => (0..=upto).filter(|seq| writes_file(*seq)).collect(),
+                None => BTreeSet::new(),
+            };
+            if world.workspace != expected {
+                let message = format!(
+                    "the workspace booted with the files of steps {:?}, not {expected:?} (the last step ended at {upto:?})",
+                    world.workspace
+                );
+                world.violate(message);
+            }
+            world.layer_count += 1;
+            let disk = SimDisk {
+                parent,
+                active: format!("l{}", world.layer_count),
+                last: None,
+                dirty: true,
+            };
             world.move_run(RunState::Running);
             world.stored.launches += 1;
             // A fresh VM holds the persisted files only.
@@ -784,7 +885,7 @@ impl Sim {
             }
             let launch = world.stored.launches;
             world.note(format!("launch {launch}"));
-            (journal, world.stored.epoch, launch)
+            (journal, world.stored.epoch, launch, disk)
         };
         let host = SimHost {
             world: self.world.clone(),
@@ -792,6 +893,7 @@ impl Sim {
             stopped: AtomicBool::new(false),
             died: AtomicBool::new(false),
             node_crashed: AtomicBool::new(false),
+            disk: Mutex::new(disk),
         };
         let info = LaunchInfo {
             run_id: RUN_ID.into(),
@@ -804,7 +906,12 @@ impl Sim {
             max_value: 1 << 20,
         };
         let session = Session::new(host, info);
-        let outcome = self.run_program(&session, &mut journal);
+        let mut outcome = self.run_program(&session, &mut journal);
+        if let (LaunchOutcome::Stopped, Some(Stopped::Fenced(_))) = (outcome, session.stopped()) {
+            // The node records the launch's end as a crash (if it still
+            // owns the run).
+            outcome = LaunchOutcome::Crashed;
+        }
         let mut world = self.world();
         match outcome {
             LaunchOutcome::Stopped => {
@@ -860,6 +967,15 @@ impl Sim {
         let journal_length = context["journal_length"].as_u64().unwrap_or(0);
         for (seq, op) in self.program.iter().enumerate() {
             let seq = seq as u64;
+            if writes_file(seq) {
+                self.world().workspace.insert(seq);
+                session
+                    .host()
+                    .disk
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .dirty = true;
+            }
             match self.op(session, journal, seq, op, journal_length) {
                 Ok(()) => {}
                 Err(outcome) => return outcome,
@@ -1316,10 +1432,14 @@ pub fn simulate_with(seed: u64, config: SimConfig) -> Result<SimReport, Violatio
         queued: Vec::new(),
         write_fails: false,
         files: BTreeMap::new(),
+        workspace: BTreeSet::new(),
+        layers: BTreeMap::new(),
+        layer_count: 0,
         effects: BTreeMap::new(),
         keyed: BTreeMap::new(),
         retries: BTreeMap::new(),
         skipped: BTreeMap::new(),
+        decided: BTreeSet::new(),
         runs: BTreeMap::new(),
         answers: BTreeMap::new(),
         persisted: BTreeMap::new(),

@@ -197,6 +197,35 @@ pub struct RunSpec {
     pub max_restart_backoff_ms: u64,
     /// Environment of the program.
     pub env: BTreeMap<String, String>,
+    /// Whether the VM's files survive it.
+    pub workspace: WorkspaceMode,
+}
+
+/// What becomes of the files a run's program writes in its VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceMode {
+    /// They go with the VM; only `ctx.persist`ed files come back.
+    #[default]
+    Ephemeral,
+    /// They are checkpointed at every step's end: a relaunch (or a fork at
+    /// step N) boots on the files as they stood at the last recorded step
+    /// (at step N).
+    Durable,
+}
+
+impl std::str::FromStr for WorkspaceMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ephemeral" => Ok(Self::Ephemeral),
+            "durable" => Ok(Self::Durable),
+            other => Err(format!(
+                "unknown workspace {other:?}; expected ephemeral or durable"
+            )),
+        }
+    }
 }
 
 impl Default for RunSpec {
@@ -211,6 +240,7 @@ impl Default for RunSpec {
             restart_backoff_ms: 1_000,
             max_restart_backoff_ms: 60_000,
             env: BTreeMap::new(),
+            workspace: WorkspaceMode::Ephemeral,
         }
     }
 }

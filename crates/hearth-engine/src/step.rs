@@ -204,6 +204,23 @@ pub struct StepRecord {
     pub attempts: Vec<Attempt>,
     /// When a scheduled retry may run, ms since the epoch.
     pub retry_at_ms: Option<u64>,
+    /// With a durable workspace: the run's files as they stood when the
+    /// step ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<WorkspaceCheckpoint>,
+}
+
+/// A durable workspace's files as they stood at a step's end: a frozen
+/// layer of the VM's writable disk, kept as a blob, over the layers below
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceCheckpoint {
+    /// The layer's file name (what the layer above it names as backing).
+    pub layer: String,
+    /// The blob holding the layer's bytes.
+    pub digest: String,
+    /// The layer below it, `None` for the base.
+    pub parent: Option<String>,
 }
 
 #[cfg(test)]

@@ -76,6 +76,7 @@ fn ten_thousand_schedules_keep_every_promise() {
         "answer_lost",
         "vm_died_after_tool_effect",
         "server_crashed_after_tool_effect",
+        "checkpoint_failed",
     ] {
         assert!(
             faults.get(kind).copied().unwrap_or(0) > 0,

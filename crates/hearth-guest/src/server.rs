@@ -161,6 +161,10 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
             .map(|usage| body::json(&usage))
             .map_err(|e| GuestError::Internal(format!("usage task failed: {e}")))
         }
+        (&Method::POST, routes::SYNC) => tokio::task::spawn_blocking(crate::sys::sync)
+            .await
+            .map(|()| body::empty(StatusCode::NO_CONTENT))
+            .map_err(|e| GuestError::Internal(format!("sync task failed: {e}"))),
         (&Method::POST, routes::SHUTDOWN) => {
             state.request_shutdown();
             Ok(body::empty(StatusCode::NO_CONTENT))

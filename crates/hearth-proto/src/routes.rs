@@ -12,6 +12,7 @@
 //! | `DELETE /v1/files?path=&recursive=` | – | 204 |
 //! | `POST /v1/files/mkdir?path=&parents=` | – | 204 |
 //! | `GET /v1/usage` | – | JSON [`crate::Usage`] |
+//! | `POST /v1/sync` | – | 204 once every filesystem's writes reached its disk |
 //! | `POST /v1/shutdown` | – | 204, then the guest powers off |
 //! | `POST /v1/tunnel` | frames: `TunnelOpen`, then `TunnelResponse`/`TunnelBody`* | frames: `TunnelReady`, then `TunnelRequest`/`TunnelBody`* (400 if `listen` is refused) |
 //!
@@ -35,6 +36,9 @@ pub const FILES_LIST: &str = "/v1/files/list";
 pub const FILES_MKDIR: &str = "/v1/files/mkdir";
 /// `GET`: resource usage.
 pub const USAGE: &str = "/v1/usage";
+/// `POST`: flush every filesystem to its disk (before a checkpoint of the
+/// writable layer).
+pub const SYNC: &str = "/v1/sync";
 /// `POST`: power the guest off.
 pub const SHUTDOWN: &str = "/v1/shutdown";
 /// `POST`: open a reverse tunnel: the guest listens for HTTP/1.1 on a

@@ -259,6 +259,12 @@ impl GuestClient {
             .await
     }
 
+    /// Ask the guest to flush every filesystem to its disk.
+    pub async fn sync(&self) -> Result<()> {
+        self.call_no_content("sync", empty_request(Method::POST, routes::SYNC.into()))
+            .await
+    }
+
     /// Ask the guest to power off.
     pub async fn shutdown(&self) -> Result<()> {
         self.call_no_content(

@@ -120,4 +120,15 @@ impl Sandbox {
             Err(error) => Err(self.explain(error).await),
         }
     }
+
+    /// Checkpoint the writable layer of a durable workspace: the guest
+    /// flushes its filesystems, then the layer is frozen as it stands and
+    /// writes go on in a new layer named `next`. A layer unchanged since
+    /// the last checkpoint is not frozen again.
+    pub async fn checkpoint(&self, next: &str) -> Result<hearth_vm::Checkpoint> {
+        if let Err(error) = self.client().sync().await {
+            return Err(self.explain(error).await);
+        }
+        Ok(self.vm().checkpoint(next).await?)
+    }
 }

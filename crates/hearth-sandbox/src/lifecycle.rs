@@ -208,6 +208,7 @@ impl Sandbox {
             memory_mib: options.memory.as_mib(),
             accel: accel.accel,
             kernel_args: Vec::new(),
+            scratch: options.scratch.clone(),
         };
         let vm: Arc<dyn Vm> = match driver.launch(spec).await {
             Ok(vm) => Arc::from(vm),
@@ -353,6 +354,10 @@ impl Sandbox {
     /// PID of the VMM process, while it runs.
     pub fn vmm_pid(&self) -> Option<u32> {
         self.inner.vm.pid()
+    }
+
+    pub(crate) fn vm(&self) -> &dyn Vm {
+        self.inner.vm.as_ref()
     }
 
     pub(crate) fn client(&self) -> &GuestClient {
@@ -595,6 +600,7 @@ mod tests {
                     memory_mib: 128,
                     accel: Accel::Tcg,
                     kernel_args: Vec::new(),
+                    scratch: hearth_vm::ScratchDisk::Ephemeral,
                 },
                 killed: AtomicBool::new(false),
                 exit: watch::channel(None).0,

@@ -82,6 +82,9 @@ pub struct SandboxOptions {
     pub agent_reserve: Option<ByteSize>,
     /// Labels, kept with the sandbox for callers to find it by.
     pub labels: BTreeMap<String, String>,
+    /// Where the writable layer lives: fresh and deleted with the sandbox,
+    /// or a layer of a durable workspace's chain, kept and checkpointed.
+    pub scratch: hearth_vm::ScratchDisk,
 }
 
 impl Default for SandboxOptions {
@@ -97,6 +100,7 @@ impl Default for SandboxOptions {
             pids_max: 1024,
             agent_reserve: None,
             labels: BTreeMap::new(),
+            scratch: hearth_vm::ScratchDisk::Ephemeral,
         }
     }
 }

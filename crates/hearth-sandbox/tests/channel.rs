@@ -59,6 +59,7 @@ async fn the_agent_serves_a_new_connection_after_the_host_reconnects() {
             memory_mib: 256,
             accel: accel.accel,
             kernel_args: vec!["hearth.debug=1".into()],
+            scratch: Default::default(),
         })
         .await
         .unwrap();

@@ -1226,6 +1226,34 @@ ctx.complete({"restored": restored, "scratch_left": os.path.exists(scratch), "la
     h.stop().await;
 }
 
+/// A durable workspace needs VMs whose disks can be checkpointed: on the
+/// fake driver the run fails before any VM starts, saying why; a bad
+/// workspace value is refused at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_workspace_on_a_driver_without_checkpoints_fails_clearly() {
+    let h = Harness::new().await;
+    let program = "import hearth_run\nhearth_run.context().complete(1)\n";
+    let mut body = h.start_body(program, json!(null));
+    body["workspace"] = json!("durable");
+    let id = h.start_with(body).await;
+    let run = h.wait_state(&id, "failed").await;
+    assert_eq!(run["error"]["code"], "workspace", "{run}");
+    let message = run["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("needs the qemu VM driver"), "{message}");
+    assert_eq!(run["launches"], 0, "{run}");
+
+    let mut body = h.start_body(program, json!(null));
+    body["workspace"] = json!("forever");
+    let (status, answer) = h.call(reqwest::Method::POST, "/v1/runs", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["field"], "workspace", "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("ephemeral or durable"));
+    h.stop().await;
+}
+
 /// A run past its deadline fails cleanly, even while it waits with no VM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_fails_a_waiting_run() {

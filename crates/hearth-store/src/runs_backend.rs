@@ -300,6 +300,7 @@ macro_rules! impl_run_backend {
                             .bind(&step.error)
                             .bind(&step.attempts)
                             .bind(step.retry_at_ms)
+                            .bind(&step.checkpoint)
                             .bind(now as i64);
                     }
                     upsert
@@ -534,6 +535,7 @@ macro_rules! impl_run_backend {
                 .bind(&step.error)
                 .bind(&step.attempts)
                 .bind(step.retry_at_ms)
+                .bind(&step.checkpoint)
                 .bind(now as i64)
                 .execute(&mut *conn)
                 .await

@@ -33,18 +33,18 @@ pub(crate) const RUN: &str = "SELECT * FROM runs WHERE id = $1";
 
 /// Write one step (insert or replace its row).
 pub(crate) const PUT_STEP: &str = "INSERT INTO steps (run_id, seq, name, args_digest, effect, \
-     state, result, result_blob, error, attempts, retry_at_ms, updated_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     state, result, result_blob, error, attempts, retry_at_ms, checkpoint, updated_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
      ON CONFLICT (run_id, seq) DO UPDATE SET name = excluded.name, \
      args_digest = excluded.args_digest, effect = excluded.effect, state = excluded.state, \
      result = excluded.result, result_blob = excluded.result_blob, error = excluded.error, \
      attempts = excluded.attempts, retry_at_ms = excluded.retry_at_ms, \
-     updated_ms = excluded.updated_ms";
+     checkpoint = excluded.checkpoint, updated_ms = excluded.updated_ms";
 
-/// Upsert `rows` journal rows in one statement (`$1`… in row order, twelve
-/// per row as in [`PUT_STEP`]); at most one row per run and seq.
+/// Upsert `rows` journal rows in one statement (`$1`… in row order,
+/// thirteen per row as in [`PUT_STEP`]); at most one row per run and seq.
 pub(crate) fn put_step_rows(rows: usize) -> String {
-    const COLUMNS: usize = 12;
+    const COLUMNS: usize = 13;
     let values: Vec<String> = (0..rows)
         .map(|r| {
             let params: Vec<String> = (1..=COLUMNS)
@@ -56,7 +56,7 @@ pub(crate) fn put_step_rows(rows: usize) -> String {
     let conflict = &PUT_STEP[PUT_STEP.find(" ON CONFLICT").unwrap_or(PUT_STEP.len())..];
     format!(
         "INSERT INTO steps (run_id, seq, name, args_digest, effect, state, result, \
-         result_blob, error, attempts, retry_at_ms, updated_ms) VALUES {}{conflict}",
+         result_blob, error, attempts, retry_at_ms, checkpoint, updated_ms) VALUES {}{conflict}",
         values.join(", ")
     )
 }
@@ -282,6 +282,7 @@ pub(crate) struct StepRow {
     pub error: Option<String>,
     pub attempts: String,
     pub retry_at_ms: Option<i64>,
+    pub checkpoint: Option<String>,
 }
 
 impl StepRow {
@@ -306,6 +307,7 @@ impl StepRow {
             error: step.error.as_ref().map(to_json),
             attempts: to_json(&step.attempts),
             retry_at_ms: step.retry_at_ms.map(|t| t as i64),
+            checkpoint: step.checkpoint.as_ref().map(to_json),
         }
     }
 }
@@ -408,6 +410,10 @@ where
         error,
         attempts,
         retry_at_ms: row.opt_int("retry_at_ms")?.map(|t| t as u64),
+        checkpoint: row
+            .opt_text("checkpoint")?
+            .map(|t| serde_json::from_str(&t).map_err(|e| corrupt("step checkpoint", e)))
+            .transpose()?,
     })
 }
 
@@ -451,6 +457,7 @@ mod tests {
             error: None,
             attempts: vec![],
             retry_at_ms: None,
+            checkpoint: None,
         }
     }
 

@@ -130,6 +130,7 @@ fn step(seq: u64, state: StepState, result: Option<Value>) -> StepRecord {
             },
         }],
         retry_at_ms: None,
+        checkpoint: None,
     }
 }
 

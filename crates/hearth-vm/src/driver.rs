@@ -42,6 +42,8 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Extra kernel command-line arguments.
     pub kernel_args: Vec<String>,
+    /// Where the writable layer lives (fresh and ephemeral by default).
+    pub scratch: crate::scratch::ScratchDisk,
 }
 
 impl VmSpec {
@@ -61,6 +63,32 @@ pub struct VmExit {
     pub console_tail: Vec<String>,
     /// Last lines the VMM itself printed to stderr.
     pub vmm_stderr_tail: Vec<String>,
+}
+
+/// What a checkpoint of a VM's writable layer froze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// The layer `layer` was frozen as it stands; writes go on in a new
+    /// layer over it.
+    Frozen {
+        /// The frozen layer's file name (in the chain's directory).
+        layer: String,
+    },
+    /// Nothing was written since the last checkpoint, which froze `layer`:
+    /// it is this checkpoint too.
+    Unchanged {
+        /// The layer frozen by the last checkpoint.
+        layer: String,
+    },
+}
+
+impl Checkpoint {
+    /// The frozen layer that holds the checkpoint.
+    pub fn layer(&self) -> &str {
+        match self {
+            Self::Frozen { layer } | Self::Unchanged { layer } => layer,
+        }
+    }
 }
 
 /// A VMM backend.
@@ -96,4 +124,17 @@ pub trait Vm: Send + Sync {
 
     /// Path of the guest's serial console log.
     fn console_log(&self) -> &Path;
+
+    /// Freeze the writable layer (a [`crate::ScratchDisk::Layered`] one) as
+    /// it stands on the virtual disk, and go on writing to a new layer
+    /// named `next` over it. The guest must have flushed its filesystem
+    /// first. Drivers without checkpoints refuse.
+    fn checkpoint<'a>(&'a self, next: &'a str) -> BoxFuture<'a, Result<Checkpoint>> {
+        let _ = next;
+        Box::pin(async {
+            Err(crate::VmError::Unsupported(
+                "this VM driver cannot checkpoint a writable layer (durable workspaces need the qemu driver)".into(),
+            ))
+        })
+    }
 }

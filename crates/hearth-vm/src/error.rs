@@ -49,6 +49,18 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// QEMU's machine protocol failed or refused a command.
+    #[error("QMP {path}: {message}")]
+    Qmp {
+        /// The QMP socket.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The VM cannot do what was asked (e.g. a checkpoint of a VM whose
+    /// writable layer is not layered, or on a driver without checkpoints).
+    #[error("{0}")]
+    Unsupported(String),
     /// Any other I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {

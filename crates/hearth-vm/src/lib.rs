@@ -13,10 +13,12 @@ pub mod error;
 pub mod fake;
 pub mod procfs;
 pub mod qemu;
+pub mod qmp;
 pub mod scratch;
 #[allow(unsafe_code)] // pre_exec hook; see the SAFETY comment there.
 mod spawn;
 
 pub use accel::{Accel, AccelChoice, AccelPreference};
-pub use driver::{Driver, GuestStream, Vm, VmExit, VmSpec};
+pub use driver::{Checkpoint, Driver, GuestStream, Vm, VmExit, VmSpec};
 pub use error::{Result, VmError};
+pub use scratch::ScratchDisk;

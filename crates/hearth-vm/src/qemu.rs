@@ -19,9 +19,10 @@ use tokio::sync::{watch, Notify};
 
 use crate::accel::Accel;
 use crate::console;
-use crate::driver::{BoxFuture, Driver, GuestStream, Vm, VmExit, VmSpec};
+use crate::driver::{BoxFuture, Checkpoint, Driver, GuestStream, Vm, VmExit, VmSpec};
 use crate::error::{Result, VmError};
-use crate::scratch;
+use crate::qmp::Qmp;
+use crate::scratch::{self, ScratchDisk};
 use crate::spawn::spawn_owned;
 
 /// Binary name of the x86-64 system emulator.
@@ -29,6 +30,9 @@ pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 const MAX_SOCKET_PATH: usize = 107;
+
+/// QEMU's machine-protocol socket, in the VM's state directory.
+const QMP_SOCKET: &str = "qmp.sock";
 
 /// Kernel command line every VM gets (extra arguments are appended).
 pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t";
@@ -135,13 +139,23 @@ impl QemuDriver {
             let _ = exit_tx.send(Some(exit));
         });
 
+        let top = match &spec.scratch {
+            ScratchDisk::Layered { top, .. } => Some(top.clone()),
+            ScratchDisk::Ephemeral => None,
+        };
         Ok(QemuVm {
             console_log: spec.console_log(),
+            qmp_path: spec.state_dir.join(QMP_SOCKET),
             spec,
             pid: Mutex::new(pid),
             socket_path,
             exit: exit_rx,
             kill,
+            layers: tokio::sync::Mutex::new(Layers {
+                qmp: None,
+                top,
+                frozen: None,
+            }),
         })
     }
 }
@@ -177,9 +191,32 @@ fn prepare(spec: &VmSpec) -> Result<Prepared> {
         "creating {}",
         spec.state_dir.display()
     )))?;
-    let scratch_path = spec.state_dir.join("scratch.ext4");
-    scratch::create_ext4(&scratch_path, spec.disk_bytes)?;
-
+    let scratch_path = match &spec.scratch {
+        ScratchDisk::Ephemeral => {
+            let path = spec.state_dir.join("scratch.ext4");
+            scratch::create_ext4(&path, spec.disk_bytes)?;
+            path
+        }
+        ScratchDisk::Layered { dir, top } => {
+            scratch::check_layer_name(top)?;
+            let path = dir.join(top);
+            if !path.is_file() {
+                return Err(VmError::InvalidSpec(format!(
+                    "the writable layer {} does not exist",
+                    path.display()
+                )));
+            }
+            path
+        }
+    };
+    let qmp_path = spec.state_dir.join(QMP_SOCKET);
+    if qmp_path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(VmError::InvalidSpec(format!(
+            "state directory path is too long for a Unix socket ({} > {MAX_SOCKET_PATH} bytes): {}; use a shorter HEARTH_HOME",
+            qmp_path.as_os_str().len(),
+            qmp_path.display()
+        )));
+    }
     let socket_path = spec.state_dir.join("guest.sock");
     if socket_path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(VmError::InvalidSpec(format!(
@@ -290,8 +327,12 @@ pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String>
         "virtio-blk-device,drive=root,serial=hearth-root".into(),
         "-drive".into(),
         format!(
-            "file={},format=raw,if=none,id=scratch,cache=unsafe,discard=unmap",
-            scratch.display()
+            "file={},format={},if=none,id=scratch,cache=unsafe,discard=unmap",
+            scratch.display(),
+            match spec.scratch {
+                ScratchDisk::Ephemeral => "raw",
+                ScratchDisk::Layered { .. } => "qcow2",
+            }
         ),
         "-device".into(),
         "virtio-blk-device,drive=scratch,serial=hearth-scratch".into(),
@@ -303,6 +344,12 @@ pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String>
         format!(
             "virtserialport,chardev=guest,name={}",
             hearth_proto::GUEST_PORT_NAME
+        ),
+        // The machine protocol, for checkpoints of the writable layer.
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            spec.state_dir.join(QMP_SOCKET).display()
         ),
         "-object".into(),
         "rng-random,id=rng,filename=/dev/urandom".into(),
@@ -347,9 +394,86 @@ pub struct QemuVm {
     spec: VmSpec,
     pid: Mutex<Option<u32>>,
     socket_path: PathBuf,
+    qmp_path: PathBuf,
     console_log: PathBuf,
     exit: watch::Receiver<Option<VmExit>>,
     kill: Arc<Notify>,
+    layers: tokio::sync::Mutex<Layers>,
+}
+
+/// The state of a layered writable disk, behind one lock so checkpoints
+/// run one at a time.
+#[derive(Debug)]
+struct Layers {
+    /// The machine-protocol connection, once opened.
+    qmp: Option<Qmp>,
+    /// The writable top layer's name, for a layered disk.
+    top: Option<String>,
+    /// The layer the last checkpoint froze, and the guest's bytes written
+    /// to the disk by then.
+    frozen: Option<(String, u64)>,
+}
+
+impl QemuVm {
+    async fn checkpoint_layers(&self, next: &str) -> Result<Checkpoint> {
+        let ScratchDisk::Layered { dir, .. } = &self.spec.scratch else {
+            return Err(VmError::Unsupported(
+                "this VM's writable layer is ephemeral: only a durable workspace (a layered disk) can be checkpointed".into(),
+            ));
+        };
+        scratch::check_layer_name(next)?;
+        let mut layers = self.layers.lock().await;
+        if layers.qmp.is_none() {
+            layers.qmp = Some(Qmp::connect(&self.qmp_path).await?);
+        }
+        let written = {
+            let qmp = layers.qmp.as_mut().expect("connected above");
+            let stats = qmp.execute("query-blockstats", None).await?;
+            stats
+                .as_array()
+                .and_then(|all| all.iter().find(|d| d["device"] == "scratch"))
+                .and_then(|d| d["stats"]["wr_bytes"].as_u64())
+                .ok_or_else(|| VmError::Qmp {
+                    path: self.qmp_path.clone(),
+                    message: format!("no write statistics for the writable disk in {stats}"),
+                })?
+        };
+        if let Some((layer, at)) = &layers.frozen {
+            if *at == written {
+                return Ok(Checkpoint::Unchanged {
+                    layer: layer.clone(),
+                });
+            }
+        }
+        let top = layers.top.clone().expect("a layered disk has a top");
+        {
+            let (dir, next, top) = (dir.clone(), next.to_string(), top.clone());
+            tokio::task::spawn_blocking(move || scratch::create_overlay(&dir, &next, &top))
+                .await
+                .map_err(|e| VmError::Unsupported(format!("the layer task failed: {e}")))??;
+        }
+        let snapshot = serde_json::json!({
+            "device": "scratch",
+            "snapshot-file": dir.join(next).display().to_string(),
+            "format": "qcow2",
+            "mode": "existing",
+        });
+        let qmp = layers.qmp.as_mut().expect("connected above");
+        if let Err(error) = qmp.execute("blockdev-snapshot-sync", Some(snapshot)).await {
+            let _ = std::fs::remove_file(dir.join(next));
+            return Err(error);
+        }
+        // The frozen layer is what a relaunch boots on: on disk before the
+        // checkpoint counts (the writable drive skips flushes).
+        let frozen = dir.join(&top);
+        tokio::task::spawn_blocking(move || std::fs::File::open(&frozen)?.sync_all())
+            .await
+            .map_err(|e| VmError::Unsupported(format!("the sync task failed: {e}")))?
+            .map_err(VmError::io(format!("syncing the layer {top}")))?;
+        layers.top = Some(next.to_string());
+        layers.frozen = Some((top.clone(), written));
+        Ok(Checkpoint::Frozen { layer: top })
+    }
 }
 
 impl Vm for QemuVm {
@@ -405,6 +529,10 @@ impl Vm for QemuVm {
     fn console_log(&self) -> &Path {
         &self.console_log
     }
+
+    fn checkpoint<'a>(&'a self, next: &'a str) -> BoxFuture<'a, Result<Checkpoint>> {
+        Box::pin(self.checkpoint_layers(next))
+    }
 }
 
 impl Drop for QemuVm {
@@ -429,6 +557,7 @@ mod tests {
             memory_mib: 256,
             accel,
             kernel_args: vec!["hearth.debug=1".into()],
+            scratch: ScratchDisk::Ephemeral,
         }
     }
 

@@ -208,6 +208,11 @@ pub struct RunStartArgs {
     /// Relaunches allowed after a crash.
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// `durable`: the VM's files are checkpointed at every step's end, so
+    /// a relaunch (or a fork) boots on them; `ephemeral` (default): only
+    /// persisted files survive the VM.
+    #[arg(long, value_parser = ["ephemeral", "durable"])]
+    pub workspace: Option<String>,
     /// The command to run instead of the entry's default (e.g. --cmd "node main.js").
     #[arg(long)]
     pub cmd: Option<String>,

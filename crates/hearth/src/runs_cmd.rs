@@ -144,6 +144,9 @@ async fn start(home: &HearthHome, args: RunStartArgs) -> Result<i32> {
     if let Some(restarts) = args.max_restarts {
         body["max_restarts"] = json!(restarts);
     }
+    if let Some(workspace) = args.workspace {
+        body["workspace"] = json!(workspace);
+    }
     if let Some(cmd) = args.cmd {
         let argv: Vec<&str> = cmd.split_whitespace().collect();
         if argv.is_empty() {

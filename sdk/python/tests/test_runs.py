@@ -119,7 +119,13 @@ def test_start_reads_files_directories_and_dicts(tmp_path: Path) -> None:
         single = tmp_path / "job.py"
         single.write_text("print(1)\n")
         run = offline.runs.start(
-            single, input={"a": 1}, timeout=90, deadline=3600.5, max_restarts=0, env={"K": "v"}
+            single,
+            input={"a": 1},
+            timeout=90,
+            deadline=3600.5,
+            max_restarts=0,
+            env={"K": "v"},
+            workspace="durable",
         )
         assert (run.id, run.state, run.steps) == ("run-offline", "pending", None)
         body = json.loads(sent[-1].content)
@@ -128,6 +134,7 @@ def test_start_reads_files_directories_and_dicts(tmp_path: Path) -> None:
         assert body["input"] == {"a": 1}
         assert body["timeout_seconds"] == 90.0 and body["deadline_seconds"] == 3600.5
         assert body["max_restarts"] == 0 and body["env"] == {"K": "v"}
+        assert body["workspace"] == "durable"
         assert "name" not in body and "memory_mib" not in body
 
         # A directory: everything under it but dot-files and __pycache__.

@@ -12,7 +12,7 @@ use hearth_vm::qemu::QemuDriver;
 pub struct TestHome {
     pub home: HearthHome,
     pub driver: QemuDriver,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 /// The shared image directory: `$HEARTH_IMAGES`, or the default home's.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use hearth_engine::journal::Resolution;
-use hearth_engine::{Program, RunSpec, RunState, StepError, StepRecord};
+use hearth_engine::{Program, RunSpec, RunState, StepError, StepRecord, WorkspaceMode};
 use hearth_store::{Event, NodeState, RunFilter, RunRecord, StoreError};
 
 use super::model::LogStreamEvent;
@@ -75,6 +75,11 @@ pub struct StartRunRequest {
     /// Environment of the program.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `ephemeral` (default: the VM's files go with it; only persisted
+    /// files come back) or `durable` (the files are checkpointed at every
+    /// step's end, and a relaunch or a fork boots on them).
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// A run.
@@ -360,6 +365,12 @@ fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiE
         )?,
         max_restarts: request.max_restarts.unwrap_or(defaults.max_restarts),
         env: request.env,
+        workspace: match request.workspace.as_deref() {
+            None => WorkspaceMode::Ephemeral,
+            Some(text) => text
+                .parse()
+                .map_err(|e: String| ApiError::invalid("workspace", e))?,
+        },
         ..defaults
     };
     if spec.max_restarts > 1000 {

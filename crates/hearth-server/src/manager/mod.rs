@@ -134,6 +134,16 @@ impl SandboxManager {
         &self.inner.parts.node
     }
 
+    /// This server's home directory.
+    pub fn home(&self) -> &HearthHome {
+        &self.inner.home
+    }
+
+    /// The VM driver's name (`qemu`, `fake`).
+    pub fn driver_name(&self) -> &'static str {
+        self.inner.parts.driver.name()
+    }
+
     /// Server options.
     pub fn options(&self) -> &ServerOptions {
         &self.inner.options

@@ -21,7 +21,10 @@ use super::session::{launch_end, persisted_files, Launched, Session, Verdict};
 use super::{failed, Inner, RunEngine};
 use crate::manager::{CreateSpec, ManagerError};
 use hearth_engine::host::Stopped;
-use hearth_engine::session::{after_crash, AfterCrash, Resume};
+use hearth_engine::session::{after_crash, workspace_chain, AfterCrash, Resume};
+use hearth_engine::WorkspaceMode;
+
+use super::workspace::LaunchWorkspace;
 
 /// Where a program's files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +193,39 @@ async fn try_launch(
         ..SandboxOptions::default()
     };
     options.labels.insert("hearth.run".into(), run.id.clone());
+    // Held until the launch is over: dropping it removes its directory.
+    let mut workspace = None;
+    if spec.workspace == WorkspaceMode::Durable {
+        let driver = inner.manager.driver_name();
+        let prepared = match (driver, workspace_chain(&journal, journal.next_seq())) {
+            ("qemu", Ok(chain)) => {
+                LaunchWorkspace::prepare(
+                    store,
+                    inner.manager.home().root(),
+                    &run.id,
+                    run.launches + 1,
+                    &chain,
+                    options.disk.bytes(),
+                )
+                .await
+            }
+            (_, Err(error)) => Err(error),
+            (other, _) => Err(format!(
+                "a durable workspace needs the qemu VM driver; this server runs {other}"
+            )),
+        };
+        match prepared {
+            Ok((prepared, scratch)) => {
+                options.scratch = scratch;
+                workspace = Some(Arc::new(prepared));
+            }
+            Err(message) => {
+                let (change, payload) = failed("workspace", &message);
+                record(inner, run, lease, change, payload).await?;
+                return Ok(());
+            }
+        }
+    }
     let created = inner
         .manager
         .create(CreateSpec {
@@ -260,7 +296,7 @@ async fn try_launch(
     };
 
     let end = run_program(
-        inner, run, lease, &spec, &program, &sandbox, &dir, journal, launch, stop,
+        inner, run, lease, &spec, &program, &sandbox, &dir, journal, launch, stop, workspace,
     )
     .await;
     let _ = inner.manager.destroy(&sandbox_id).await;
@@ -293,9 +329,24 @@ async fn try_launch(
         tracing::warn!(run = %run.id, %error, "recording a launch's end failed");
     }
 
-    if stopped.is_some() {
+    match stopped {
+        // The session could not record what it had to (the store failed,
+        // the lease was lost, a checkpoint failed): a crash, recorded if
+        // this node still owns the run, so that a failure that persists
+        // uses up the relaunches instead of looping.
+        Some(Stopped::Fenced(why)) => {
+            return crashed(
+                inner,
+                run,
+                lease,
+                &spec,
+                &format!("the launch stopped: {why}"),
+            )
+            .await
+        }
         // The session recorded what comes next.
-        return Ok(());
+        Some(_) => return Ok(()),
+        None => {}
     }
     match end {
         End::Stopped => Ok(()),
@@ -375,6 +426,7 @@ async fn run_program(
     journal: Journal,
     launch: u32,
     stop: CancellationToken,
+    workspace: Option<Arc<LaunchWorkspace>>,
 ) -> (End, Option<Stopped>, LaunchLog) {
     let mut log = LaunchLog::new(inner.options.max_log);
     let (mut tunnel, mut exec) =
@@ -388,6 +440,7 @@ async fn run_program(
         lease: lease.clone(),
         program: program.clone(),
         sandbox: sandbox.clone(),
+        workspace,
     };
     let session = Arc::new(Session::new(inner.clone(), launched, journal, stop.clone()));
     let deadline = run.deadline_ms.map(|d| {
@@ -520,6 +573,7 @@ pub(crate) async fn verify(
             lease: inner.manager.node().lease(),
             program: program.clone(),
             sandbox: sandbox.clone(),
+            workspace: None,
         };
         let session =
             Arc::new(Session::new(inner.clone(), launched, journal, stop.clone()).verifying());

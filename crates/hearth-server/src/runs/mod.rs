@@ -11,6 +11,7 @@ mod group_commit;
 mod launch;
 mod session;
 pub mod tools;
+mod workspace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -458,6 +459,12 @@ impl RunEngine {
     /// has room for, as it has room.
     pub async fn schedule(self) {
         let stop = self.inner.stop.clone();
+        {
+            // No launch runs yet: workspaces left here belong to launches
+            // that died with an earlier process.
+            let home = self.inner.manager.home().root().to_path_buf();
+            let _ = tokio::task::spawn_blocking(move || workspace::remove_leftovers(&home)).await;
+        }
         loop {
             if let Err(error) = self.tick().await {
                 tracing::warn!(%error, "looking for runs to launch failed; retrying");

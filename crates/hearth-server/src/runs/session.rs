@@ -17,7 +17,7 @@ use hearth_engine::journal::Decision;
 use hearth_engine::session::{replayed, LaunchInfo};
 use hearth_engine::{
     parse_call, Call, Effect, EndpointError, Journal, Program, RetryPolicy, RunState, StepError,
-    StepRecord,
+    StepRecord, WorkspaceCheckpoint,
 };
 use hearth_sandbox::Sandbox;
 use hearth_store::event::{RunCompleted, RunNeedsAttention, RunWaiting};
@@ -26,6 +26,7 @@ use hearth_store::{EventPayload, Lease, NewRun, RunChange, RunRecord, RunWriter,
 pub(crate) use hearth_engine::session::persisted_files;
 
 use super::group_commit::Written;
+use super::workspace::LaunchWorkspace;
 use super::{failed, Inner};
 
 /// What a launch runs: the run, which launch, under which lease, the
@@ -36,6 +37,8 @@ pub(crate) struct Launched {
     pub lease: Lease,
     pub program: Program,
     pub sandbox: Sandbox,
+    /// Its durable workspace, if the run has one.
+    pub workspace: Option<Arc<LaunchWorkspace>>,
 }
 
 /// What checking a new program against a run's journal found.
@@ -58,6 +61,7 @@ pub(crate) struct ServerHost {
     sandbox: Sandbox,
     /// Cancelled when the launch must end.
     stop: CancellationToken,
+    workspace: Option<Arc<LaunchWorkspace>>,
     /// The last write queued without waiting for it.
     behind: Mutex<Option<oneshot::Receiver<Written>>>,
 }
@@ -191,6 +195,16 @@ impl Host for ServerHost {
 
     fn cancel(&self) {
         self.stop.cancel();
+    }
+
+    async fn checkpoint(&self) -> Result<Option<WorkspaceCheckpoint>, HostError> {
+        match &self.workspace {
+            Some(workspace) => workspace
+                .checkpoint(&self.sandbox, &self.engine.store)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn hold_until(&self, until_ms: u64) -> bool {
@@ -346,6 +360,7 @@ impl Session {
             program: launched.program,
             sandbox: launched.sandbox,
             stop,
+            workspace: launched.workspace,
             behind: Mutex::default(),
         };
         Self {

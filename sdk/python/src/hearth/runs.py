@@ -165,6 +165,7 @@ class Runs:
         max_restarts: int | None = None,
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        workspace: str | None = None,
     ) -> Run:
         """Start a durable run and return it (``pending``: a VM is being
         launched for it).
@@ -190,6 +191,10 @@ class Runs:
             command: The command to run instead of the entry's default
                 (``python3 ENTRY`` for Python).
             env: Environment of the program.
+            workspace: ``"durable"`` checkpoints the VM's files at every
+                step's end, so a relaunch (or a fork at step N) boots on the
+                files as they stood at the last recorded step (at step N);
+                ``"ephemeral"`` (the default) keeps only persisted files.
 
         The program is read here: a path that does not exist, a directory
         without its entry, or a dict without ``entry`` raise ``ValueError``
@@ -221,6 +226,7 @@ class Runs:
             ("timeout_seconds", _seconds("timeout", timeout)),
             ("deadline_seconds", _seconds("deadline", deadline)),
             ("max_restarts", max_restarts),
+            ("workspace", workspace),
         ):
             if value is not None:
                 body[key] = value

@@ -1,0 +1,134 @@
+//! Durable workspaces end to end (issue 9, test 9): the real `hearth`
+//! binary and real QEMU VMs. A run with `--workspace durable` writes files
+//! around its steps; its VM is killed; the relaunch boots on the files as
+//! they stood at the last recorded step (those written after it are gone),
+//! and a fork at step N boots on the files as of step N.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::live_vmms;
+use common::served::{temp_home, wait_no_vmms, Served};
+
+/// Lists the workspace when each launch starts (not journaled), then
+/// writes a file before each of three steps and one after the last.
+const PROGRAM: &str = r#"
+import os, time, hearth_run
+ctx = hearth_run.context()
+os.makedirs("/work/ws", exist_ok=True)
+at_start = sorted(os.listdir("/work/ws"))
+ctx.step("start", lambda: "started")
+open("/work/ws/a.txt", "w").write("a")
+ctx.step("wrote-a", lambda: "a")
+open("/work/ws/b.txt", "w").write("b" * 100000)
+ctx.step("wrote-b", lambda: "b")
+open("/work/ws/late.txt", "w").write("written after the last recorded step")
+if ctx.launch == 1 and ctx.name != "fork":
+    time.sleep(600)
+ctx.complete({"launch": ctx.launch, "at_start": at_start})
+"#;
+
+fn hearth(home: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_HOME", home)
+        .env("HEARTH_URL", url)
+        .env_remove("HEARTH_LOG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
+    let home = temp_home();
+    let program = home.path().join("files.py");
+    std::fs::write(&program, PROGRAM).unwrap();
+    let served = Served::start(home.path(), &[]);
+
+    let started = hearth(
+        home.path(),
+        &served.url,
+        &[
+            "run",
+            "start",
+            program.to_str().unwrap(),
+            "--workspace",
+            "durable",
+            "--name",
+            "files",
+        ],
+    );
+    assert!(started.status.success(), "{started:?}");
+    let id = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // Three steps recorded, each with the files as it left them.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let steps = loop {
+        let (_, run) = served.get(&format!("/v1/runs/{id}")).await;
+        let steps = run["steps"].as_array().cloned().unwrap_or_default();
+        if steps.iter().filter(|s| s["state"] == "succeeded").count() >= 3 {
+            break steps;
+        }
+        assert!(Instant::now() < deadline, "never reached 3 steps: {run:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let layers: Vec<&Value> = steps.iter().map(|s| &s["checkpoint"]).collect();
+    assert!(layers.iter().all(|c| c["digest"].is_string()), "{steps:#?}");
+    assert_eq!(
+        layers[0]["parent"],
+        Value::Null,
+        "the first step froze the base"
+    );
+    assert_eq!(layers[1]["parent"], layers[0]["layer"], "{steps:#?}");
+
+    // The VM dies after late.txt was written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let vmms = live_vmms(home.path());
+    assert_eq!(vmms.len(), 1, "one VM runs the program");
+    Command::new("kill")
+        .args(["-9", &vmms[0].to_string()])
+        .status()
+        .unwrap();
+    let result = hearth(home.path(), &served.url, &["run", "result", &id, "--wait"]);
+    assert!(result.status.success(), "{result:?}");
+    let output: Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(
+        output,
+        json!({"launch": 2, "at_start": ["a.txt", "b.txt"]}),
+        "the relaunch has the files of the last recorded step, not later ones"
+    );
+
+    // A fork that keeps the first two steps has the files as of step 2.
+    let forked = hearth(
+        home.path(),
+        &served.url,
+        &[
+            "run",
+            "fork",
+            &id,
+            "--at-step",
+            "2",
+            "--name",
+            "fork",
+            "--wait",
+        ],
+    );
+    assert!(forked.status.success(), "{forked:?}");
+    let output: Value = serde_json::from_slice(&forked.stdout).unwrap();
+    assert_eq!(output, json!({"launch": 1, "at_start": ["a.txt"]}));
+
+    drop(served);
+    wait_no_vmms(home.path()).await;
+    let left: Vec<_> = std::fs::read_dir(home.path().join("workspaces"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "workspace layers left behind: {left:?}");
+}
