@@ -7,6 +7,7 @@
 //! target/release/hearth-bench-api --execs 200 --capacity 64
 //! ```
 
+use hearth_bench::{ms, percentile};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,14 +37,7 @@ struct Args {
     serve_args: Vec<String>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 /// `VmRSS` of a process, MiB.
 fn rss_mib(pid: u32) -> f64 {

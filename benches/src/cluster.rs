@@ -18,6 +18,7 @@
 //! cargo run --release -p hearth-bench --bin hearth-bench-cluster -- --qemu --execs 100
 //! ```
 
+use hearth_bench::{millis as ms, percentile};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,16 +87,7 @@ async fn start_node(
     Ok(Node { server, url })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 async fn call(
     http: &reqwest::Client,

@@ -5,7 +5,8 @@
 //! cargo run --release -p hearth-bench -- --runs 10 --execs 200
 //! ```
 
-use std::time::{Duration, Instant};
+use hearth_bench::{ms, percentile};
+use std::time::Instant;
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -30,14 +31,7 @@ struct Args {
     memory: String,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -27,6 +27,7 @@
 //! cargo run --release -p hearth-bench --bin hearth-bench-runs
 //! ```
 
+use hearth_bench::{millis as ms, percentile};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,16 +105,7 @@ os.rename(path + ".tmp", path)
 time.sleep(3600)
 "#;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 struct Bench {
     server: Server,

@@ -10,6 +10,7 @@
 //! cargo run --release -p hearth-bench --bin hearth-bench-store -- --changes 2000
 //! ```
 
+use hearth_bench::{millis as ms, percentile};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,17 +40,7 @@ struct Args {
     backend: Option<String>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 async fn lease(store: &Store) -> Result<Lease> {
     let spec = NodeSpec {

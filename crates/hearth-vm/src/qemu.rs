@@ -463,6 +463,8 @@ impl QemuVm {
             let _ = std::fs::remove_file(dir.join(next));
             return Err(error);
         }
+        // QEMU writes to `next` from now on, whatever happens below.
+        layers.top = Some(next.to_string());
         // The frozen layer is what a relaunch boots on: on disk before the
         // checkpoint counts (the writable drive skips flushes).
         let frozen = dir.join(&top);
@@ -470,7 +472,6 @@ impl QemuVm {
             .await
             .map_err(|e| VmError::Unsupported(format!("the sync task failed: {e}")))?
             .map_err(VmError::io(format!("syncing the layer {top}")))?;
-        layers.top = Some(next.to_string());
         layers.frozen = Some((top.clone(), written));
         Ok(Checkpoint::Frozen { layer: top })
     }

@@ -1,0 +1,38 @@
+//! What the benchmark binaries share: order statistics and how times are
+//! printed.
+
+use std::time::Duration;
+
+/// The `p` quantile (0 to 1) of `sorted`, nearest rank; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// `d` in milliseconds.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `d` as `12.3 ms`.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", millis(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_nearest_rank() {
+        let sorted: Vec<_> = (1..=5).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 0.5), Duration::from_millis(3));
+        assert_eq!(percentile(&sorted, 1.0), Duration::from_millis(5));
+        assert_eq!(percentile(&sorted, 0.0), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+        assert_eq!(ms(Duration::from_micros(1250)), "1.2 ms");
+    }
+}
