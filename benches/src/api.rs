@@ -37,8 +37,6 @@ struct Args {
     serve_args: Vec<String>,
 }
 
-
-
 /// `VmRSS` of a process, MiB.
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -40,7 +40,11 @@ async fn sh(sandbox: &Sandbox, script: &str) -> Result<()> {
 }
 
 /// Create → the first byte of `echo`'s output.
-async fn first_output(home: &HearthHome, driver: &QemuDriver, options: SandboxOptions) -> Result<(Duration, Sandbox)> {
+async fn first_output(
+    home: &HearthHome,
+    driver: &QemuDriver,
+    options: SandboxOptions,
+) -> Result<(Duration, Sandbox)> {
     let start = Instant::now();
     let sandbox = Sandbox::create(home, driver, options).await?;
     let mut execution = sandbox.exec(ExecOptions::new(["echo", "hi"])).await?;
@@ -55,7 +59,9 @@ async fn first_output(home: &HearthHome, driver: &QemuDriver, options: SandboxOp
 }
 
 fn size(dir: &Path, layer: &str) -> u64 {
-    std::fs::metadata(dir.join(layer)).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(dir.join(layer))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -89,8 +95,14 @@ async fn main() -> Result<()> {
         format!("l{layer}.qcow2")
     };
     for (kind, script) in [
-        ("a 4 KiB file", "head -c 4096 /dev/urandom > /root/f-$RANDOM"),
-        ("a 1 MiB file", "head -c 1048576 /dev/urandom > /root/g-$RANDOM"),
+        (
+            "a 4 KiB file",
+            "head -c 4096 /dev/urandom > /root/f-$RANDOM",
+        ),
+        (
+            "a 1 MiB file",
+            "head -c 1048576 /dev/urandom > /root/g-$RANDOM",
+        ),
         ("nothing", "true"),
     ] {
         let mut times = Vec::new();

@@ -87,8 +87,6 @@ async fn start_node(
     Ok(Node { server, url })
 }
 
-
-
 async fn call(
     http: &reqwest::Client,
     token: &str,

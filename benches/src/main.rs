@@ -31,8 +31,6 @@ struct Args {
     memory: String,
 }
 
-
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();

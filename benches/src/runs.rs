@@ -105,8 +105,6 @@ os.rename(path + ".tmp", path)
 time.sleep(3600)
 "#;
 
-
-
 struct Bench {
     server: Server,
     dir: PathBuf,

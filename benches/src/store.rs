@@ -40,8 +40,6 @@ struct Args {
     backend: Option<String>,
 }
 
-
-
 async fn lease(store: &Store) -> Result<Lease> {
     let spec = NodeSpec {
         id: "nd-bench".into(),

@@ -433,7 +433,11 @@ ctx.complete({"approved": data})
         signalled.is_some() && signalled < relaunched,
         "signalled, then relaunched: {kinds:?}"
     );
-    assert_eq!(kinds.last(), Some(&"run.completed"), "{kinds:?}");
+    // The stream carries the run's end, then its last launch's exit.
+    let completed = kinds.iter().position(|k| *k == "run.completed");
+    assert!(completed.is_some(), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run.exited"), "{kinds:?}");
+    assert_eq!(live.last().unwrap()["data"]["launch"], 2, "{kinds:?}");
     assert!(live
         .iter()
         .all(|e| e["run_id"] == id.as_str() && e["seq"].as_i64().unwrap() > last_seen));

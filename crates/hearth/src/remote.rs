@@ -178,7 +178,7 @@ async fn ls(home: &HearthHome, args: LsArgs) -> Result<i32> {
 /// sse-stream keeps bytes until a whole line has arrived and then checks
 /// the UTF-8, so a character split across network chunks decodes intact;
 /// blocks without data (keep-alives, comments) are skipped.
-fn sse_events<S, E>(body: S) -> impl Stream<Item = Result<(String, String)>>
+pub(crate) fn sse_events<S, E>(body: S) -> impl Stream<Item = Result<(String, String)>>
 where
     S: Stream<Item = std::result::Result<Bytes, E>>,
     E: std::error::Error + Send + Sync + 'static,

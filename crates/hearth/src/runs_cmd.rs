@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use hearth_sandbox::HearthHome;
@@ -15,7 +16,7 @@ use crate::cli::{
     RunCommand, RunForkArgs, RunIdArgs, RunLogsArgs, RunLsArgs, RunResolveArgs, RunResultArgs,
     RunSignalArgs, RunStartArgs, RunUpgradeArgs,
 };
-use crate::remote::{age, Api};
+use crate::remote::{age, sse_events, Api};
 
 /// Exit code of `hearth run result` for a run that failed.
 pub const RUN_FAILED: i32 = 1;
@@ -300,36 +301,47 @@ async fn show(home: &HearthHome, args: RunIdArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Print what the run's logs hold past `printed` bytes.
+async fn print_logs_from(api: &Api, path: &str, printed: &mut usize) -> Result<()> {
+    let text = api
+        .send(api.request(reqwest::Method::GET, path))
+        .await?
+        .text()
+        .await?;
+    if text.len() > *printed {
+        print!("{}", &text[*printed..]);
+        *printed = text.len();
+    }
+    Ok(())
+}
+
 async fn logs(home: &HearthHome, args: RunLogsArgs) -> Result<i32> {
     let api = Api::new(home, &args.server)?;
+    let path = format!("/v1/runs/{}/logs", args.id);
     let mut printed = 0;
-    loop {
-        let response = api
-            .send(api.request(reqwest::Method::GET, &format!("/v1/runs/{}/logs", args.id)))
-            .await?;
-        let text = response.text().await?;
-        if text.len() > printed {
-            print!("{}", &text[printed..]);
-            printed = text.len();
-        }
-        if !args.follow {
-            return Ok(0);
-        }
-        let run = api
-            .json(api.request(
-                reqwest::Method::GET,
-                &format!("/v1/runs/{}/result", args.id),
-            ))
-            .await?;
-        if matches!(
-            run["state"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        ) && text.contains("run.exited")
-        {
-            return Ok(0);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    print_logs_from(&api, &path, &mut printed).await?;
+    if !args.follow {
+        return Ok(0);
     }
+    // Follow the run's events: each launch's output is in the logs once
+    // its `run.exited` is; the stream ends after the run's end and its
+    // last launch's exit.
+    let response = api
+        .send(
+            api.request(
+                reqwest::Method::GET,
+                &format!("/v1/runs/{}/events", args.id),
+            )
+            .header("Accept", "text/event-stream"),
+        )
+        .await?;
+    let mut events = std::pin::pin!(sse_events(response.bytes_stream()));
+    while let Some(event) = events.next().await {
+        event?;
+        print_logs_from(&api, &path, &mut printed).await?;
+    }
+    print_logs_from(&api, &path, &mut printed).await?;
+    Ok(0)
 }
 
 async fn signal(home: &HearthHome, args: RunSignalArgs) -> Result<i32> {

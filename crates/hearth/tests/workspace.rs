@@ -69,6 +69,16 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
         .trim()
         .to_string();
 
+    // Follows the run's logs live, and ends by itself with the run.
+    let follower = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "logs", "-f", &id])
+        .env("HEARTH_HOME", home.path())
+        .env("HEARTH_URL", &served.url)
+        .env_remove("HEARTH_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
     // Three steps recorded, each with the files as it left them.
     let deadline = Instant::now() + Duration::from_secs(180);
     let steps = loop {
@@ -106,6 +116,21 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
         "the relaunch has the files of the last recorded step, not later ones"
     );
 
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(follower.wait_with_output()));
+    let followed = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("run logs -f ends after the run does")
+        .unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert_eq!(
+        text.matches("run.exited").count(),
+        2,
+        "both launches' ends: {text}"
+    );
+    assert!(text.contains("run.completed"), "{text}");
+
     // A fork that keeps the first two steps has the files as of step 2.
     let forked = hearth(
         home.path(),
@@ -125,10 +150,28 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     let output: Value = serde_json::from_slice(&forked.stdout).unwrap();
     assert_eq!(output, json!({"launch": 1, "at_start": ["a.txt"]}));
 
+    // Killed (-9) at any moment, the server leaves a launch's layers
+    // behind; its next start removes them.
     drop(served);
     wait_no_vmms(home.path()).await;
-    let left: Vec<_> = std::fs::read_dir(home.path().join("workspaces"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "workspace layers left behind: {left:?}");
+    let stray = home.path().join("workspaces").join("run-x-1-00000000");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("x-1.qcow2"), b"left by a crash").unwrap();
+    let served = Served::start(home.path(), &[]);
+    let left = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(home.path().join("workspaces"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        left().is_empty(),
+        "workspace layers left behind: {:?}",
+        left()
+    );
+    drop(served);
+    wait_no_vmms(home.path()).await;
 }

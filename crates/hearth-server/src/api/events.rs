@@ -121,7 +121,8 @@ pub(super) enum Feed {
     All,
     /// One sandbox's; ends after its final event.
     Sandbox(String),
-    /// One durable run's; ends after the run has ended for good.
+    /// One durable run's; ends once the run has ended for good and its
+    /// last launch's `run.exited` is in.
     Run(String),
 }
 
@@ -136,19 +137,64 @@ impl Feed {
 
     fn is_last(&self, event: &Event) -> bool {
         match self {
-            Self::All => false,
+            Self::All | Self::Run(_) => false,
             Self::Sandbox(_) => event.ends_sandbox(),
-            Self::Run(_) => event.ends_run(),
         }
     }
 
-    /// Whether the subject has ended, so nothing more will follow.
-    async fn has_ended(&self, store: &Store) -> Result<bool, StoreError> {
+    /// Whether the subject has ended, so nothing more will follow: a
+    /// sandbox in a final state; a run in a final state whose last launch's
+    /// exit is in (`tail`), or that ended more than [`EXIT_GRACE`] ago
+    /// (`ended`: when this stream first saw it ended).
+    async fn has_ended(
+        &self,
+        store: &Store,
+        tail: &RunTail,
+        ended: &mut Option<tokio::time::Instant>,
+    ) -> Result<bool, StoreError> {
         match self {
             Self::All => Ok(false),
             Self::Sandbox(id) => Ok(store.sandbox(id).await?.is_some_and(|r| r.state.is_final())),
-            Self::Run(id) => Ok(store.run(id).await?.is_some_and(|r| r.state.is_final())),
+            Self::Run(id) => Ok(match store.run(id).await? {
+                Some(run) if run.state.is_final() => {
+                    let since = *ended.get_or_insert_with(tokio::time::Instant::now);
+                    tail.done(run.launches) || since.elapsed() >= EXIT_GRACE
+                }
+                _ => false,
+            }),
         }
+    }
+}
+
+/// Longest a run's stream waits, once the run has ended, for its last
+/// launch's `run.exited` (the program may still be exiting when the run
+/// completes).
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// What a run's stream has seen of the run's end: whether it ended, and
+/// the last launch whose exit it carried.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct RunTail {
+    ended: bool,
+    exited: u64,
+}
+
+impl RunTail {
+    /// Take in an event of the run.
+    fn observe(&mut self, event: &Event) {
+        if event.kind == "run.exited" {
+            let launch = event.data["launch"].as_u64().unwrap_or(0);
+            self.exited = self.exited.max(launch);
+        }
+        if event.ends_run() {
+            self.ended = true;
+        }
+    }
+
+    /// Whether nothing follows: the run ended and the last of its
+    /// `launches` has exited (none: nothing to wait for).
+    fn done(&self, launches: u32) -> bool {
+        self.ended && (launches == 0 || self.exited >= u64::from(launches))
     }
 }
 
@@ -189,6 +235,8 @@ async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Even
     let mut poll = tokio::time::interval(log.poll_interval());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let store = log.store();
+    let mut tail = RunTail::default();
+    let mut ended = None;
     loop {
         appended.borrow_and_update();
         let page = match feed.page(store, after).await {
@@ -205,6 +253,7 @@ async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Even
         let full = page.len() == PAGE as usize;
         for event in page {
             after = event.seq;
+            tail.observe(&event);
             let last = feed.is_last(&event);
             if tx.send(event).await.is_err() || last {
                 return;
@@ -214,7 +263,7 @@ async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Even
             continue;
         }
         // Resumed after the end: there is nothing more to wait for.
-        match feed.has_ended(store).await {
+        match feed.has_ended(store, &tail, &mut ended).await {
             Ok(true) => {
                 // Its final event may have been appended after the read
                 // above: read once more before ending.
@@ -239,5 +288,45 @@ async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Even
             _ = poll.tick() => {}
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: &str, data: serde_json::Value) -> Event {
+        Event {
+            seq: 1,
+            sandbox_id: None,
+            run_id: Some("run-a".into()),
+            node_id: None,
+            at_ms: 0,
+            kind: kind.into(),
+            version: 1,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_run_stream_waits_for_its_last_launch_to_exit() {
+        let mut tail = RunTail::default();
+        tail.observe(&event("run.exited", json!({"launch": 1})));
+        assert!(!tail.done(2), "the run has not ended");
+        tail.observe(&event("run.completed", json!({})));
+        assert!(!tail.done(2), "launch 2 is still exiting");
+        tail.observe(&event("run.exited", json!({"launch": 2})));
+        assert!(tail.done(2));
+
+        // Ended while waiting: its last launch had exited before.
+        let mut waited = RunTail::default();
+        waited.observe(&event("run.exited", json!({"launch": 1})));
+        waited.observe(&event("run.cancelled", json!({})));
+        assert!(waited.done(1));
+        // Never launched.
+        let mut never = RunTail::default();
+        never.observe(&event("run.failed", json!({})));
+        assert!(never.done(0) && !never.done(1));
     }
 }

@@ -296,11 +296,27 @@ async fn try_launch(
     };
 
     let end = run_program(
-        inner, run, lease, &spec, &program, &sandbox, &dir, journal, launch, stop, workspace,
+        inner,
+        run,
+        lease,
+        &spec,
+        &program,
+        &sandbox,
+        &dir,
+        journal,
+        launch,
+        stop,
+        workspace.clone(),
     )
     .await;
     let _ = inner.manager.destroy(&sandbox_id).await;
     cleanup_dir(&inner.options.program_dir, &dir);
+    if let Some(workspace) = workspace {
+        // Its VM is gone: the blobs hold what counts.
+        tokio::task::spawn_blocking(move || workspace.remove())
+            .await
+            .ok();
+    }
     let (end, stopped, log) = end;
 
     let (reason, code, message) = match &end {

@@ -175,9 +175,16 @@ impl LaunchWorkspace {
     }
 }
 
-impl Drop for LaunchWorkspace {
-    /// The launch is over (its VM gone): the blobs hold what counts.
-    fn drop(&mut self) {
+impl LaunchWorkspace {
+    /// Remove the directory (the launch is over, its VM gone: the blobs
+    /// hold what counts).
+    pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for LaunchWorkspace {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
