@@ -27,13 +27,6 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
 /// message.
 const ERROR_BODY_PREVIEW: usize = 500;
 
-/// Whether the HTTP client can speak TLS. The workspace builds `reqwest`
-/// without a TLS feature, so `https://` calls fail at once with class
-/// `unsupported` rather than as a retryable connection error. Turn this on
-/// together with a TLS feature (the test
-/// `https_is_refused_until_tls_is_built_in` says when).
-const TLS_SUPPORTED: bool = false;
-
 /// What one attempt sent and got, for the journal: a summary, never the
 /// headers (they may hold secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,19 +74,27 @@ impl ToolGateway {
     /// so a proxy cannot either.
     pub fn new(registry: ToolRegistry, egress: EgressPolicy) -> Result<Self, ToolError> {
         let egress = Arc::new(egress);
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(CheckedResolver::new(Arc::clone(&egress)))
-            .user_agent(concat!("hearth-tools/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ToolError::Client)?;
+        let client = client(&egress, Vec::new())?;
         Ok(Self {
             registry: Arc::new(registry),
             egress,
             client,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// The same gateway, also trusting the certificate authorities in
+    /// `pem` (a private CA's certificate) for `https://` tools, beside the
+    /// system's.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<Self, ToolError> {
+        let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(ToolError::Client)?;
+        if roots.is_empty() {
+            return Err(ToolError::Certificates(
+                "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+            ));
+        }
+        self.client = client(&self.egress, roots)?;
+        Ok(self)
     }
 
     /// The same gateway, reading at most `bytes` of a response body (past
@@ -187,15 +188,6 @@ impl ToolGateway {
         record.method = prepared.method.to_string();
         record.url = prepared.url.to_string();
         record.request_bytes = prepared.body.as_ref().map_or(0, |b| b.len() as u64);
-        if prepared.url.scheme() == "https" && !TLS_SUPPORTED {
-            return Err(StepError::permanent(
-                "unsupported",
-                format!(
-                    "{}: this build of Hearth cannot call https:// URLs (its HTTP client has no TLS support)",
-                    prepared.url
-                ),
-            ));
-        }
         self.check_literal_host(&prepared.url)?;
 
         let what = format!("{} {}", prepared.method, prepared.url);
@@ -319,8 +311,28 @@ impl Failure {
     }
 }
 
+/// The HTTP client: TLS by rustls, verifying against the system's roots
+/// plus `extra_roots`; connects only where `egress` allows, through no
+/// proxy, following no redirect.
+fn client(
+    egress: &Arc<EgressPolicy>,
+    extra_roots: Vec<reqwest::Certificate>,
+) -> Result<reqwest::Client, ToolError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(CheckedResolver::new(Arc::clone(egress)))
+        .tls_certs_merge(extra_roots)
+        .https_only(false)
+        .user_agent(concat!("hearth-tools/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ToolError::Client)
+}
+
 /// Classes a transport failure: a refused address (found in the error's
-/// chain, from [`CheckedResolver`]), a timeout, or a connection failure.
+/// chain, from [`CheckedResolver`]), a certificate the client does not
+/// trust (not retried: it will not change by itself), a timeout, or a
+/// connection failure.
 fn transport_error(error: &reqwest::Error, what: &str) -> StepError {
     let mut chain = String::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -336,6 +348,11 @@ fn transport_error(error: &reqwest::Error, what: &str) -> StepError {
     }
     if error.is_timeout() {
         StepError::retryable("timeout", format!("{what}: {chain}"))
+    } else if chain.contains("certificate") {
+        StepError::permanent(
+            "tls",
+            format!("{what}: {chain} (a tool whose server has a private CA needs it trusted: hearth serve --tools-ca FILE)"),
+        )
     } else {
         StepError::retryable("connect", format!("{what}: {chain}"))
     }

@@ -30,6 +30,9 @@ pub enum ToolError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client for tools: {0}")]
     Client(#[source] reqwest::Error),
+    /// Certificates to trust could not be used.
+    #[error("cannot use the certificates to trust for tools: {0}")]
+    Certificates(String),
 }
 
 /// Results of this crate.

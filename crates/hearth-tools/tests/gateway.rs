@@ -496,25 +496,113 @@ async fn bad_arguments_fail_before_any_request() {
     assert!(ledger.lock().unwrap().seen.is_empty());
 }
 
-/// Fails once the client can speak TLS: then set `TLS_SUPPORTED` in
-/// `call.rs` and test an https call instead.
-#[tokio::test]
-async fn https_is_refused_until_tls_is_built_in() {
-    let client = reqwest::Client::builder().build().unwrap();
-    let tls_error = client.get("https://127.0.0.1:1/").send().await.unwrap_err();
-    let mut chain = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(&tls_error);
-    while let Some(error) = source {
-        chain.push_str(&error.to_string());
-        source = error.source();
-    }
-    assert!(chain.contains("scheme is not http"), "{chain}");
+/// A TLS server on 127.0.0.1 with a certificate for `127.0.0.1` and
+/// `localhost` signed by a fresh CA: answers each request with JSON naming
+/// its method, path and idempotency key. Returns its port and the CA's PEM.
+async fn start_https() -> (u16, String) {
+    use tokio_rustls::rustls;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "hearth test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
+                    if tls.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let mut lines = head.lines();
+                let request_line = lines.next().unwrap_or_default().to_string();
+                let key = lines
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("idempotency-key")
+                            .then(|| value.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let body = json!({"line": request_line, "key": key}).to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca_cert.pem())
+}
 
-    let gateway = ToolGateway::new(ToolRegistry::default(), EgressPolicy::default()).unwrap();
-    let args = json!({"method": "GET", "url": "https://example.com/"});
-    let (error, record) = expect_error(gateway.call("http", &args, "k").await);
-    assert_eq!(error.class, "unsupported");
+/// https:// tools work against a server whose CA the gateway trusts, and
+/// fail clearly (not retried) against one it does not.
+#[tokio::test]
+async fn https_tools_verify_the_server_certificate() {
+    let (port, ca) = start_https().await;
+    let config = format!(
+        "[[tool]]\nname = \"secure\"\nurl = \"https://localhost:{port}/charges\"\nidempotent = true\n"
+    );
+    let egress = || EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    let registry = || ToolRegistry::from_str(&config).unwrap();
+
+    let trusting = ToolGateway::new(registry(), egress())
+        .unwrap()
+        .trusting(ca.as_bytes())
+        .unwrap();
+    let (outcome, record) = trusting.call("secure", &json!({}), "hk_abc").await;
+    let answer = outcome.unwrap();
+    assert_eq!(answer["status"], 200);
+    assert_eq!(answer["body"]["line"], "POST /charges HTTP/1.1");
+    assert_eq!(answer["body"]["key"], "hk_abc");
+    assert_eq!(record.status, Some(200));
+    // The built-in http tool too, by address.
+    let args = json!({"method": "GET", "url": format!("https://127.0.0.1:{port}/ping")});
+    let (outcome, _) = trusting.call("http", &args, "k").await;
+    assert_eq!(outcome.unwrap()["status"], 200);
+
+    let untrusting = ToolGateway::new(registry(), egress()).unwrap();
+    let (error, record) = expect_error(untrusting.call("secure", &json!({}), "hk_abc").await);
+    assert_eq!(error.class, "tls", "{error:?}");
     assert!(!error.retryable);
-    assert!(error.message.contains("https://"), "{}", error.message);
+    assert!(error.message.contains("--tools-ca"), "{}", error.message);
     assert_eq!(record.status, None);
+
+    let bad = ToolGateway::new(registry(), egress())
+        .unwrap()
+        .trusting(b"not a certificate")
+        .unwrap_err();
+    assert!(bad.to_string().contains("certificates"), "{bad}");
 }

@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// (loopback, private, link-local, metadata) (repeatable).
     #[arg(long = "egress-allow-cidr", value_name = "CIDR")]
     pub egress_allow_cidr: Vec<String>,
+    /// Certificate authorities (PEM) that https:// tools are trusted
+    /// under, beside the system's: for tools behind a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub tools_ca: Option<PathBuf>,
     /// A sleep or retry wait up to this long keeps a run's VM; a longer one
     /// releases it and the run waits as a row.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]

@@ -54,7 +54,14 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
         Some(path) => ToolRegistry::load(path)?,
         None => ToolRegistry::default(),
     };
-    let gateway = ToolGateway::new(registry, EgressPolicy::new(allow))?;
+    let mut gateway = ToolGateway::new(registry, EgressPolicy::new(allow))?;
+    if let Some(path) = &args.tools_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--tools-ca {}: {e}", path.display()))?;
+        gateway = gateway
+            .trusting(&pem)
+            .map_err(|e| anyhow::anyhow!("--tools-ca {}: {e}", path.display()))?;
+    }
     options.runs.tools = std::sync::Arc::new(gateway);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -199,6 +199,24 @@ fn bad_input_gives_one_line_errors_and_starts_nothing() {
         assert!(stderr.contains("hearth:***@"), "{stderr}");
         assert!(!stderr.contains("s3cret"), "{stderr}");
     }
+
+    // Certificates to trust for https:// tools that are missing or are
+    // not certificates.
+    let not_pem = env.home.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (file, needle) in [
+        ("/nonexistent/ca.pem".to_string(), "No such file"),
+        (not_pem.display().to_string(), "no PEM certificate"),
+    ] {
+        let out = env.run(&["serve", "--listen", "127.0.0.1:0", "--tools-ca", &file]);
+        assert_eq!(out.status.code(), Some(125), "{file}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--tools-ca") && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
     env.assert_clean();
 }
 
