@@ -8,15 +8,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::live_vmms;
 use common::served::{temp_home, wait_no_vmms, Served};
+use common::{hearth, live_vmms};
 
 type Ledger = Arc<Mutex<(Vec<(String, u64)>, HashMap<String, Value>)>>;
 
@@ -62,16 +61,6 @@ for amount in range(1, 6):
         time.sleep(120)
 ctx.complete({"charged": results, "launch": ctx.launch})
 "#;
-
-fn hearth(home: &Path, url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_HOME", home)
-        .env("HEARTH_URL", url)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .unwrap()
-}
 
 /// Wait until run `id` has `n` succeeded steps.
 async fn wait_steps(served: &Served, id: &str, n: usize) {

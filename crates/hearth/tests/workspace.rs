@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::live_vmms;
 use common::served::{temp_home, wait_no_vmms, Served};
+use common::{hearth, live_vmms};
 
 /// Lists the workspace when each launch starts (not journaled), then
 /// writes a file before each of three steps and one after the last.
@@ -32,16 +31,6 @@ if ctx.launch == 1 and ctx.name != "fork":
     time.sleep(600)
 ctx.complete({"launch": ctx.launch, "at_start": at_start})
 "#;
-
-fn hearth(home: &Path, url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_HOME", home)
-        .env("HEARTH_URL", url)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {

@@ -13,6 +13,19 @@ pub fn images() -> PathBuf {
         })
 }
 
+/// Run the `hearth` binary with `args` against the server at `url`, home
+/// `home`, and collect its output.
+#[allow(dead_code)] // Not every test binary uses every helper.
+pub fn hearth(home: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_HOME", home)
+        .env("HEARTH_URL", url)
+        .env_remove("HEARTH_LOG")
+        .output()
+        .unwrap()
+}
+
 /// QEMU processes whose command line names `home` (the VMs of sandboxes
 /// under it).
 pub fn live_vmms(home: &Path) -> Vec<u32> {
