@@ -297,6 +297,11 @@ impl World {
 
     /// Commit `steps` to the durable journal, checking each move.
     fn commit(&mut self, steps: Vec<StepRecord>) {
+        if self.stored.state.is_final() && !steps.is_empty() {
+            let message = format!("steps were written after the run ended {}", self.stored.state);
+            self.violate(message);
+            return;
+        }
         for step in steps {
             let seq = step.seq as usize;
             match self.stored.steps.get(seq) {
@@ -362,6 +367,10 @@ impl World {
         if std::mem::take(&mut self.write_fails) {
             self.queued.clear();
             return Err(HostError("simulated store write failure".into()));
+        }
+        if self.stored.state.is_final() {
+            self.queued.clear();
+            return Err(HostError(format!("the run is {}", self.stored.state)));
         }
         if epoch != self.stored.epoch {
             self.queued.clear();
@@ -1058,7 +1067,8 @@ impl Sim {
     }
 
     /// A fault before the program's next call: its VM dies, the server
-    /// crashes, the store's next write fails, or the node's lease expires.
+    /// crashes, the store's next write fails, a person cancels the run, or
+    /// the node's lease expires.
     fn between_calls(&self) -> Result<(), LaunchOutcome> {
         let mut world = self.world();
         if !world.roll() {
@@ -1076,6 +1086,13 @@ impl Sim {
             3 => {
                 world.fault("store_write_fails");
                 world.write_fails = true;
+                Ok(())
+            }
+            _ if world.rng.chance(0.1) => {
+                // A person cancels the run while its program runs: nothing
+                // more may be recorded, and it never runs again.
+                world.fault("cancelled");
+                world.move_run(RunState::Cancelled);
                 Ok(())
             }
             _ => {
