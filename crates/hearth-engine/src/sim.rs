@@ -298,7 +298,10 @@ impl World {
     /// Commit `steps` to the durable journal, checking each move.
     fn commit(&mut self, steps: Vec<StepRecord>) {
         if self.stored.state.is_final() && !steps.is_empty() {
-            let message = format!("steps were written after the run ended {}", self.stored.state);
+            let message = format!(
+                "steps were written after the run ended {}",
+                self.stored.state
+            );
             self.violate(message);
             return;
         }

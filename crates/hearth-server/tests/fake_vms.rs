@@ -182,7 +182,20 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.shutdown().await.unwrap();
         }
+        // A sandbox whose boot was cut short is cleaned up by its monitor
+        // once its VM has exited: allow it a bounded time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.is_clean() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.assert_clean();
+    }
+
+    fn is_clean(&self) -> bool {
+        let files = std::fs::read_dir(self.home.sandboxes_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.driver.running().is_empty() && files == 0
     }
 
     fn assert_clean(&self) {

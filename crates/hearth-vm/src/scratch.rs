@@ -139,7 +139,17 @@ pub fn create_overlay(dir: &Path, name: &str, backing: &str) -> Result<()> {
     qemu_img(
         dir,
         &[
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, name,
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "-F",
+            "qcow2",
+            "-b",
+            backing,
+            name,
         ],
         &dir.join(name),
     )
