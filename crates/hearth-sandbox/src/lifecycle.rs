@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -180,8 +180,12 @@ impl Sandbox {
         tracing::info!(accel = %accel.accel, vcpus = options.vcpus, memory = %options.memory, disk = %options.disk, "creating sandbox");
 
         let state_dir = home.sandboxes_dir().join(&id);
+        // Until the monitor owns the directory, a create cut short (a
+        // destroy during boot drops this future) removes it.
+        let dir_guard = StateDirGuard::new(state_dir.clone());
         let record = {
             let (state_dir, id) = (state_dir.clone(), id.clone());
+            let dropped = dir_guard.dropped.clone();
             blocking("creating the sandbox state directory", move || {
                 std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
                     "creating {}",
@@ -191,6 +195,11 @@ impl Sandbox {
                 if let Err(e) = record.save(&state_dir) {
                     let _ = std::fs::remove_dir_all(&state_dir);
                     return Err(e);
+                }
+                // The create was dropped while this ran: nobody else will
+                // remove what was just made.
+                if dropped.load(Ordering::SeqCst) {
+                    let _ = std::fs::remove_dir_all(&state_dir);
                 }
                 Ok(record)
             })
@@ -250,6 +259,8 @@ impl Sandbox {
             )
             .in_current_span(),
         );
+        // The monitor removes the directory once the VM has exited.
+        dir_guard.disarm();
 
         let guard = BootGuard {
             vm: vm.clone(),
@@ -470,6 +481,39 @@ struct BootGuard {
     vm: Arc<dyn Vm>,
     shared: Arc<Shared>,
     armed: bool,
+}
+
+/// Removes a sandbox's state directory when a create is dropped before
+/// its monitor took the directory over.
+struct StateDirGuard {
+    path: PathBuf,
+    /// Set when the guard is dropped armed, for the blocking task that may
+    /// still be creating the directory.
+    dropped: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl StateDirGuard {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            dropped: Arc::new(AtomicBool::new(false)),
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StateDirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.dropped.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 impl Drop for BootGuard {
