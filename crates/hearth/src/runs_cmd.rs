@@ -269,6 +269,12 @@ async fn show(home: &HearthHome, args: RunIdArgs) -> Result<i32> {
                 duration_ms(attempt["started_ms"].as_u64(), attempt["ended_ms"].as_u64())
             );
         }
+        if let Some(layer) = step["checkpoint"]["layer"].as_str() {
+            println!(
+                "         files: layer {layer} ({})",
+                step["checkpoint"]["digest"].as_str().unwrap_or_default()
+            );
+        }
     }
     println!("\nlaunches:");
     for event in events["events"].as_array().into_iter().flatten() {

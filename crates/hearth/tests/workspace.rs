@@ -120,6 +120,11 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     );
     assert!(text.contains("run.completed"), "{text}");
 
+    // The timeline shows each step's files.
+    let shown = hearth(home.path(), &served.url, &["run", "show", &id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.matches("files: layer").count(), 3, "{shown}");
+
     // A fork that keeps the first two steps has the files as of step 2.
     let forked = hearth(
         home.path(),
