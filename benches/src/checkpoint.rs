@@ -9,12 +9,12 @@
 //! ```
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hearth_bench::{ms, percentile};
-use hearth_sandbox::{ExecEvent, ExecOptions, HearthHome, Sandbox, SandboxOptions};
+use hearth_bench::{cold_start, ms, percentile};
+use hearth_sandbox::{ExecOptions, HearthHome, Sandbox, SandboxOptions};
 use hearth_vm::qemu::QemuDriver;
 use hearth_vm::{scratch, Checkpoint, ScratchDisk};
 
@@ -37,25 +37,6 @@ async fn sh(sandbox: &Sandbox, script: &str) -> Result<()> {
         .await?;
     anyhow::ensure!(output.report.code == 0, "{script}: {output:?}");
     Ok(())
-}
-
-/// Create → the first byte of `echo`'s output.
-async fn first_output(
-    home: &HearthHome,
-    driver: &QemuDriver,
-    options: SandboxOptions,
-) -> Result<(Duration, Sandbox)> {
-    let start = Instant::now();
-    let sandbox = Sandbox::create(home, driver, options).await?;
-    let mut execution = sandbox.exec(ExecOptions::new(["echo", "hi"])).await?;
-    loop {
-        match execution.next_event().await? {
-            Some(ExecEvent::Stdout(_)) => break,
-            Some(_) => continue,
-            None => anyhow::bail!("no output"),
-        }
-    }
-    Ok((start.elapsed(), sandbox))
 }
 
 fn size(dir: &Path, layer: &str) -> u64 {
@@ -86,7 +67,8 @@ async fn main() -> Result<()> {
         },
         ..SandboxOptions::default()
     };
-    let (boot, sandbox) = first_output(&home, &driver, layered("base.qcow2")).await?;
+    let started = cold_start(&home, &driver, layered("base.qcow2")).await?;
+    let (boot, sandbox) = (started.first_output, started.sandbox);
     println!("boot on the base layer to first output: {}", ms(boot));
 
     let mut layer = 0usize;
@@ -142,9 +124,10 @@ async fn main() -> Result<()> {
     // A relaunch on the whole chain, against a fresh ephemeral disk.
     scratch::create_overlay(&dir, "relaunch.qcow2", &top)?;
     let depth = std::fs::read_dir(&dir)?.count() - 1;
-    let (chain_boot, relaunched) = first_output(&home, &driver, layered("relaunch.qcow2")).await?;
-    relaunched.destroy().await;
-    let (fresh_boot, fresh) = first_output(
+    let relaunched = cold_start(&home, &driver, layered("relaunch.qcow2")).await?;
+    let chain_boot = relaunched.first_output;
+    relaunched.sandbox.destroy().await;
+    let fresh = cold_start(
         &home,
         &driver,
         SandboxOptions {
@@ -153,7 +136,8 @@ async fn main() -> Result<()> {
         },
     )
     .await?;
-    fresh.destroy().await;
+    let fresh_boot = fresh.first_output;
+    fresh.sandbox.destroy().await;
     println!(
         "boot to first output on a chain of {depth} layers: {}; on a fresh ephemeral disk: {}",
         ms(chain_boot),

@@ -1,7 +1,10 @@
 //! What the benchmark binaries share: order statistics and how times are
 //! printed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hearth_sandbox::{ExecEvent, ExecOptions, HearthHome, Sandbox, SandboxOptions};
+use hearth_vm::qemu::QemuDriver;
 
 /// The `p` quantile (0 to 1) of `sorted`, nearest rank; zero when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -20,6 +23,41 @@ pub fn millis(d: Duration) -> f64 {
 /// `d` as `12.3 ms`.
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", millis(d))
+}
+
+/// A cold start: the sandbox, how long its create took (boot to the
+/// agent's answer) and how long until the first byte of `echo`'s output.
+pub struct ColdStart {
+    /// The booted sandbox.
+    pub sandbox: Sandbox,
+    /// Create issued → created.
+    pub boot: Duration,
+    /// Create issued → first output byte.
+    pub first_output: Duration,
+}
+
+/// Create a sandbox and run `echo hi` in it, timing both.
+pub async fn cold_start(
+    home: &HearthHome,
+    driver: &QemuDriver,
+    options: SandboxOptions,
+) -> anyhow::Result<ColdStart> {
+    let start = Instant::now();
+    let sandbox = Sandbox::create(home, driver, options).await?;
+    let boot = start.elapsed();
+    let mut execution = sandbox.exec(ExecOptions::new(["echo", "hi"])).await?;
+    loop {
+        match execution.next_event().await? {
+            Some(ExecEvent::Stdout(_)) => break,
+            Some(_) => continue,
+            None => anyhow::bail!("no output"),
+        }
+    }
+    Ok(ColdStart {
+        sandbox,
+        boot,
+        first_output: start.elapsed(),
+    })
 }
 
 #[cfg(test)]

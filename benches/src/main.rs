@@ -5,13 +5,13 @@
 //! cargo run --release -p hearth-bench -- --runs 10 --execs 200
 //! ```
 
-use hearth_bench::{ms, percentile};
+use hearth_bench::{cold_start, ms, percentile};
 use std::time::Instant;
 
 use anyhow::Result;
 use bytes::Bytes;
 use clap::Parser;
-use hearth_sandbox::{ExecEvent, ExecOptions, HearthHome, Sandbox, SandboxOptions};
+use hearth_sandbox::{ExecOptions, HearthHome, Sandbox, SandboxOptions};
 use hearth_vm::qemu::QemuDriver;
 
 /// Benchmark options.
@@ -49,20 +49,10 @@ async fn main() -> Result<()> {
     let mut cold = Vec::new();
     let mut boots = Vec::new();
     for _ in 0..args.runs {
-        let start = Instant::now();
-        let sandbox = Sandbox::create(&home, &driver, options.clone()).await?;
-        boots.push(start.elapsed());
-        let mut execution = sandbox.exec(ExecOptions::new(["echo", "hi"])).await?;
-        loop {
-            match execution.next_event().await? {
-                Some(ExecEvent::Stdout(_)) => break,
-                Some(_) => continue,
-                None => anyhow::bail!("no output"),
-            }
-        }
-        cold.push(start.elapsed());
-        drop(execution);
-        sandbox.destroy().await;
+        let started = cold_start(&home, &driver, options.clone()).await?;
+        boots.push(started.boot);
+        cold.push(started.first_output);
+        started.sandbox.destroy().await;
     }
     cold.sort();
     boots.sort();

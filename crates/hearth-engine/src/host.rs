@@ -43,6 +43,8 @@ pub enum LaunchEnd {
     Completed {
         /// The run's output.
         output: Value,
+        /// Its size as JSON, bytes (already measured against the limit).
+        bytes: u64,
     },
     /// The run releases its VM and waits.
     Waiting {

@@ -751,7 +751,11 @@ impl<H: Host> Session<H> {
                 ),
             ));
         }
-        let error = self.stop_with(LaunchEnd::Completed { output }).await;
+        let end = LaunchEnd::Completed {
+            output,
+            bytes: size as u64,
+        };
+        let error = self.stop_with(end).await;
         if self.stopped() == Some(Stopped::Completed) {
             return Ok(json!({"completed": true}));
         }

@@ -460,7 +460,7 @@ impl Host for SimHost {
         let to = end.stopped();
         world.note(format!("launch ends: {to}"));
         match end {
-            LaunchEnd::Completed { output } => {
+            LaunchEnd::Completed { output, .. } => {
                 world.stored.output = Some(output.clone());
                 world.move_run(RunState::Completed);
             }

@@ -84,7 +84,7 @@ fn host_error(error: impl std::fmt::Display) -> HostError {
 /// The run's move and its event for a launch's end.
 pub(crate) fn launch_end(end: &LaunchEnd) -> (RunChange, EventPayload) {
     match end {
-        LaunchEnd::Completed { output } => (
+        LaunchEnd::Completed { output, bytes } => (
             RunChange {
                 state: Some(RunState::Completed),
                 output: Some(output.clone()),
@@ -92,7 +92,7 @@ pub(crate) fn launch_end(end: &LaunchEnd) -> (RunChange, EventPayload) {
                 ..RunChange::default()
             },
             EventPayload::RunCompleted(RunCompleted {
-                output_bytes: output.to_string().len() as u64,
+                output_bytes: *bytes,
             }),
         ),
         LaunchEnd::Waiting {
