@@ -9,7 +9,7 @@ use crate::event::{Event, EventPayload, EVENT_VERSION};
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal};
-use crate::runs_sql::{StepRow, StepWriteRows};
+use crate::runs_sql::StepRow;
 use hearth_engine::{RunState, StepRecord};
 
 /// An event about to be appended.
@@ -198,16 +198,6 @@ pub(crate) trait RunBackend {
         only: Option<&str>,
         now: u64,
     ) -> Result<std::result::Result<Vec<(RunRecord, Event)>, String>>;
-
-    /// Write each launch's steps, with their events, in one transaction
-    /// (one durable commit for the batch). Each write is checked on its
-    /// own (the run running or pending, owned by its lease, on its launch;
-    /// the lease current) and a refused one writes nothing.
-    async fn put_steps(
-        &self,
-        writes: &[StepWriteRows<'_>],
-        now: u64,
-    ) -> Result<Vec<std::result::Result<Vec<Event>, RunRefusal>>>;
 
     async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>>;
 

@@ -48,6 +48,15 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A statement of SQLite's journal writer failed.
+    #[error("store query failed ({what}): {source}")]
+    Sqlite {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// A row held a value this version does not understand.
     #[error("store holds an unreadable {what}: {detail}")]
     Corrupt {

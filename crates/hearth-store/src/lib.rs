@@ -14,6 +14,7 @@ mod backend;
 pub mod clock;
 mod error;
 pub mod event;
+mod journal_batch;
 mod model;
 mod node;
 mod postgres;
@@ -23,6 +24,7 @@ mod runs_backend;
 mod runs_sql;
 mod sql;
 mod sqlite;
+mod sqlite_journal;
 mod store;
 mod store_runs;
 #[cfg(feature = "testing")]

@@ -22,7 +22,9 @@ use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
+use crate::journal_batch::{self, RunOwnerRow};
 use crate::runs_sql::{self, EventRow, StepRow, StepWriteRows};
+use std::collections::HashMap;
 use crate::url::redact;
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
@@ -89,6 +91,84 @@ impl PgBackend {
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(query("beginning a write"))
+    }
+
+    /// Write each launch's steps, with their events, in one transaction
+    /// (one durable commit for the batch). Each write is checked on its
+    /// own (the run running or pending, owned by its lease, on its launch;
+    /// the lease current) and a refused one writes nothing. The runs are
+    /// locked in id order, so concurrent batches cannot deadlock.
+    pub(crate) async fn put_steps(
+        &self,
+        writes: &[StepWriteRows<'_>],
+        now: u64,
+    ) -> Result<Vec<std::result::Result<Vec<Event>, RunRefusal>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let ids = journal_batch::run_ids(writes);
+        let mut select = sqlx::query_as::<_, RunOwnerRow>(sqlx::AssertSqlSafe(
+            runs_sql::run_owners(ids.len(), " FOR UPDATE"),
+        ));
+        for id in &ids {
+            select = select.bind(*id);
+        }
+        let owners: HashMap<String, RunOwnerRow> = select
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query("reading runs"))?
+            .into_iter()
+            .map(|row| (row.0.clone(), row))
+            .collect();
+        let mut fences = Vec::new();
+        for lease in journal_batch::leases(writes) {
+            fences.push((lease, fence(&mut tx, lease).await?));
+        }
+        let plan = journal_batch::plan(writes, &owners, &fences);
+        for (_, step) in &plan.rows {
+            if let Some((digest, data)) = &step.result_blob {
+                sqlx::query(runs_sql::PUT_BLOB)
+                    .bind(digest)
+                    .bind(data.len() as i64)
+                    .bind(data.as_slice())
+                    .bind(now as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query("storing a step result"))?;
+            }
+        }
+        if !plan.rows.is_empty() {
+            let statement = runs_sql::put_step_rows(plan.rows.len());
+            let mut upsert = sqlx::query(sqlx::AssertSqlSafe(statement));
+            for (run_id, step) in &plan.rows {
+                upsert = upsert
+                    .bind(*run_id)
+                    .bind(step.seq)
+                    .bind(&step.name)
+                    .bind(&step.args_digest)
+                    .bind(step.effect)
+                    .bind(step.state)
+                    .bind(&step.result)
+                    .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
+                    .bind(&step.error)
+                    .bind(&step.attempts)
+                    .bind(step.retry_at_ms)
+                    .bind(&step.checkpoint)
+                    .bind(now as i64);
+            }
+            upsert
+                .execute(&mut *tx)
+                .await
+                .map_err(query("writing steps"))?;
+        }
+        let appended = if plan.events.is_empty() {
+            Vec::new()
+        } else {
+            insert_events(&mut tx, &plan.events, now).await?
+        };
+        tx.commit().await.map_err(query("commit"))?;
+        Ok(journal_batch::share_events(plan.outcomes, appended))
     }
 }
 

@@ -26,7 +26,9 @@ use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::runs_sql::{self, EventRow, StepRow, StepWriteRows};
+use crate::journal_batch::PreparedWrite;
+use crate::runs_sql::{self, StepRow};
+use crate::sqlite_journal::{BatchOutcome, JournalWriter};
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
 use sqlx::Row as _;
@@ -40,6 +42,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct SqliteBackend {
     writer: SqlitePool,
     reader: SqlitePool,
+    journal: JournalWriter,
 }
 
 impl SqliteBackend {
@@ -57,8 +60,11 @@ impl SqliteBackend {
             url: display.clone(),
             source,
         };
+        // An embedded file: a connection cannot go stale, so no ping
+        // before each use (a round trip to the driver's thread).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
@@ -71,10 +77,36 @@ impl SqliteBackend {
             })?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(open_err)?;
-        Ok(Self { writer, reader })
+        let journal = JournalWriter::open(path, BUSY_TIMEOUT)?;
+        Ok(Self {
+            writer,
+            reader,
+            journal,
+        })
+    }
+
+    /// Write each launch's steps, with their events, in one transaction
+    /// (one durable commit for the batch), on the journal writer's thread.
+    /// Each write is checked on its own (the run running or pending,
+    /// owned by its lease, on its launch; the lease current) and a refused
+    /// one writes nothing.
+    pub(crate) async fn put_steps(
+        &self,
+        writes: Vec<PreparedWrite>,
+        now: u64,
+    ) -> Result<BatchOutcome> {
+        // This process's one writer: held so that the two connections
+        // never wait on SQLite's lock for each other.
+        let _writing = self
+            .writer
+            .acquire()
+            .await
+            .map_err(query("waiting to write"))?;
+        self.journal.put_steps(writes, now).await
     }
 
     fn reads(&self) -> &SqlitePool {
@@ -130,38 +162,6 @@ pub(crate) async fn insert_event(
     .await
     .map_err(query("appending an event"))?;
     rows::event(&row)
-}
-
-/// Append `rows` events in one statement; returned in the order given.
-pub(crate) async fn insert_events(
-    conn: &mut SqliteConnection,
-    rows: &[EventRow<'_>],
-    now: u64,
-) -> Result<Vec<Event>> {
-    let statement = format!(
-        "INSERT INTO events (sandbox_id, run_id, node_id, at_ms, kind, version, data) \
-         VALUES {} RETURNING *",
-        runs_sql::event_values(rows.len(), 1)
-    );
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(statement));
-    for row in rows {
-        insert = insert
-            .bind(row.sandbox_id)
-            .bind(row.run_id)
-            .bind(row.node_id)
-            .bind(now as i64)
-            .bind(row.event.kind)
-            .bind(i64::from(row.event.version))
-            .bind(&row.event.data);
-    }
-    let found = insert
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(query("appending events"))?;
-    let mut events = found.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
-    // Numbered in the order given; RETURNING's order is unspecified.
-    events.sort_by_key(|e| e.seq);
-    Ok(events)
 }
 
 async fn node_row(conn: &mut SqliteConnection, id: &str) -> Result<Option<NodeRecord>> {

@@ -16,7 +16,9 @@ use crate::runs::INLINE_RESULT_MAX;
 use crate::runs::{
     NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal, StepWrite,
 };
-use crate::runs_sql::{StepRow, StepWriteRows};
+use crate::journal_batch::PreparedWrite;
+use crate::runs_sql::StepRow;
+use crate::store::Engine;
 use crate::store::{on_engine, Store, MAX_PAGE, MAX_RACES};
 
 impl Store {
@@ -215,35 +217,32 @@ impl Store {
     /// transaction failed (nothing was written); otherwise each write's own
     /// outcome, in order: a refused write wrote nothing, the others did.
     pub async fn put_step_batch(&self, writes: &[StepWrite]) -> Result<Vec<Result<Vec<Event>>>> {
-        let prepared: Vec<(Vec<StepRow>, Vec<NewEvent>)> = writes
+        let prepared: Vec<PreparedWrite> = writes
             .iter()
-            .map(|w| {
-                let rows = w
+            .map(|w| PreparedWrite {
+                run_id: w.run_id.clone(),
+                lease: w.lease.clone(),
+                launch: w.launch,
+                steps: w
                     .steps
                     .iter()
                     .map(|s| StepRow::of(s, INLINE_RESULT_MAX))
-                    .collect();
-                let events = w
+                    .collect(),
+                events: w
                     .steps
                     .iter()
                     .map(|s| NewEvent::of(&EventPayload::of_step(s)))
-                    .collect();
-                (rows, events)
-            })
-            .collect();
-        let rows: Vec<StepWriteRows<'_>> = writes
-            .iter()
-            .zip(&prepared)
-            .map(|(w, (steps, events))| StepWriteRows {
-                run_id: &w.run_id,
-                lease: &w.lease,
-                launch: w.launch,
-                steps,
-                events,
+                    .collect(),
             })
             .collect();
         let now = self.now();
-        let outcomes = on_engine!(self, b => b.put_steps(&rows, now))?;
+        let outcomes = match self.engine() {
+            Engine::Sqlite(b) => b.put_steps(prepared, now).await?,
+            Engine::Postgres(b) => {
+                let rows: Vec<_> = prepared.iter().map(PreparedWrite::rows).collect();
+                b.put_steps(&rows, now).await?
+            }
+        };
         let mut answers = Vec::with_capacity(outcomes.len());
         for (write, outcome) in writes.iter().zip(outcomes) {
             answers.push(self.step_write_outcome(write, outcome).await);
