@@ -8,8 +8,16 @@
 //! to the relaunched program's next step starting (relaunch backoff 0: a
 //! fresh VM's boot and the replay).
 //!
+//! Last, server kill to resume: a real `hearth serve` (the binary, found
+//! next to this one or at `--hearth`) runs `--runs-per-kill` runs that each
+//! recorded a step and then wait; the server is killed with -9 and started
+//! again on the same home at once, and the figure is the time from the kill
+//! to each run's next step starting in a fresh VM (the restart, the runs'
+//! claim by the new lease, a boot and the replay; default settings).
+//!
 //! ```sh
-//! cargo run --release -p hearth-bench --bin hearth-bench-runs-vm -- --steps 50 --crashes 5
+//! cargo build --release -p hearth -p hearth-bench
+//! target/release/hearth-bench-runs-vm --steps 50 --crashes 5 --server-kills 3
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,6 +42,15 @@ struct Args {
     /// VM kills for the crash-to-resume figure.
     #[arg(long, default_value_t = 5)]
     crashes: usize,
+    /// Server kills for the server-kill-to-resume figure.
+    #[arg(long, default_value_t = 3)]
+    server_kills: usize,
+    /// Runs in flight at each server kill.
+    #[arg(long, default_value_t = 2)]
+    runs_per_kill: usize,
+    /// The `hearth` binary (default: next to this one).
+    #[arg(long)]
+    hearth: Option<std::path::PathBuf>,
 }
 
 /// Times `steps` journaled steps from inside the VM.
@@ -143,7 +160,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = tempfile::Builder::new().prefix("hbv").tempdir_in("/tmp")?;
     let images = HearthHome::from_env().images_dir().to_path_buf();
-    let home = HearthHome::new(dir.path(), images);
+    let home = HearthHome::new(dir.path(), images.clone());
     let mut options = ServerOptions::new(home);
     options.listen = "127.0.0.1:0".parse()?;
     options.runs.poll = Duration::from_millis(20);
@@ -210,5 +227,173 @@ async fn main() -> Result<()> {
         ms(percentile(&resumes, 0.99))
     );
     server.shutdown().await?;
+
+    if args.server_kills > 0 {
+        server_kills(&args, &images).await?;
+    }
+    Ok(())
+}
+
+/// A `hearth serve` process on `home`.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+    token: String,
+}
+
+impl Serve {
+    fn start(
+        bin: &std::path::Path,
+        home: &std::path::Path,
+        images: &std::path::Path,
+    ) -> Result<Serve> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("HEARTH_HOME", home)
+            .env("HEARTH_IMAGES", images)
+            .env_remove("HEARTH_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("hearth: listening on ") else {
+            let _ = child.kill();
+            bail!("the server printed {line:?} instead of its address");
+        };
+        let token = std::fs::read_to_string(home.join("token"))?
+            .trim()
+            .to_string();
+        Ok(Serve {
+            child,
+            url: url.to_string(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut request = http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let value: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("{path}: {status} {value}");
+        }
+        Ok(value)
+    }
+}
+
+/// The start time of attempt 1 of step `seq` of run `id`, once recorded.
+async fn step_started(
+    serve: &Serve,
+    http: &reqwest::Client,
+    id: &str,
+    seq: usize,
+) -> Result<Option<u64>> {
+    let run = serve
+        .call(http, reqwest::Method::GET, &format!("/v1/runs/{id}"), None)
+        .await?;
+    Ok(run["steps"]
+        .get(seq)
+        .and_then(|s| s["attempts"].get(0))
+        .and_then(|a| a["started_ms"].as_u64()))
+}
+
+/// Server kill to resume, with the real binary.
+async fn server_kills(args: &Args, images: &std::path::Path) -> Result<()> {
+    let bin = match &args.hearth {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary's directory")?
+            .join("hearth"),
+    };
+    if !bin.exists() {
+        bail!(
+            "no hearth binary at {}: build it (cargo build --release -p hearth) or pass --hearth",
+            bin.display()
+        );
+    }
+    let dir = tempfile::Builder::new().prefix("hbk").tempdir_in("/tmp")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut serve = Serve::start(&bin, dir.path(), images)?;
+    let mut resumes = Vec::new();
+    let mut restarts = Vec::new();
+    for _ in 0..args.server_kills {
+        let mut ids = Vec::new();
+        for _ in 0..args.runs_per_kill {
+            use base64::Engine as _;
+            let source = base64::engine::general_purpose::STANDARD.encode(CRASHING);
+            let body = json!({
+                "program": {"files": {"main.py": source}, "entry": "main.py"},
+                "memory_mib": 256,
+            });
+            let run = serve
+                .call(&http, reqwest::Method::POST, "/v1/runs", Some(body))
+                .await?;
+            ids.push(run["id"].as_str().context("a run id")?.to_string());
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for id in &ids {
+            while step_started(&serve, &http, id, 0).await?.is_none() {
+                if Instant::now() > deadline {
+                    bail!("run {id} never recorded its first step");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = now_ms();
+        let started = Instant::now();
+        serve.child.kill()?;
+        serve.child.wait()?;
+        serve = Serve::start(&bin, dir.path(), images)?;
+        restarts.push(started.elapsed());
+        for id in &ids {
+            let resumed = loop {
+                if let Some(at) = step_started(&serve, &http, id, 1).await? {
+                    break at;
+                }
+                if Instant::now() > deadline {
+                    bail!("run {id} did not resume after the restart");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            resumes.push(Duration::from_millis(resumed.saturating_sub(killed)));
+        }
+    }
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    // The VMs go with the server that ran them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !vmms(dir.path()).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    resumes.sort();
+    restarts.sort();
+    println!(
+        "server kill to resume (-9, restarted at once; {} runs over {} kills): p50 {}, p99 {} (the restart to listening: p50 {})",
+        resumes.len(),
+        args.server_kills,
+        ms(percentile(&resumes, 0.5)),
+        ms(percentile(&resumes, 0.99)),
+        ms(percentile(&restarts, 0.5)),
+    );
     Ok(())
 }

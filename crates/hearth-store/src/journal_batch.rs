@@ -154,8 +154,7 @@ fn write_refusal(write: &StepWriteRows<'_>, owner: Option<&RunOwnerRow>) -> Opti
     if state != RunState::Running.as_str() && state != RunState::Pending.as_str() {
         return Some(RunRefusal::StateMoved);
     }
-    if let Some(reason) = owner_refusal(RunWriter::Owner(write.lease), (node.as_deref(), *epoch))
-    {
+    if let Some(reason) = owner_refusal(RunWriter::Owner(write.lease), (node.as_deref(), *epoch)) {
         return Some(RunRefusal::NotOwner(reason));
     }
     // A launch that is over (its VM died, the run moved on to another
@@ -254,7 +253,9 @@ mod tests {
         let fences = [(&mine, None)];
         let plan = plan(&writes, &owners, &fences);
         assert!(matches!(plan.outcomes[0], Ok(2)));
-        assert!(matches!(plan.outcomes[1], Err(RunRefusal::NotOwner(ref m)) if m.contains("launch 1 is over")));
+        assert!(
+            matches!(plan.outcomes[1], Err(RunRefusal::NotOwner(ref m)) if m.contains("launch 1 is over"))
+        );
         assert!(matches!(plan.outcomes[2], Ok(1)));
         let rows: Vec<(&str, i64, &str)> = plan
             .rows

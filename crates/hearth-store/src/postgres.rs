@@ -17,18 +17,18 @@ use crate::backend::RunUpdated;
 use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Writer};
 use crate::error::{query, Result, StoreError};
 use crate::event::{Event, EventPayload, NodeJoined};
+use crate::journal_batch::{self, RunOwnerRow};
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::journal_batch::{self, RunOwnerRow};
 use crate::runs_sql::{self, EventRow, StepRow, StepWriteRows};
-use std::collections::HashMap;
 use crate::url::redact;
 use crate::{rows, sql};
 use hearth_engine::{RunState, StepRecord};
 use sqlx::Row as _;
+use std::collections::HashMap;
 
 /// How long a request waits for a connection before the database counts
 /// as unavailable.

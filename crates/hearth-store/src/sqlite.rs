@@ -21,12 +21,12 @@ use crate::backend::{fence_refusal, registration, Backend, NewEvent, Updated, Wr
 use crate::error::{query, Result, StoreError};
 use crate::event::Event;
 use crate::event::EventPayload;
+use crate::journal_batch::PreparedWrite;
 use crate::model::{NewSandbox, SandboxFilter, SandboxRecord, SandboxState, Transition};
 use crate::node::{Lease, NodeLoad, NodeRecord, NodeSpec, NodeState};
 use crate::runs::{
     owner_refusal, NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal,
 };
-use crate::journal_batch::PreparedWrite;
 use crate::runs_sql::{self, StepRow};
 use crate::sqlite_journal::{BatchOutcome, JournalWriter};
 use crate::{rows, sql};

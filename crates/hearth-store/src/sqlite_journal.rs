@@ -67,6 +67,10 @@ impl JournalWriter {
             .map_err(sqlite("setting synchronous"))?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(sqlite("enabling foreign keys"))?;
+        // A batch's upserts keep a statement journal; in memory it never
+        // spills to a temporary file created and deleted per commit.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sqlite("keeping temporary data in memory"))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()

@@ -11,12 +11,12 @@ use hearth_engine::StepRecord;
 use crate::backend::{Backend, NewEvent, RunBackend, RunUpdated};
 use crate::error::{Result, StoreError};
 use crate::event::{Event, EventPayload, ForkedFrom, RunCreated};
+use crate::journal_batch::PreparedWrite;
 use crate::node::Lease;
 use crate::runs::INLINE_RESULT_MAX;
 use crate::runs::{
     NewRun, RunChange, RunFilter, RunRecord, RunRefusal, RunWriter, Signal, StepWrite,
 };
-use crate::journal_batch::PreparedWrite;
 use crate::runs_sql::StepRow;
 use crate::store::Engine;
 use crate::store::{on_engine, Store, MAX_PAGE, MAX_RACES};
