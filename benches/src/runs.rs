@@ -349,6 +349,39 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
         ms(percentile(&trips, 0.5)),
         ms(percentile(&trips, 0.99)),
     );
+    // The transport's ceiling: the same call from `concurrent` programs at
+    // once, as many as the steps of the throughput figure.
+    {
+        let mut urls = Vec::new();
+        for c in 0..args.concurrent {
+            let (_, url_file) = bench.start_run(500 + c).await?;
+            urls.push(read_url(&url_file, None).await?);
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for url in urls.clone() {
+            let bench = bench.clone();
+            let calls = args.steps * args.rounds as u64;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..calls {
+                    bench.http.get(&url).send().await?.error_for_status()?.bytes().await?;
+                }
+                anyhow::Ok(calls)
+            }));
+        }
+        let mut calls = 0;
+        for task in tasks {
+            calls += task.await??;
+        }
+        println!(
+            "{name:<8} endpoint calls that write nothing, {} programs at once: {:.0} calls/s",
+            args.concurrent,
+            calls as f64 / started.elapsed().as_secs_f64()
+        );
+        for url in urls {
+            bench.complete(&url).await?;
+        }
+    }
     for (m, mode) in [Mode::RunFirst, Mode::AskFirst].into_iter().enumerate() {
         sequential(name, &bench, args, mode, 1_000 * (m + 1)).await?;
         concurrent(name, &bench, args, mode, 10_000 * (m + 1)).await?;
