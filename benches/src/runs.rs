@@ -5,8 +5,10 @@
 //! A real `hearth serve` (in this process) runs each run's program in a
 //! fake VM (the real guest agent on the host, so the tunnel is real and
 //! listens on the host's loopback); the program only publishes its
-//! `HEARTH_RUN_URL`, and this process stands in for it, making each step
-//! either as `hearth_run` makes a repeatable step past the journal's end
+//! `HEARTH_RUN_URL`, and this process stands in for it: it fetches the
+//! run's context first, as `hearth_run.context()` does (on a keep-alive
+//! connection its steps reuse; the clock starts after it), then makes each
+//! step either as `hearth_run` makes a repeatable step past the journal's end
 //! (run first, then one `POST /steps` with its result) or as it makes an
 //! unsafe one (`POST /steps`, then its result: two requests), and
 //! completing the run. Every step is committed durably before its answer
@@ -212,6 +214,13 @@ impl Bench {
         Ok(times)
     }
 
+    /// What `hearth_run.context()` does first: fetch the run's context (on
+    /// the connection its steps then reuse).
+    async fn context(&self, url: &str) -> Result<()> {
+        self.http.get(url).send().await?.error_for_status()?.bytes().await?;
+        Ok(())
+    }
+
     async fn complete(&self, url: &str) -> Result<()> {
         self.post(format!("{url}/complete"), json!({"output": "ok"}))
             .await?;
@@ -248,6 +257,7 @@ async fn sequential(
     for n in 0..args.runs {
         let (_, url_file) = bench.start_run(first + n).await?;
         let url = read_url(&url_file, None).await?;
+        bench.context(&url).await?;
         let started = Instant::now();
         step_times.extend(bench.steps(&url, args.steps, mode).await?);
         run_times.push(started.elapsed());
@@ -286,7 +296,9 @@ async fn concurrent(
         }
         let mut ready = Vec::new();
         for file in &urls {
-            ready.push(read_url(file, None).await?);
+            let url = read_url(file, None).await?;
+            bench.context(&url).await?;
+            ready.push(url);
         }
         let started = Instant::now();
         let mut tasks = Vec::new();
