@@ -217,7 +217,13 @@ impl Bench {
     /// What `hearth_run.context()` does first: fetch the run's context (on
     /// the connection its steps then reuse).
     async fn context(&self, url: &str) -> Result<()> {
-        self.http.get(url).send().await?.error_for_status()?.bytes().await?;
+        self.http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
         Ok(())
     }
 
@@ -376,7 +382,14 @@ async fn backend(name: &str, args: &Args) -> Result<()> {
             let calls = args.steps * args.rounds as u64;
             tasks.push(tokio::spawn(async move {
                 for _ in 0..calls {
-                    bench.http.get(&url).send().await?.error_for_status()?.bytes().await?;
+                    bench
+                        .http
+                        .get(&url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .bytes()
+                        .await?;
                 }
                 anyhow::Ok(calls)
             }));

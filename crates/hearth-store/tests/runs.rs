@@ -44,6 +44,7 @@ on_both!(
     large_results_are_stored_once_as_blobs,
     a_batch_commits_each_good_write_and_refuses_each_bad_one,
     a_fork_copies_finished_steps_and_refuses_unfinished_ones,
+    journal_writes_and_other_writes_interleave_without_loss,
 );
 
 const T0: u64 = 1_800_000_000_000;
@@ -765,4 +766,93 @@ async fn large_results_are_stored_once_as_blobs(db: TestDatabase) {
     assert_eq!(store.put_blob(b"abc").await.unwrap(), digest);
     assert_eq!(store.blob(&digest).await.unwrap().unwrap(), b"abc");
     assert_eq!(store.blob("sha256:none").await.unwrap(), None);
+}
+
+/// Journal writes (on SQLite, the journal writer's own connection) run
+/// concurrently with the store's other writes (run events, heartbeats)
+/// and lose nothing: every step lands, and the event log stays one
+/// strictly increasing sequence holding every event a write was told of.
+/// its answer said.
+async fn journal_writes_and_other_writes_interleave_without_loss(db: TestDatabase) {
+    const RUNS: usize = 6;
+    const STEPS: u64 = 15;
+    let (store, _clock) = open(&db).await;
+    let a = lease(&store, "nd-a").await;
+    let ids: Vec<String> = (0..RUNS).map(|r| format!("run-{r}")).collect();
+    for id in &ids {
+        store.insert_run(&new_run(&store, id).await).await.unwrap();
+        launch(&store, &a, id).await;
+    }
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let (store, a) = (store.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for seq in 0..STEPS {
+                let started = step(seq, StepState::Started, None);
+                let done = step(seq, StepState::Succeeded, Some(json!({"seq": seq})));
+                let events = store.put_steps(&id, &a, 1, &[started, done]).await.unwrap();
+                assert_eq!(events.len(), 2);
+                assert!(events
+                    .iter()
+                    .all(|e| e.run_id.as_deref() == Some(id.as_str())));
+                seqs.extend(events.iter().map(|e| e.seq));
+            }
+            seqs
+        }));
+    }
+    let other = {
+        let (store, a, ids) = (store.clone(), a.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..STEPS as usize * 2 {
+                let id = &ids[i % RUNS];
+                let payload = EventPayload::RunRunning(RunRunning {
+                    launch: 1,
+                    sandbox_id: format!("sb-{id}"),
+                });
+                let event = store
+                    .append_run_event(id, None, Some(&a), payload)
+                    .await
+                    .unwrap();
+                seqs.push(event.seq);
+                store
+                    .heartbeat(&a, TTL, &hearth_store::NodeLoad::default())
+                    .await
+                    .unwrap();
+            }
+            seqs
+        })
+    };
+    let mut answered: Vec<i64> = other.await.unwrap();
+    for task in tasks {
+        answered.extend(task.await.unwrap());
+    }
+    for id in &ids {
+        let steps = store.steps(id).await.unwrap();
+        assert_eq!(steps.len(), STEPS as usize, "{id}");
+        assert!(steps.iter().all(|s| s.state == StepState::Succeeded));
+    }
+    let mut logged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.events(None, after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        logged.extend(page.into_iter().map(|e| e.seq));
+    }
+    assert!(
+        logged.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing"
+    );
+    let logged: BTreeSet<i64> = logged.into_iter().collect();
+    let answered: BTreeSet<i64> = answered.into_iter().collect();
+    assert_eq!(
+        answered.len(),
+        RUNS * STEPS as usize * 2 + STEPS as usize * 2
+    );
+    assert!(
+        answered.is_subset(&logged),
+        "every answered event is in the log"
+    );
 }
