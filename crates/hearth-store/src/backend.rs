@@ -159,7 +159,14 @@ pub(crate) trait RunBackend {
     /// Store a blob unless it is there.
     async fn put_blob(&self, digest: &str, data: &[u8], now: u64) -> Result<()>;
 
-    async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+    /// Store the row of a blob kept as `chunks` (a JSON array of the
+    /// chunks' digests, each already stored), unless it is there.
+    async fn put_chunked_blob(&self, digest: &str, size: u64, chunks: &str, now: u64)
+        -> Result<()>;
+
+    /// A blob's row: its data, and its chunks' digests (JSON) when it is
+    /// kept in chunks (its data then empty).
+    async fn blob(&self, digest: &str) -> Result<Option<(Vec<u8>, Option<String>)>>;
 
     /// Record a new pending run, unowned.
     /// Insert a pending run with its event and the first steps of its

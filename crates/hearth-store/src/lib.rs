@@ -26,6 +26,7 @@ mod sql;
 mod sqlite;
 mod sqlite_journal;
 mod store;
+mod store_blobs;
 mod store_runs;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -40,4 +41,5 @@ pub use runs::{
     NewRun, RunChange, RunFilter, RunRecord, RunWriter, Signal, StepWrite, INLINE_RESULT_MAX,
 };
 pub use store::{Store, MAX_PAGE};
+pub use store_blobs::BLOB_CHUNK;
 pub use url::{redact, DatabaseUrl};

@@ -27,13 +27,31 @@ macro_rules! impl_run_backend {
                 Ok(())
             }
 
-            async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-                let row: Option<(Vec<u8>,)> = sqlx::query_as(runs_sql::BLOB)
+            async fn put_chunked_blob(
+                &self,
+                digest: &str,
+                size: u64,
+                chunks: &str,
+                now: u64,
+            ) -> Result<()> {
+                sqlx::query(runs_sql::PUT_CHUNKED_BLOB)
+                    .bind(digest)
+                    .bind(size as i64)
+                    .bind(&[][..] as &[u8])
+                    .bind(chunks)
+                    .bind(now as i64)
+                    .execute(self.writes())
+                    .await
+                    .map_err(query("storing a chunked blob"))?;
+                Ok(())
+            }
+
+            async fn blob(&self, digest: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
+                sqlx::query_as(runs_sql::BLOB)
                     .bind(digest)
                     .fetch_optional(self.reads())
                     .await
-                    .map_err(query("reading a blob"))?;
-                Ok(row.map(|(data,)| data))
+                    .map_err(query("reading a blob"))
             }
 
             async fn insert_run(

@@ -20,8 +20,12 @@ use crate::runs::{RunChange, RunFilter, RunRecord, Signal};
 pub(crate) const PUT_BLOB: &str = "INSERT INTO blobs (digest, size, data, created_ms) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING";
 
-/// A blob's bytes.
-pub(crate) const BLOB: &str = "SELECT data FROM blobs WHERE digest = $1";
+/// Store the row of a blob kept in chunks unless it is there.
+pub(crate) const PUT_CHUNKED_BLOB: &str = "INSERT INTO blobs (digest, size, data, chunks, \
+     created_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING";
+
+/// A blob's bytes, or its chunks' digests.
+pub(crate) const BLOB: &str = "SELECT data, chunks FROM blobs WHERE digest = $1";
 
 /// Record a new run.
 pub(crate) const INSERT_RUN: &str = "INSERT INTO runs (id, name, state, program, spec, input, \

@@ -22,21 +22,6 @@ use crate::store::Engine;
 use crate::store::{on_engine, Store, MAX_PAGE, MAX_RACES};
 
 impl Store {
-    // ---- blobs --------------------------------------------------------
-
-    /// Store `data` once under its digest (`sha256:…`), which it returns.
-    pub async fn put_blob(&self, data: &[u8]) -> Result<String> {
-        let digest = hearth_engine::digest::bytes_digest(data);
-        let now = self.now();
-        on_engine!(self, b => b.put_blob(&digest, data, now))?;
-        Ok(digest)
-    }
-
-    /// The bytes stored under `digest`.
-    pub async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>> {
-        on_engine!(self, b => b.blob(digest))
-    }
-
     // ---- runs ---------------------------------------------------------
 
     /// Record a new run, pending and owned by no node, with its

@@ -45,6 +45,7 @@ on_both!(
     a_batch_commits_each_good_write_and_refuses_each_bad_one,
     a_fork_copies_finished_steps_and_refuses_unfinished_ones,
     journal_writes_and_other_writes_interleave_without_loss,
+    large_files_are_stored_in_chunks_and_read_back_whole,
 );
 
 const T0: u64 = 1_800_000_000_000;
@@ -855,4 +856,58 @@ async fn journal_writes_and_other_writes_interleave_without_loss(db: TestDatabas
         answered.is_subset(&logged),
         "every answered event is in the log"
     );
+}
+
+/// A file larger than a chunk is stored a chunk at a time under the
+/// digest of its whole bytes, and comes back whole (to a file, or as
+/// bytes); a small one is stored whole; a missing blob writes no file.
+async fn large_files_are_stored_in_chunks_and_read_back_whole(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two chunks alike, then a third, then a partial one.
+    let chunk = hearth_store::BLOB_CHUNK;
+    let mut bytes: Vec<u8> = (0..chunk).map(|i| (i * 7 % 251) as u8).collect();
+    bytes.extend_from_within(..chunk);
+    bytes.extend((0..chunk + 12_345).map(|i| (i * 13 % 241) as u8));
+    let big = dir.path().join("big.qcow2");
+    std::fs::write(&big, &bytes).unwrap();
+    let (digest, size) = store.put_blob_file(&big).await.unwrap();
+    assert_eq!(digest, hearth_engine::digest::bytes_digest(&bytes));
+    assert_eq!(size, bytes.len() as u64);
+    // Stored again: the same blob.
+    assert_eq!(store.put_blob_file(&big).await.unwrap().0, digest);
+    // Each chunk is a blob of its own; the two alike are one.
+    let first = hearth_engine::digest::bytes_digest(&bytes[..chunk]);
+    assert_eq!(store.blob(&first).await.unwrap().unwrap(), bytes[..chunk]);
+
+    let back = dir.path().join("back.qcow2");
+    assert_eq!(
+        store.blob_to_file(&digest, &back).await.unwrap(),
+        Some(bytes.len() as u64)
+    );
+    assert!(std::fs::read(&back).unwrap() == bytes, "the same bytes");
+    assert!(store.blob(&digest).await.unwrap().unwrap() == bytes);
+    // The target must be new: nothing is overwritten.
+    assert!(store.blob_to_file(&digest, &back).await.is_err());
+
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"a few bytes").unwrap();
+    let (digest, size) = store.put_blob_file(&small).await.unwrap();
+    assert_eq!(
+        (digest.as_str(), size),
+        (
+            hearth_engine::digest::bytes_digest(b"a few bytes").as_str(),
+            11
+        )
+    );
+    assert_eq!(store.blob(&digest).await.unwrap().unwrap(), b"a few bytes");
+    let out = dir.path().join("small.out");
+    assert_eq!(store.blob_to_file(&digest, &out).await.unwrap(), Some(11));
+    assert_eq!(std::fs::read(&out).unwrap(), b"a few bytes");
+
+    let none = dir.path().join("none");
+    assert_eq!(store.blob_to_file("sha256:00", &none).await.unwrap(), None);
+    assert!(!none.exists());
+    let missing = store.put_blob_file(&dir.path().join("no-such-file")).await;
+    assert!(missing.unwrap_err().to_string().contains("no-such-file"));
 }

@@ -15,21 +15,29 @@ use common::served::{temp_home, wait_no_vmms, Served};
 use common::{hearth, live_vmms};
 
 /// Lists the workspace when each launch starts (not journaled), then
-/// writes a file before each of three steps and one after the last.
+/// writes a file before each of three steps and one after the last. b.txt
+/// is 6 MiB of random bytes, so its layer is stored in chunks; the step
+/// records its digest, and a launch that starts with it checks it.
 const PROGRAM: &str = r#"
-import os, time, hearth_run
+import hashlib, os, time, hearth_run
+def digest(path):
+    try:
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    except FileNotFoundError:
+        return None
 ctx = hearth_run.context()
 os.makedirs("/work/ws", exist_ok=True)
 at_start = sorted(os.listdir("/work/ws"))
+b_at_start = digest("/work/ws/b.txt")
 ctx.step("start", lambda: "started")
 open("/work/ws/a.txt", "w").write("a")
 ctx.step("wrote-a", lambda: "a")
-open("/work/ws/b.txt", "w").write("b" * 100000)
-ctx.step("wrote-b", lambda: "b")
+open("/work/ws/b.txt", "wb").write(os.urandom(6 << 20))
+b = ctx.step("wrote-b", lambda: digest("/work/ws/b.txt"))
 open("/work/ws/late.txt", "w").write("written after the last recorded step")
 if ctx.launch == 1 and ctx.name != "fork":
     time.sleep(600)
-ctx.complete({"launch": ctx.launch, "at_start": at_start})
+ctx.complete({"launch": ctx.launch, "at_start": at_start, "b_intact": b_at_start in (None, b)})
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +109,7 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     let output: Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(
         output,
-        json!({"launch": 2, "at_start": ["a.txt", "b.txt"]}),
+        json!({"launch": 2, "at_start": ["a.txt", "b.txt"], "b_intact": true}),
         "the relaunch has the files of the last recorded step, not later ones"
     );
 
@@ -142,7 +150,7 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     );
     assert!(forked.status.success(), "{forked:?}");
     let output: Value = serde_json::from_slice(&forked.stdout).unwrap();
-    assert_eq!(output, json!({"launch": 1, "at_start": ["a.txt"]}));
+    assert_eq!(output, json!({"launch": 1, "at_start": ["a.txt"], "b_intact": true}));
 
     // Killed (-9) at any moment, the server leaves a launch's layers
     // behind; its next start removes them.

@@ -2,7 +2,8 @@
 //! `workspace: durable` boots on the chain of layers its journal's last
 //! checkpoint names, fetched from the blob store into a directory of the
 //! launch's own; at each step's end the VM's writable layer is frozen,
-//! stored as a blob and recorded with the step; the directory goes when the
+//! stored as a blob (in chunks when large: a layer is never held in memory
+//! whole) and recorded with the step; the directory goes when the
 //! launch ends. The blob store, not this node's disk, holds the workspace,
 //! so another node can relaunch the run and a fork can start from any
 //! step's files.
@@ -106,21 +107,18 @@ impl LaunchWorkspace {
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         for layer in chain {
             scratch::check_layer_name(&layer.layer).map_err(|e| e.to_string())?;
-            let bytes = store
-                .blob(&layer.digest)
+            // A chunk at a time: a layer may be larger than memory allows.
+            let path = self.dir.join(&layer.layer);
+            store
+                .blob_to_file(&layer.digest, &path)
                 .await
-                .map_err(|e| format!("reading workspace layer {}: {e}", layer.layer))?
+                .map_err(|e| format!("fetching workspace layer {}: {e}", layer.layer))?
                 .ok_or_else(|| {
                     format!(
                         "workspace layer {} (blob {}) is not in the blob store",
                         layer.layer, layer.digest
                     )
                 })?;
-            let path = self.dir.join(&layer.layer);
-            tokio::task::spawn_blocking(move || std::fs::write(&path, bytes))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("writing workspace layer {}: {e}", layer.layer))?;
         }
         let top = self.next_name();
         let (dir, name) = (self.dir.clone(), top.clone());
@@ -155,13 +153,8 @@ impl LaunchWorkspace {
             }
             Checkpoint::Frozen { layer } => layer,
         };
-        let path = self.dir.join(&layer);
-        let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
-            .await
-            .map_err(|e| HostError(e.to_string()))?
-            .map_err(|e| HostError(format!("reading the frozen layer {layer}: {e}")))?;
-        let digest = store
-            .put_blob(&bytes)
+        let (digest, _) = store
+            .put_blob_file(&self.dir.join(&layer))
             .await
             .map_err(|e| HostError(format!("storing the frozen layer {layer}: {e}")))?;
         let mut state = self.state.lock();
