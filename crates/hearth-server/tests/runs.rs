@@ -447,6 +447,14 @@ ctx.complete({"approved": data})
         .expect("a stream of an ended run ends")
         .unwrap();
     assert_eq!(replay, live);
+    // Resumed after its very last event, the stream ends at once rather
+    // than wait out the grace for a launch's exit (10 s) it never saw.
+    let last = live.last().unwrap()["seq"].as_i64().unwrap();
+    let after_end = tokio::time::timeout(Duration::from_secs(5), h.follow(&id, Some(last)))
+        .await
+        .expect("a stream resumed after the end ends without waiting")
+        .unwrap();
+    assert!(after_end.is_empty(), "{after_end:?}");
     let (status, body) = h
         .call(
             reqwest::Method::POST,

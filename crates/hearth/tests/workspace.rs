@@ -150,7 +150,10 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     );
     assert!(forked.status.success(), "{forked:?}");
     let output: Value = serde_json::from_slice(&forked.stdout).unwrap();
-    assert_eq!(output, json!({"launch": 1, "at_start": ["a.txt"], "b_intact": true}));
+    assert_eq!(
+        output,
+        json!({"launch": 1, "at_start": ["a.txt"], "b_intact": true})
+    );
 
     // Killed (-9) at any moment, the server leaves a launch's layers
     // behind; its next start removes them.

@@ -149,7 +149,7 @@ impl Feed {
     async fn has_ended(
         &self,
         store: &Store,
-        tail: &RunTail,
+        tail: &mut RunTail,
         ended: &mut Option<tokio::time::Instant>,
     ) -> Result<bool, StoreError> {
         match self {
@@ -157,6 +157,21 @@ impl Feed {
             Self::Sandbox(id) => Ok(store.sandbox(id).await?.is_some_and(|r| r.state.is_final())),
             Self::Run(id) => Ok(match store.run(id).await? {
                 Some(run) if run.state.is_final() => {
+                    if !tail.done(run.launches) && !tail.caught_up {
+                        // A stream resumed past the run's end never saw
+                        // it: take in the events before where it began,
+                        // once, rather than wait out the grace.
+                        tail.caught_up = true;
+                        let mut after = 0;
+                        loop {
+                            let page = store.run_events(id, after, PAGE).await?;
+                            page.iter().for_each(|e| tail.observe(e));
+                            match page.last() {
+                                Some(last) if page.len() == PAGE as usize => after = last.seq,
+                                _ => break,
+                            }
+                        }
+                    }
                     let since = *ended.get_or_insert_with(tokio::time::Instant::now);
                     tail.done(run.launches) || since.elapsed() >= EXIT_GRACE
                 }
@@ -177,6 +192,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 pub(super) struct RunTail {
     ended: bool,
     exited: u64,
+    /// Whether the run's events before the stream's start were taken in.
+    caught_up: bool,
 }
 
 impl RunTail {
@@ -263,7 +280,7 @@ async fn follow(log: EventLog, feed: Feed, mut after: i64, tx: mpsc::Sender<Even
             continue;
         }
         // Resumed after the end: there is nothing more to wait for.
-        match feed.has_ended(store, &tail, &mut ended).await {
+        match feed.has_ended(store, &mut tail, &mut ended).await {
             Ok(true) => {
                 // Its final event may have been appended after the read
                 // above: read once more before ending.
