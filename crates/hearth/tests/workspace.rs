@@ -180,3 +180,82 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     drop(served);
     wait_no_vmms(home.path()).await;
 }
+
+/// An upgrade's check boots on the files a relaunch would see: the new
+/// version names its first step after a file the first one wrote, so
+/// without those files its replay would diverge and be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_checked_on_the_files_a_relaunch_would_see() {
+    let home = temp_home();
+    let version = |greeting: &str| {
+        format!(
+            r#"
+import os, hearth_run
+ctx = hearth_run.context()
+os.makedirs("/work/ws", exist_ok=True)
+seen = open("/work/ws/note.txt").read() if os.path.exists("/work/ws/note.txt") else ""
+def note():
+    open("/work/ws/note.txt", "w").write("kept")
+    return "wrote"
+# v2 knows the note is there: its first step is named after it.
+first = "write-note" if "{greeting}" == "v1" or seen == "kept" else "no-note"
+ctx.step(first, note)
+ctx.wait_signal("go")
+ctx.complete("{greeting} saw " + (seen or "nothing"))
+"#
+        )
+    };
+    let v1 = home.path().join("v1.py");
+    std::fs::write(&v1, version("v1")).unwrap();
+    let v2 = home.path().join("v2.py");
+    std::fs::write(&v2, version("v2")).unwrap();
+    let served = Served::start(home.path(), &[]);
+    let started = hearth(
+        home.path(),
+        &served.url,
+        &[
+            "run",
+            "start",
+            v1.to_str().unwrap(),
+            "--workspace",
+            "durable",
+        ],
+    );
+    assert!(started.status.success(), "{started:?}");
+    let id = String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, run) = served.get(&format!("/v1/runs/{id}")).await;
+        if run["state"] == "waiting" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never waited: {run:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // v2 replays only on the files step 0 left.
+    let upgraded = hearth(
+        home.path(),
+        &served.url,
+        &["run", "upgrade", &id, "--program", v2.to_str().unwrap()],
+    );
+    assert!(upgraded.status.success(), "{upgraded:?}");
+    let (status, body) = served
+        .post(&format!("/v1/runs/{id}/signals/go"), json!({}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let result = hearth(home.path(), &served.url, &["run", "result", &id, "--wait"]);
+    assert!(result.status.success(), "{result:?}");
+    let output: Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(output, json!("v2 saw kept"));
+    wait_no_vmms(home.path()).await;
+    assert!(
+        std::fs::read_dir(home.path().join("workspaces"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "the check's and the launches' directories are gone"
+    );
+}

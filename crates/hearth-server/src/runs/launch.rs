@@ -196,25 +196,7 @@ async fn try_launch(
     // Held until the launch is over: dropping it removes its directory.
     let mut workspace = None;
     if spec.workspace == WorkspaceMode::Durable {
-        let driver = inner.manager.driver_name();
-        let prepared = match (driver, workspace_chain(&journal, journal.next_seq())) {
-            ("qemu", Ok(chain)) => {
-                LaunchWorkspace::prepare(
-                    store,
-                    inner.manager.home().root(),
-                    &run.id,
-                    run.launches + 1,
-                    &chain,
-                    options.disk.bytes(),
-                )
-                .await
-            }
-            (_, Err(error)) => Err(error),
-            (other, _) => Err(format!(
-                "a durable workspace needs the qemu VM driver; this server runs {other}"
-            )),
-        };
-        match prepared {
+        match prepare_workspace(inner, run, &journal, options.disk.bytes()).await {
             Ok((prepared, scratch)) => {
                 options.scratch = scratch;
                 workspace = Some(Arc::new(prepared));
@@ -537,6 +519,37 @@ async fn run_program(
     (end, stopped, log)
 }
 
+/// Lay out the durable workspace a launch of `run` boots on: the chain of
+/// the journal's last checkpoint (a fresh base before the first), in a
+/// directory of this launch's; with the VM's writable disk over it.
+async fn prepare_workspace(
+    inner: &Arc<Inner>,
+    run: &RunRecord,
+    journal: &Journal,
+    disk_bytes: u64,
+) -> Result<(LaunchWorkspace, hearth_vm::ScratchDisk), String> {
+    match (
+        inner.manager.driver_name(),
+        workspace_chain(journal, journal.next_seq()),
+    ) {
+        ("qemu", Ok(chain)) => {
+            LaunchWorkspace::prepare(
+                &inner.store,
+                inner.manager.home().root(),
+                &run.id,
+                run.launches + 1,
+                &chain,
+                disk_bytes,
+            )
+            .await
+        }
+        (_, Err(error)) => Err(error),
+        (other, _) => Err(format!(
+            "a durable workspace needs the qemu VM driver; this server runs {other}"
+        )),
+    }
+}
+
 /// Run `program` in a fresh sandbox against `run`'s journal, recording
 /// nothing, until it leaves the journal (it replays), asks for another
 /// step than the journal holds (it diverges), or ends.
@@ -561,6 +574,15 @@ pub(crate) async fn verify(
     options
         .labels
         .insert("hearth.check".into(), "upgrade".into());
+    // The check boots on the files a relaunch would: the journal's last
+    // checkpoint. Its own top layer is thrown away with the directory.
+    let mut _workspace = None;
+    if spec.workspace == WorkspaceMode::Durable {
+        let (prepared, scratch) =
+            prepare_workspace(inner, run, &journal, options.disk.bytes()).await?;
+        options.scratch = scratch;
+        _workspace = Some(prepared);
+    }
     let record = inner
         .manager
         .create(CreateSpec {
