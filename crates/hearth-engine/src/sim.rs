@@ -24,7 +24,11 @@
 //! - every run and step move is one the state machines allow;
 //! - a run ends completed, failed or cancelled, or is still resumable
 //!   (its journal loads and its state is live);
-//! - a file persisted before a crash is there after the relaunch.
+//! - a file persisted before a crash is there after the relaunch;
+//! - a spawn names the same child in every launch and creates it once
+//!   (a replayed spawn finds it), and an await answers only once that
+//!   child has ended, with its outcome (a run waiting for a child wakes
+//!   when it ends).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -38,11 +42,11 @@ use serde_json::{json, Value};
 use crate::digest::{bytes_digest, idempotency_key};
 use crate::host::{Child, Durability, Host, HostError, LaunchEnd, NewChild, Stopped};
 use crate::journal::Resolution;
-use crate::protocol::{Call, EndpointError, ValueKind};
-use crate::session::workspace_chain;
+use crate::protocol::{Call, EndpointError, OnFailure, ValueKind};
 use crate::session::{
     after_crash, persisted_files, resume, AfterCrash, LaunchInfo, Resume, Session,
 };
+use crate::session::{child_run_id, workspace_chain};
 use crate::{
     Effect, Journal, RetryPolicy, RunSpec, RunState, StepError, StepRecord, StepState,
     WorkspaceCheckpoint,
@@ -92,6 +96,10 @@ pub struct SimReport {
     pub faults: BTreeMap<&'static str, u32>,
     /// Decisions a person made about unknown outcomes.
     pub decisions: u32,
+    /// Child runs spawned.
+    pub children: u32,
+    /// Times the run gave up its VM to wait for a child.
+    pub child_waits: u32,
     /// Why the run failed, when it did.
     pub error: Option<String>,
     /// A digest of everything that happened, to check the schedule replays
@@ -160,11 +168,18 @@ enum Op {
     Persist,
     /// `ctx.restore` the persisted file, and check its content.
     Restore,
+    /// `ctx.spawn("child.py", input)`.
+    Spawn,
+    /// `child.result()` of the child spawned at step `spawn`.
+    AwaitChild { spawn: u64 },
 }
 
 impl Op {
     fn generate(rng: &mut Rng) -> Self {
-        match rng.below(11) {
+        match rng.below(13) {
+            11 => Op::Spawn,
+            // Which child it awaits is chosen once the program is known.
+            12 => Op::AwaitChild { spawn: 0 },
             0 => Op::Step {
                 effect: Effect::Pure,
                 first: rng.chance(0.5),
@@ -209,6 +224,20 @@ impl Op {
                 }
             }
         }
+    }
+}
+
+/// A child run: spawned once, it ends at `ends_ms` with its own outcome.
+#[derive(Debug, Clone)]
+struct SimChild {
+    seq: u64,
+    input: Value,
+    ends_ms: u64,
+}
+
+impl SimChild {
+    fn outcome(&self) -> Value {
+        json!({"status": "completed", "output": {"child_of_step": self.seq}})
     }
 }
 
@@ -266,6 +295,10 @@ struct World {
     answers: BTreeMap<u64, Value>,
     /// What the last persisted file held (content by seq of the persist).
     persisted: BTreeMap<u64, Vec<u8>>,
+    /// Child runs by id (in the store: they outlive any launch).
+    children: BTreeMap<String, SimChild>,
+    /// Times the run waited (without its VM) for a child.
+    child_waits: u32,
     faults: BTreeMap<&'static str, u32>,
     decisions: u32,
     error: Option<String>,
@@ -465,6 +498,12 @@ impl Host for SimHost {
                 world.move_run(RunState::Completed);
             }
             LaunchEnd::Waiting { on, wake_ms, .. } => {
+                if on
+                    .as_ref()
+                    .is_some_and(|on| world.children.contains_key(on))
+                {
+                    world.child_waits += 1;
+                }
                 world.stored.wake_ms = *wake_ms;
                 world.stored.waiting_on = on.clone();
                 world.move_run(RunState::Waiting);
@@ -607,15 +646,38 @@ impl Host for SimHost {
     }
 
     async fn spawn_child(&self, child: NewChild<'_>) -> Result<Result<(), StepError>, HostError> {
-        // The simulated program spawns no children.
-        Ok(Err(StepError::permanent(
-            "invalid_program",
-            format!("the simulation has no child {}", child.id),
-        )))
+        let mut world = self.world();
+        world.check_write(self.epoch)?;
+        if let Some(existing) = world.children.get(child.id) {
+            // Spawned again (a replay after a crash): the same child.
+            if existing.seq != child.seq || &existing.input != child.input {
+                let message = format!(
+                    "child {} was spawned again by step {} with input {}, first by step {} with {}",
+                    child.id, child.seq, child.input, existing.seq, existing.input
+                );
+                world.violate(message);
+            }
+            world.note(format!("spawn step {}: child exists", child.seq));
+            return Ok(Ok(()));
+        }
+        let ends_ms = world.now + world.rng.below(20_000);
+        world.note(format!("spawn step {}: child {}", child.seq, child.id));
+        let new = SimChild {
+            seq: child.seq,
+            input: child.input.clone(),
+            ends_ms,
+        };
+        world.children.insert(child.id.to_string(), new);
+        Ok(Ok(()))
     }
 
-    async fn child(&self, _id: &str) -> Result<Child, HostError> {
-        Ok(Child::Unknown)
+    async fn child(&self, id: &str) -> Result<Child, HostError> {
+        let world = self.world();
+        Ok(match world.children.get(id) {
+            None => Child::Unknown,
+            Some(child) if world.now >= child.ends_ms => Child::Ended(child.outcome()),
+            Some(_) => Child::Running,
+        })
     }
 
     async fn persist(&self, path: &str) -> Result<Result<(String, u64), StepError>, HostError> {
@@ -724,7 +786,18 @@ impl Sim {
             RunState::NeedsAttention => self.decide(),
             RunState::Waiting => {
                 let mut world = self.world();
-                if world.stored.waiting_on.is_some() && world.rng.chance(0.6) {
+                let child_end = world
+                    .stored
+                    .waiting_on
+                    .as_ref()
+                    .and_then(|on| world.children.get(on))
+                    .map(|child| child.ends_ms);
+                if let Some(end) = child_end {
+                    // The child's end wakes its parent (or its deadline
+                    // comes first).
+                    let wake = world.stored.wake_ms.map_or(end, |w| w.min(end));
+                    world.stored.wake_ms = Some(wake);
+                } else if world.stored.waiting_on.is_some() && world.rng.chance(0.6) {
                     let n = world.stored.signals.len();
                     world.stored.signals.push(json!({ "n": n }));
                     world.note(format!("signal #{n} sent"));
@@ -1363,6 +1436,54 @@ impl Sim {
                 drop(world);
                 self.answered(seq, answer);
             }
+            Op::Spawn => {
+                let answer = send(
+                    journal,
+                    Call::Spawn {
+                        seq,
+                        program: "child.py".into(),
+                        input: json!({"from": seq}),
+                        name: None,
+                        on_failure: OnFailure::Raise,
+                    },
+                )?;
+                let expected = child_run_id(RUN_ID, seq);
+                if answer["child_id"] != json!(expected) {
+                    let message = format!("spawn {seq} answered {answer}, not child {expected}");
+                    self.world().violate(message);
+                }
+                self.answered(seq, answer);
+            }
+            Op::AwaitChild { spawn } => {
+                let child_id = child_run_id(RUN_ID, *spawn);
+                let answer = send(
+                    journal,
+                    Call::ChildResult {
+                        seq,
+                        child_id: child_id.clone(),
+                    },
+                )?;
+                let mut world = self.world();
+                match world.children.get(&child_id).cloned() {
+                    None => world.violate(format!(
+                        "await {seq} answered {answer} for child {child_id}, which was never spawned"
+                    )),
+                    Some(child) => {
+                        if world.now < child.ends_ms {
+                            world.violate(format!(
+                                "await {seq} answered before child {child_id} ended"
+                            ));
+                        }
+                        if answer["outcome"] != child.outcome() {
+                            world.violate(format!(
+                                "await {seq} answered {answer}, not child {child_id}'s outcome"
+                            ));
+                        }
+                    }
+                }
+                drop(world);
+                self.answered(seq, answer);
+            }
         }
         Ok(())
     }
@@ -1431,7 +1552,23 @@ pub fn simulate(seed: u64) -> Result<SimReport, Violation> {
 pub fn simulate_with(seed: u64, config: SimConfig) -> Result<SimReport, Violation> {
     let mut rng = Rng(seed);
     let ops = 1 + rng.below(config.max_ops as u64) as usize;
-    let program: Vec<Op> = (0..ops).map(|_| Op::generate(&mut rng)).collect();
+    let mut program: Vec<Op> = (0..ops).map(|_| Op::generate(&mut rng)).collect();
+    // Each await takes the latest child not awaited yet; with none, the
+    // program spawns one there instead.
+    let mut unawaited = Vec::new();
+    for (seq, op) in program.iter_mut().enumerate() {
+        match op {
+            Op::Spawn => unawaited.push(seq as u64),
+            Op::AwaitChild { spawn } => match unawaited.pop() {
+                Some(spawned) => *spawn = spawned,
+                None => {
+                    *op = Op::Spawn;
+                    unawaited.push(seq as u64);
+                }
+            },
+            _ => {}
+        }
+    }
     let world = World {
         seed,
         rng,
@@ -1463,6 +1600,8 @@ pub fn simulate_with(seed: u64, config: SimConfig) -> Result<SimReport, Violatio
         runs: BTreeMap::new(),
         answers: BTreeMap::new(),
         persisted: BTreeMap::new(),
+        children: BTreeMap::new(),
+        child_waits: 0,
         faults: BTreeMap::new(),
         decisions: 0,
         error: None,
@@ -1501,6 +1640,8 @@ pub fn simulate_with(seed: u64, config: SimConfig) -> Result<SimReport, Violatio
         launches: world.stored.launches,
         faults: world.faults.clone(),
         decisions: world.decisions,
+        children: world.children.len() as u32,
+        child_waits: world.child_waits,
         error: world.error.clone(),
         trace_digest: bytes_digest(world.trace.join("\n").as_bytes()),
     })

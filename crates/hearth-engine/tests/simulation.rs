@@ -1,6 +1,6 @@
 //! The deterministic simulation over many seeds (issue 9, test 13): the
 //! engine's session and journal, driven through seeded schedules of
-//! program calls, VM deaths, server crashes, store write failures, lost
+//! program calls (children spawned and awaited among them), VM deaths, server crashes, store write failures, lost
 //! messages and lease expiries, keep every promise.
 //!
 //! `HEARTH_SIM_SEEDS` sets how many seeds run (default 10,000);
@@ -36,6 +36,7 @@ fn ten_thousand_schedules_keep_every_promise() {
     let mut states: BTreeMap<String, u64> = BTreeMap::new();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut launches, mut decisions) = (0u64, 0u64);
+    let (mut children, mut child_waits) = (0u64, 0u64);
     for seed in 0..count {
         let report: SimReport = simulate(seed).unwrap_or_else(|violation| {
             panic!(
@@ -52,10 +53,12 @@ fn ten_thousand_schedules_keep_every_promise() {
         }
         launches += u64::from(report.launches);
         decisions += u64::from(report.decisions);
+        children += u64::from(report.children);
+        child_waits += u64::from(report.child_waits);
     }
     let elapsed = started.elapsed();
     println!(
-        "{count} schedules in {:.2} s ({:.0}/s); ends {states:?}; {launches} launches; {decisions} decisions; faults {faults:?}",
+        "{count} schedules in {:.2} s ({:.0}/s); ends {states:?}; {launches} launches; {decisions} decisions; {children} children, waited for {child_waits} times; faults {faults:?}",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64()
     );
@@ -68,6 +71,8 @@ fn ten_thousand_schedules_keep_every_promise() {
     }
     assert!(completed > count / 2, "too few runs completed: {states:?}");
     assert!(decisions > 0, "no schedule needed a person's decision");
+    assert!(children > 0, "no schedule spawned a child");
+    assert!(child_waits > 0, "no run gave up its VM to wait for a child");
     for kind in [
         "vm_died",
         "server_crashed",
