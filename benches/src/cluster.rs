@@ -18,14 +18,14 @@
 //! cargo run --release -p hearth-bench --bin hearth-bench-cluster -- --qemu --execs 100
 //! ```
 
-use hearth_bench::{millis as ms, percentile};
+use hearth_bench::{call, millis as ms, percentile};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use hearth_sandbox::HearthHome;
 use hearth_server::ids::RandomIds;
@@ -85,26 +85,6 @@ async fn start_node(
     let server = Server::start(options, parts).await?;
     let url = format!("http://{}", server.addr());
     Ok(Node { server, url })
-}
-
-async fn call(
-    http: &reqwest::Client,
-    token: &str,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> Result<Value> {
-    let mut request = http.request(method, &url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let value: Value = response.json().await?;
-    if !status.is_success() {
-        bail!("{url}: {status} {value}");
-    }
-    Ok(value)
 }
 
 /// Clients create and destroy sandboxes for `seconds`, spread over

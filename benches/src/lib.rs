@@ -1,5 +1,5 @@
-//! What the benchmark binaries share: order statistics and how times are
-//! printed.
+//! What the benchmark binaries share: order statistics, how times are
+//! printed, a cold start, and a call to a server's API.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,28 @@ pub async fn cold_start(
         boot,
         first_output: start.elapsed(),
     })
+}
+
+/// A JSON call to a Hearth server's API with its bearer `token`; the
+/// answer's body, or an error naming the URL and status.
+pub async fn call(
+    http: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut request = http.request(method, &url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let value: serde_json::Value = response.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status} {value}");
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

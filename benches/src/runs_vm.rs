@@ -281,19 +281,8 @@ impl Serve {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut request = http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let value: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("{path}: {status} {value}");
-        }
-        Ok(value)
+        let url = format!("{}{path}", self.url);
+        hearth_bench::call(http, &self.token, method, url, body).await
     }
 }
 

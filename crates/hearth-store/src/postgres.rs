@@ -142,20 +142,7 @@ impl PgBackend {
             let statement = runs_sql::put_step_rows(plan.rows.len());
             let mut upsert = sqlx::query(sqlx::AssertSqlSafe(statement));
             for (run_id, step) in &plan.rows {
-                upsert = upsert
-                    .bind(*run_id)
-                    .bind(step.seq)
-                    .bind(&step.name)
-                    .bind(&step.args_digest)
-                    .bind(step.effect)
-                    .bind(step.state)
-                    .bind(&step.result)
-                    .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
-                    .bind(&step.error)
-                    .bind(&step.attempts)
-                    .bind(step.retry_at_ms)
-                    .bind(&step.checkpoint)
-                    .bind(now as i64);
+                upsert = runs_sql::bind_step_row!(upsert, *run_id, step, now);
             }
             upsert
                 .execute(&mut *tx)

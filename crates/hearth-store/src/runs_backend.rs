@@ -381,20 +381,7 @@ macro_rules! impl_run_backend {
                     .await
                     .map_err(query("storing a step result"))?;
             }
-            sqlx::query(runs_sql::PUT_STEP)
-                .bind(run_id)
-                .bind(step.seq)
-                .bind(&step.name)
-                .bind(&step.args_digest)
-                .bind(step.effect)
-                .bind(step.state)
-                .bind(&step.result)
-                .bind(step.result_blob.as_ref().map(|(d, _)| d.clone()))
-                .bind(&step.error)
-                .bind(&step.attempts)
-                .bind(step.retry_at_ms)
-                .bind(&step.checkpoint)
-                .bind(now as i64)
+            runs_sql::bind_step_row!(sqlx::query(runs_sql::PUT_STEP), run_id, step, now)
                 .execute(&mut *conn)
                 .await
                 .map_err(query("writing a step"))?;

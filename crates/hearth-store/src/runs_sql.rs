@@ -45,6 +45,28 @@ pub(crate) const PUT_STEP: &str = "INSERT INTO steps (run_id, seq, name, args_di
      attempts = excluded.attempts, retry_at_ms = excluded.retry_at_ms, \
      checkpoint = excluded.checkpoint, updated_ms = excluded.updated_ms";
 
+/// Bind one journal row's thirteen values to `$query`, in [`PUT_STEP`]'s
+/// column order: the run, the [`StepRow`] `$step`, and the time `$now`.
+macro_rules! bind_step_row {
+    ($query:expr, $run_id:expr, $step:expr, $now:expr) => {
+        $query
+            .bind($run_id)
+            .bind($step.seq)
+            .bind(&$step.name)
+            .bind(&$step.args_digest)
+            .bind($step.effect)
+            .bind($step.state)
+            .bind(&$step.result)
+            .bind($step.result_blob.as_ref().map(|(d, _)| d.clone()))
+            .bind(&$step.error)
+            .bind(&$step.attempts)
+            .bind($step.retry_at_ms)
+            .bind(&$step.checkpoint)
+            .bind($now as i64)
+    };
+}
+pub(crate) use bind_step_row;
+
 /// Upsert `rows` journal rows in one statement (`$1`… in row order,
 /// thirteen per row as in [`PUT_STEP`]); at most one row per run and seq.
 pub(crate) fn put_step_rows(rows: usize) -> String {
