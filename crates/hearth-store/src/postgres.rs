@@ -127,16 +127,7 @@ impl PgBackend {
         }
         let plan = journal_batch::plan(writes, &owners, &fences);
         for (_, step) in &plan.rows {
-            if let Some((digest, data)) = &step.result_blob {
-                sqlx::query(runs_sql::PUT_BLOB)
-                    .bind(digest)
-                    .bind(data.len() as i64)
-                    .bind(data.as_slice())
-                    .bind(now as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query("storing a step result"))?;
-            }
+            put_step_blob(&mut tx, step, now).await?;
         }
         if !plan.rows.is_empty() {
             let statement = runs_sql::put_step_rows(plan.rows.len());

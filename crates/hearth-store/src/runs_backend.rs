@@ -371,6 +371,21 @@ macro_rules! impl_run_backend {
             step: &StepRow,
             now: u64,
         ) -> Result<()> {
+            put_step_blob(&mut *conn, step, now).await?;
+            runs_sql::bind_step_row!(sqlx::query(runs_sql::PUT_STEP), run_id, step, now)
+                .execute(&mut *conn)
+                .await
+                .map_err(query("writing a step"))?;
+            Ok(())
+        }
+
+        /// Store the blob holding `step`'s result, when it is too large
+        /// for the row (before the row that names it).
+        pub(crate) async fn put_step_blob(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            step: &StepRow,
+            now: u64,
+        ) -> Result<()> {
             if let Some((digest, data)) = &step.result_blob {
                 sqlx::query(runs_sql::PUT_BLOB)
                     .bind(digest)
@@ -381,10 +396,6 @@ macro_rules! impl_run_backend {
                     .await
                     .map_err(query("storing a step result"))?;
             }
-            runs_sql::bind_step_row!(sqlx::query(runs_sql::PUT_STEP), run_id, step, now)
-                .execute(&mut *conn)
-                .await
-                .map_err(query("writing a step"))?;
             Ok(())
         }
 

@@ -40,6 +40,25 @@ if ctx.launch == 1 and ctx.name != "fork":
 ctx.complete({"launch": ctx.launch, "at_start": at_start, "b_intact": b_at_start in (None, b)})
 "#;
 
+/// Start `program` as a run with a durable workspace (and `more` options)
+/// through the CLI; its id.
+fn start_durable(served: &Served, program: &std::path::Path, more: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "start",
+        program.to_str().unwrap(),
+        "--workspace",
+        "durable",
+    ];
+    args.extend_from_slice(more);
+    let started = hearth(&served.home, &served.url, &args);
+    assert!(started.status.success(), "{started:?}");
+    String::from_utf8(started.stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     let home = temp_home();
@@ -47,24 +66,7 @@ async fn a_relaunch_and_a_fork_boot_on_the_files_of_their_last_step() {
     std::fs::write(&program, PROGRAM).unwrap();
     let served = Served::start(home.path(), &[]);
 
-    let started = hearth(
-        home.path(),
-        &served.url,
-        &[
-            "run",
-            "start",
-            program.to_str().unwrap(),
-            "--workspace",
-            "durable",
-            "--name",
-            "files",
-        ],
-    );
-    assert!(started.status.success(), "{started:?}");
-    let id = String::from_utf8(started.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = start_durable(&served, &program, &["--name", "files"]);
 
     // Follows the run's logs live, and ends by itself with the run.
     let follower = Command::new(env!("CARGO_BIN_EXE_hearth"))
@@ -210,22 +212,7 @@ ctx.complete("{greeting} saw " + (seen or "nothing"))
     let v2 = home.path().join("v2.py");
     std::fs::write(&v2, version("v2")).unwrap();
     let served = Served::start(home.path(), &[]);
-    let started = hearth(
-        home.path(),
-        &served.url,
-        &[
-            "run",
-            "start",
-            v1.to_str().unwrap(),
-            "--workspace",
-            "durable",
-        ],
-    );
-    assert!(started.status.success(), "{started:?}");
-    let id = String::from_utf8(started.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let id = start_durable(&served, &v1, &[]);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (_, run) = served.get(&format!("/v1/runs/{id}")).await;
