@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hearth_proto::limits::{MAX_TUNNEL_BODY, MAX_TUNNEL_IN_FLIGHT, STREAM_CHUNK};
-use hearth_proto::tunnel::message_frames;
+use hearth_proto::limits::{MAX_TUNNEL_BODY, MAX_TUNNEL_IN_FLIGHT};
+use hearth_proto::tunnel::message_writes;
 use hearth_proto::{
     Frame, FrameDecoder, FrameError, FrameKind, TunnelAssembler, TunnelMessage, TunnelOpen,
     TunnelReady, TunnelRequestHead, TunnelResponseHead,
@@ -50,8 +50,9 @@ use crate::agent::AgentState;
 use crate::body::{self, BodySender, ResponseBody};
 use crate::error::{GuestError, Result};
 
-/// Frames buffered on the way up before request tasks wait for the host.
-const UP_FRAMES_IN_FLIGHT: usize = 16;
+/// Writes (a message, or about one chunk of a large one) buffered on the
+/// way up before request tasks wait for the host.
+const UP_WRITES_IN_FLIGHT: usize = 16;
 
 /// How long a local connection may take to finish once the tunnel ended
 /// (its waiting requests are answered at once; this bounds a client that
@@ -158,7 +159,7 @@ pub async fn open(
     let address = listener
         .local_addr()
         .map_err(|e| GuestError::io("read the address of", listen.to_string(), e))?;
-    let (tx, response_body) = body::channel(UP_FRAMES_IN_FLIGHT);
+    let (tx, response_body) = body::channel(UP_WRITES_IN_FLIGHT);
     let ready = TunnelReady {
         address: address.to_string(),
     };
@@ -398,8 +399,8 @@ async fn forward(tunnel: Arc<Tunnel>, request: Request<Incoming>) -> Response<Re
     };
     // Its own task: a client hanging up must not cut a message in half.
     tokio::spawn(async move {
-        for frame in message_frames(&head, &body, STREAM_CHUNK) {
-            if up.send(Ok(frame.encode())).await.is_err() {
+        for write in message_writes(&head, &body) {
+            if up.send(Ok(write)).await.is_err() {
                 return;
             }
         }

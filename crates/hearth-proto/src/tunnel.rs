@@ -158,6 +158,29 @@ pub fn message_frames<'a, H: TunnelHead>(
         .chain(body.chunks(chunk).map(move |piece| body_frame(id, piece)))
 }
 
+/// The wire bytes of one message, in writes of at most about one
+/// [`STREAM_CHUNK`] each: consecutive frames are packed together, so a
+/// small message (a run endpoint call) is a single write. Each write is one
+/// stream chunk and one wake-up of the peer's reader, where sending the
+/// frames one by one cost two or more. Lazy, like [`message_frames`].
+pub fn message_writes<'a, H: TunnelHead>(
+    head: &H,
+    body: &'a [u8],
+) -> impl Iterator<Item = Bytes> + 'a {
+    let limit = STREAM_CHUNK + BODY_ID_LEN + crate::frame::FRAME_HEADER_LEN;
+    let mut frames = message_frames(head, body, STREAM_CHUNK).peekable();
+    std::iter::from_fn(move || {
+        let first = frames.next()?;
+        let mut write = BytesMut::from(&first.encode()[..]);
+        while let Some(frame) = frames
+            .next_if(|f| write.len() + crate::frame::FRAME_HEADER_LEN + f.payload.len() <= limit)
+        {
+            write.extend_from_slice(&frame.encode());
+        }
+        Some(write.freeze())
+    })
+}
+
 /// A message whose body is still arriving.
 #[derive(Debug)]
 struct Partial<H> {
@@ -435,6 +458,40 @@ mod tests {
         assert_eq!(&done.unwrap().body[..], b"0123456789");
         // An empty body is the head alone.
         assert_eq!(message_frames(&request(8, 0), b"", 4).count(), 1);
+    }
+
+    #[test]
+    fn a_small_message_is_one_write_and_a_large_one_a_few() {
+        let head = request(3, 5);
+        let writes: Vec<Bytes> = message_writes(&head, b"hello").collect();
+        assert_eq!(writes.len(), 1);
+        let mut decoder = crate::FrameDecoder::new(STREAM_CHUNK + BODY_ID_LEN);
+        decoder.push(&writes[0]);
+        let mut a = assembler();
+        let mut done = None;
+        while let Some(frame) = decoder.next_frame().unwrap() {
+            done = a.push(frame).unwrap();
+        }
+        assert_eq!(&done.unwrap().body[..], b"hello");
+
+        // Three chunks and a bit: no write is larger than one full body
+        // frame, and there are no more writes than frames.
+        let body = vec![7u8; 3 * STREAM_CHUNK + 10];
+        let head = request(4, body.len() as u64);
+        let writes: Vec<Bytes> = message_writes(&head, &body).collect();
+        assert!(writes.len() <= 5, "{} writes", writes.len());
+        let full_frame = crate::frame::FRAME_HEADER_LEN + BODY_ID_LEN + STREAM_CHUNK;
+        assert!(writes.iter().all(|w| w.len() <= full_frame));
+        let mut decoder = crate::FrameDecoder::new(STREAM_CHUNK + BODY_ID_LEN);
+        let mut a = TunnelAssembler::<TunnelRequestHead>::new(1 << 20, 4);
+        let mut done = None;
+        for write in &writes {
+            decoder.push(write);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                done = a.push(frame).unwrap();
+            }
+        }
+        assert_eq!(done.unwrap().body, Bytes::from(body));
     }
 
     proptest! {

@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use hearth_proto::limits::{MAX_TUNNEL_BODY, MAX_TUNNEL_IN_FLIGHT, STREAM_CHUNK};
-use hearth_proto::tunnel::message_frames;
+use hearth_proto::limits::{MAX_TUNNEL_BODY, MAX_TUNNEL_IN_FLIGHT};
+use hearth_proto::tunnel::message_writes;
 use hearth_proto::{
     routes, Frame, FrameDecoder, FrameKind, TunnelAssembler, TunnelOpen, TunnelReady,
     TunnelRequestHead, TunnelResponseHead,
@@ -36,8 +36,9 @@ use crate::client::{check_status, frame_body, uri, with_timeout, GuestClient, CA
 use crate::error::{Result, SandboxError};
 use crate::lifecycle::Sandbox;
 
-/// Frames buffered on the way down before responders wait for the guest.
-const DOWN_FRAMES_IN_FLIGHT: usize = 16;
+/// Writes (a message, or about one chunk of a large one) buffered on the
+/// way down before responders wait for the guest.
+const DOWN_WRITES_IN_FLIGHT: usize = 16;
 
 /// Ids of the requests delivered to the caller and not yet answered.
 type Outstanding = Arc<Mutex<HashSet<u64>>>;
@@ -193,8 +194,8 @@ impl Answer {
             content_type,
             body_len: body.len() as u64,
         };
-        for frame in message_frames(&head, &body, STREAM_CHUNK) {
-            if down.send(frame.encode()).await.is_err() {
+        for write in message_writes(&head, &body) {
+            if down.send(write).await.is_err() {
                 return;
             }
         }
@@ -222,7 +223,7 @@ impl GuestClient {
                 "tunnel max_request_body {max_request_body} exceeds the {MAX_TUNNEL_BODY}-byte limit"
             )));
         }
-        let (down, rx) = mpsc::channel::<Bytes>(DOWN_FRAMES_IN_FLIGHT);
+        let (down, rx) = mpsc::channel::<Bytes>(DOWN_WRITES_IN_FLIGHT);
         let open = TunnelOpen {
             listen: listen.to_owned(),
             max_request_body,
