@@ -3,6 +3,7 @@
 //! guest images live in `$HEARTH_IMAGES` (default `$HEARTH_HOME/images`) so a
 //! test run can share one built image across many throwaway homes.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directories of one Hearth installation.
@@ -60,6 +61,55 @@ impl HearthHome {
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }
+
+    /// Create the home (and its parents) if needed, readable by its owner
+    /// only: it holds the store (every exec's argv), the API token and the
+    /// console logs. A home made by an older version with wider access is
+    /// tightened, and so are the files directly in it.
+    pub fn create_private(&self) -> std::io::Result<()> {
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.root) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let mode = std::fs::metadata(&self.root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::info!(home = %self.root.display(), mode = format!("{:o}", mode & 0o777), "making the home private (0700)");
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let mode = meta.permissions().mode();
+            // Only what Hearth writes: files and its own directories (the
+            // image cache may be shared with other homes).
+            let private = if meta.is_file() {
+                mode & 0o600
+            } else if meta.is_dir()
+                && matches!(entry.file_name().to_str(), Some("sandboxes" | "logs"))
+            {
+                0o700
+            } else {
+                continue;
+            };
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(private))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a directory inside the home, private to its owner.
+    pub fn create_private_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.create_private()?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
 }
 
 fn default_root() -> PathBuf {
@@ -80,5 +130,46 @@ mod tests {
         let home = HearthHome::at("/x");
         assert_eq!(home.images_dir(), Path::new("/x/images"));
         assert_eq!(home.sandboxes_dir(), PathBuf::from("/x/sandboxes"));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_home_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = HearthHome::at(dir.path().join("a/home"));
+        home.create_private().unwrap();
+        assert_eq!(mode(home.root()), 0o700);
+        home.create_private_dir(&home.sandboxes_dir().join("sb-1"))
+            .unwrap();
+        assert_eq!(mode(&home.sandboxes_dir()), 0o700);
+        assert_eq!(mode(&home.sandboxes_dir().join("sb-1")), 0o700);
+    }
+
+    #[test]
+    fn an_older_wider_home_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = HearthHome::at(dir.path().join("home"));
+        std::fs::create_dir(home.root()).unwrap();
+        std::fs::create_dir(home.logs_dir()).unwrap();
+        std::fs::create_dir(home.root().join("images")).unwrap();
+        let db = home.root().join("hearth.db");
+        std::fs::write(&db, b"x").unwrap();
+        for p in [
+            home.root(),
+            &home.logs_dir(),
+            &home.root().join("images"),
+            &db,
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        home.create_private().unwrap();
+        assert_eq!(mode(home.root()), 0o700);
+        assert_eq!(mode(&home.logs_dir()), 0o700);
+        assert_eq!(mode(&db), 0o600);
+        // Not Hearth's own to restrict: a shared image cache.
+        assert_eq!(mode(&home.root().join("images")), 0o755);
     }
 }

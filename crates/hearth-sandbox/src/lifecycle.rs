@@ -184,13 +184,14 @@ impl Sandbox {
         // destroy during boot drops this future) removes it.
         let dir_guard = StateDirGuard::new(state_dir.clone());
         let record = {
-            let (state_dir, id) = (state_dir.clone(), id.clone());
+            let (state_dir, id, home) = (state_dir.clone(), id.clone(), home.clone());
             let dropped = dir_guard.dropped.clone();
             blocking("creating the sandbox state directory", move || {
-                std::fs::create_dir_all(&state_dir).map_err(SandboxError::io(format!(
-                    "creating {}",
-                    state_dir.display()
-                )))?;
+                home.create_private_dir(&state_dir)
+                    .map_err(SandboxError::io(format!(
+                        "creating {}",
+                        state_dir.display()
+                    )))?;
                 let record = OwnerRecord::new(&id);
                 if let Err(e) = record.save(&state_dir) {
                     let _ = std::fs::remove_dir_all(&state_dir);

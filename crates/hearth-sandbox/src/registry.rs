@@ -7,6 +7,7 @@
 //! their owner through the parent-death signal; this registry is the second
 //! line of defence and the way leftover files are found.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -146,9 +147,11 @@ pub fn keep_console_log(home: &HearthHome, id: &str, state_dir: &Path) -> Option
         return None;
     }
     let logs = home.logs_dir();
-    std::fs::create_dir_all(&logs).ok()?;
+    home.create_private_dir(&logs).ok()?;
     let target = logs.join(format!("{id}.console.log"));
     std::fs::copy(&source, &target).ok()?;
+    // The copy has QEMU's mode; the log may hold anything the guest printed.
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).ok()?;
     prune_logs(&logs, KEEP);
     Some(target)
 }

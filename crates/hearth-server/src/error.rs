@@ -27,6 +27,10 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store is not the history this home had (missing, empty or
+    /// another): starting would silently lose it.
+    #[error("{0}")]
+    StoreHistory(String),
     /// The VM layer is not usable (QEMU missing, ...).
     #[error(transparent)]
     Vm(#[from] hearth_vm::VmError),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod execs;
 pub mod forward;
+pub mod home_store;
 pub mod ids;
 pub mod lease_watch;
 mod live;

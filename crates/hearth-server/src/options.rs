@@ -58,6 +58,10 @@ pub struct ServerOptions {
     pub token_file: Option<std::path::PathBuf>,
     /// How durable runs behave on this node.
     pub runs: RunOptions,
+    /// Start even though the store this home had is gone: a damaged or
+    /// empty SQLite file is moved aside (kept) and a new store begins; an
+    /// empty or other database becomes the home's store.
+    pub reset_store: bool,
 }
 
 impl ServerOptions {
@@ -79,6 +83,7 @@ impl ServerOptions {
             event_poll: Duration::from_millis(500),
             token_file: None,
             runs: RunOptions::default(),
+            reset_store: false,
             home,
         }
     }

@@ -82,7 +82,7 @@ pub struct Server {
 
 fn lock_home(home: &HearthHome) -> Result<File> {
     let root = home.root();
-    std::fs::create_dir_all(root)
+    home.create_private()
         .map_err(ServerError::io(format!("creating {}", root.display())))?;
     let lock_path = root.join(LOCK_FILE);
     let lock = OpenOptions::new()
@@ -168,10 +168,14 @@ impl Server {
                 "the lease TTL must be at least 1s".into(),
             ));
         }
-        let store = match parts.store {
-            Some(store) => store,
-            None => Store::open(&options.database, parts.clock.clone()).await?,
-        };
+        let store = crate::home_store::open_checked(
+            &root,
+            &options.database,
+            parts.store,
+            parts.clock.clone(),
+            options.reset_store,
+        )
+        .await?;
         let token = Arc::new(match &options.token_file {
             Some(path) => TokenCheck::at(path)?,
             None => TokenCheck::new(&home)?,
@@ -257,10 +261,7 @@ impl Server {
 
         let server_file = root.join(SERVER_FILE);
         let info = json!({"url": format!("http://{addr}"), "pid": std::process::id(), "node_id": node.id()});
-        std::fs::write(&server_file, format!("{info}\n")).map_err(ServerError::io(format!(
-            "writing {}",
-            server_file.display()
-        )))?;
+        crate::token::write_private(&server_file, &format!("{info}\n"))?;
         tracing::info!(%addr, home = %root.display(), node = %node.id(), store = %store.url(), "serving");
         Ok(Server {
             addr,

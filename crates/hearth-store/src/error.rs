@@ -57,6 +57,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file failed its integrity check at start (truncated,
+    /// overwritten, not a database): starting on it could lose or
+    /// overwrite history.
+    #[error("the store at {url} is damaged ({detail}); Hearth will not start on it so that no history is lost. Restore it from a backup, or start the server with --reset to move it aside and begin an empty store")]
+    Damaged {
+        /// The file.
+        url: String,
+        /// What the check found.
+        detail: String,
+    },
     /// A row held a value this version does not understand.
     #[error("store holds an unreadable {what}: {detail}")]
     Corrupt {

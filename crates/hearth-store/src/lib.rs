@@ -15,6 +15,7 @@ pub mod clock;
 mod error;
 pub mod event;
 mod journal_batch;
+mod meta;
 mod model;
 mod node;
 mod postgres;

@@ -81,11 +81,11 @@ impl PgBackend {
         Ok(Self { pool })
     }
 
-    fn reads(&self) -> &PgPool {
+    pub(crate) fn reads(&self) -> &PgPool {
         &self.pool
     }
 
-    fn writes(&self) -> &PgPool {
+    pub(crate) fn writes(&self) -> &PgPool {
         &self.pool
     }
 

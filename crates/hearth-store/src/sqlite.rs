@@ -37,6 +37,59 @@ use sqlx::Row as _;
 /// with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// SQLite's primary result codes that mean the file is damaged.
+const SQLITE_CORRUPT: i64 = 11;
+const SQLITE_NOTADB: i64 = 26;
+
+/// What an error says about the file being damaged, if it is that.
+fn damage(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    let code: i64 = db.code()?.parse().ok()?;
+    // Extended result codes keep the primary one in the low byte.
+    matches!(code & 0xff, SQLITE_CORRUPT | SQLITE_NOTADB).then(|| db.message().to_string())
+}
+
+/// `PRAGMA quick_check`: every page and b-tree of the file well formed (it
+/// reads the whole file once; no index-to-table cross check, which costs
+/// far more). Runs before the migrations so that they never write into a
+/// damaged file.
+async fn check_integrity(pool: &SqlitePool, url: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let damaged = |detail: String| StoreError::Damaged {
+        url: url.to_string(),
+        detail,
+    };
+    let found: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(20)")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(found) => found,
+        Err(e) => match damage(&e) {
+            Some(detail) => return Err(damaged(detail)),
+            None => return Err(query("checking the file's integrity")(e)),
+        },
+    };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store integrity checked"
+    );
+    if found.len() == 1 && found[0] == "ok" {
+        return Ok(());
+    }
+    let mut detail = found.join("; ");
+    if detail.len() > 400 {
+        let cut = (0..=400)
+            .rev()
+            .find(|&i| detail.is_char_boundary(i))
+            .unwrap_or(0);
+        detail.truncate(cut);
+        detail.push('…');
+    }
+    Err(damaged(format!("integrity check: {detail}")))
+}
+
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteBackend {
@@ -56,9 +109,15 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let open_err = |source| StoreError::Open {
-            url: display.clone(),
-            source,
+        let open_err = |source: sqlx::Error| match damage(&source) {
+            Some(detail) => StoreError::Damaged {
+                url: display.clone(),
+                detail,
+            },
+            None => StoreError::Open {
+                url: display.clone(),
+                source,
+            },
         };
         // An embedded file: a connection cannot go stale, so no ping
         // before each use (a round trip to the driver's thread).
@@ -68,6 +127,7 @@ impl SqliteBackend {
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
+        check_integrity(&writer, &display).await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
@@ -109,11 +169,11 @@ impl SqliteBackend {
         self.journal.put_steps(writes, now).await
     }
 
-    fn reads(&self) -> &SqlitePool {
+    pub(crate) fn reads(&self) -> &SqlitePool {
         &self.reader
     }
 
-    fn writes(&self) -> &SqlitePool {
+    pub(crate) fn writes(&self) -> &SqlitePool {
         &self.writer
     }
 

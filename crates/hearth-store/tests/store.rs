@@ -42,6 +42,7 @@ on_both!(
     another_home_cannot_take_a_live_node_id,
     heartbeats_renew_and_report_load,
     event_resumption_is_exact_under_concurrent_writers,
+    the_store_identity_is_made_once_and_kept,
 );
 
 const T0: u64 = 1_800_000_000_000;
@@ -747,5 +748,24 @@ async fn event_resumption_is_exact_under_concurrent_writers(db: TestDatabase) {
             }
         }
     }
+    store.close().await;
+}
+
+async fn the_store_identity_is_made_once_and_kept(db: TestDatabase) {
+    let (store, _clock) = open(&db).await;
+    assert_eq!(
+        store.identity().await.unwrap(),
+        None,
+        "a new store has none"
+    );
+    // Two servers adopting one new store at once end up with the same.
+    let (a, b) = tokio::join!(store.adopt_identity("st-a"), store.adopt_identity("st-b"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a, b);
+    assert!(a == "st-a" || a == "st-b");
+    assert_eq!(store.adopt_identity("st-c").await.unwrap(), a);
+    store.close().await;
+    let (store, _clock) = open(&db).await;
+    assert_eq!(store.identity().await.unwrap(), Some(a));
     store.close().await;
 }

@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// written to $HEARTH_HOME/server.json).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: std::net::SocketAddr,
+    /// Start even though the store this home had is gone or damaged: a
+    /// damaged or empty SQLite file is moved aside (kept, renamed
+    /// `hearth.db.<why>-<ms>`) and an empty history begins; an empty or
+    /// other database becomes this home's store.
+    #[arg(long)]
+    pub reset: bool,
     /// Most sandboxes alive at once.
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<u32>,

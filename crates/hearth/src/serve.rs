@@ -38,6 +38,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.lease_ttl = args.lease_ttl;
     options.token_file = args.token_file;
     options.runs.hold = args.run_hold;
+    options.reset_store = args.reset;
     let mut allow = Vec::new();
     for cidr in &args.egress_allow_cidr {
         let net: ipnet::IpNet = cidr
