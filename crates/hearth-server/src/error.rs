@@ -85,6 +85,10 @@ pub struct ErrorDetail {
     /// The request field at fault, for invalid arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The request's id (also in the `x-request-id` header): the server's
+    /// log has the error's full detail under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// An error answer to one request.
@@ -98,6 +102,8 @@ pub struct ApiError {
     pub message: String,
     /// See [`ErrorDetail::field`].
     pub field: Option<String>,
+    /// What only the server's log gets (host paths, raw database errors).
+    pub detail: Option<String>,
 }
 
 impl ApiError {
@@ -108,6 +114,22 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            detail: None,
+        }
+    }
+
+    /// An error whose full `detail` the client must not see (host paths,
+    /// raw database errors): the client gets `message`, which points at the
+    /// server log, and the log gets the detail under the request's id.
+    pub fn hidden(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            detail: Some(detail.into()),
+            ..Self::new(status, code, message)
         }
     }
 
@@ -142,9 +164,15 @@ impl ApiError {
         )
     }
 
-    /// 500 for a failure of the server itself.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// 500 for a failure of the server itself: the client is told that
+    /// much, the log gets `detail`.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::hidden(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to answer this request; its log has the detail under this request's id",
+            detail,
+        )
     }
 
     /// The response body.
@@ -154,6 +182,7 @@ impl ApiError {
                 code: self.code.to_string(),
                 message: self.message.clone(),
                 field: self.field.clone(),
+                request_id: crate::api::request_id::current().map(|id| id.to_string()),
             },
         }
     }
@@ -161,8 +190,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+        match &self.detail {
+            Some(detail) if self.status.is_server_error() => {
+                tracing::error!(code = self.code, message = %self.message, %detail, "request failed")
+            }
+            Some(detail) => {
+                tracing::warn!(code = self.code, message = %self.message, %detail, "request refused")
+            }
+            None if self.status.is_server_error() => {
+                tracing::error!(code = self.code, message = %self.message, "request failed")
+            }
+            None => {}
         }
         (self.status, Json(self.body())).into_response()
     }
@@ -172,9 +210,10 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(id) => Self::sandbox_not_found(&id),
-            StoreError::Unavailable { .. } => Self::new(
+            StoreError::Unavailable { what, .. } => Self::hidden(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
+                format!("the database is unavailable ({what}); nothing was written, retry once it is back"),
                 error.to_string(),
             ),
             StoreError::Fenced { .. } => Self::new(
@@ -194,7 +233,10 @@ impl From<ManagerError> for ApiError {
             ManagerError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
-            ManagerError::ImageUnavailable { .. } => Self::invalid("image", message),
+            ManagerError::ImageUnavailable { detail, .. } => Self {
+                detail: Some(detail),
+                ..Self::invalid("image", message)
+            },
             ManagerError::CapacityExceeded { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "capacity_exceeded", message)
             }
@@ -215,12 +257,26 @@ impl From<SandboxError> for ApiError {
         let message = error.to_string();
         match &error {
             SandboxError::InvalidOption(m) => Self::bad_request(m.clone()),
-            SandboxError::Image(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "image_unavailable", message)
-            }
-            SandboxError::Vm(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "vm_unavailable", message)
-            }
+            SandboxError::Image(_) => Self::hidden(
+                StatusCode::BAD_REQUEST,
+                "image_unavailable",
+                "the sandbox's image could not be used on this host; rebuild it with `hearth image build`; the server log has the detail under this request's id",
+                message,
+            ),
+            // What the operator must fix is said; a path or an OS error
+            // stays in the log.
+            SandboxError::Vm(
+                hearth_vm::VmError::VmmMissing { .. }
+                | hearth_vm::VmError::KvmUnavailable { .. }
+                | hearth_vm::VmError::InvalidSpec(_)
+                | hearth_vm::VmError::Unsupported(_),
+            ) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "vm_unavailable", message),
+            SandboxError::Vm(_) => Self::hidden(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "vm_unavailable",
+                "the host could not start or reach the VM; its log has the detail under this request's id",
+                message,
+            ),
             SandboxError::BootFailed { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "boot_failed", message)
             }

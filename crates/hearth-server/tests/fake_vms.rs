@@ -324,19 +324,44 @@ async fn boot_failures_are_recorded_with_the_reason() {
         .crash_boot
         .store(false, std::sync::atomic::Ordering::SeqCst);
 
-    // The VMM cannot start at all: 503, recorded failed too.
+    // The VMM cannot start at all: 503, recorded failed too. The client
+    // is told what failed and the request's id; the OS error and the host
+    // paths stay in the server's log.
     h.driver
         .faults()
         .fail_launch
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let (status, body) = h.post("/v1/sandboxes", json!({})).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let response = h
+        .request(reqwest::Method::POST, "/v1/sandboxes")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "vm_unavailable", "{body}");
+    assert_eq!(body["error"]["request_id"], request_id.as_str(), "{body}");
+    assert!(request_id.starts_with("req-"), "{request_id}");
+    let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("injected"),
+        message.contains("could not start or reach the VM"),
         "{body}"
+    );
+    assert!(!message.contains("injected"), "no raw OS error: {body}");
+    assert!(!body.to_string().contains('/'), "no host path: {body}");
+    // A missing image names the image, not the host's image directory.
+    let (status, body) = h.post("/v1/sandboxes", json!({"image": "nope"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "image", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("image 'nope' is not built"), "{body}");
+    assert!(
+        !body.to_string().contains(&*h.dir.path().to_string_lossy()),
+        "no host path: {body}"
     );
     let (_, record) = h.get("/v1/sandboxes/sb-t-2").await;
     assert_eq!(record["state"], "failed", "{record}");

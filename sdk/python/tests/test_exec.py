@@ -338,8 +338,11 @@ def test_background_output_dropped_while_nobody_watched_is_a_gap(sandbox: Sandbo
 
 
 def test_unknown_exec_is_not_found(sandbox: Sandbox) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as caught:
         sandbox.get_exec("x999999")
+    # Every error names its request, as the server's log does.
+    assert caught.value.request_id and caught.value.request_id.startswith("req-")
+    assert caught.value.request_id in str(caught.value)
 
 
 def test_error_event_type_is_exported() -> None:

@@ -7,6 +7,7 @@ mod exec;
 mod files;
 pub mod model;
 mod nodes;
+pub mod request_id;
 pub mod runs;
 mod sandboxes;
 mod system;
@@ -160,6 +161,7 @@ pub fn router(state: AppState) -> Router {
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

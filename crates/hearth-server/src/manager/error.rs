@@ -15,8 +15,10 @@ pub enum ManagerError {
     ImageUnavailable {
         /// The image name.
         image: String,
-        /// What is wrong with it and what to do.
+        /// What is wrong with it and what to do, for the client.
         message: String,
+        /// The full error, for the log (it names host paths).
+        detail: String,
     },
     /// Admission control refused the create: the node is at capacity.
     #[error("{message}")]

@@ -211,7 +211,8 @@ impl SandboxManager {
             .map_err(|e| ManagerError::Internal(e.to_string()))?
             .map_err(|e| ManagerError::ImageUnavailable {
                 image: options.image.clone(),
-                message: e.to_string(),
+                message: image_problem(&options.image, &e),
+                detail: e.to_string(),
             })?;
         let lease = self.node().lease();
         let reservation = match self.inner.admission.reserve(options.memory, options.vcpus) {
@@ -660,5 +661,18 @@ impl SandboxManager {
         for wait in waits {
             let _ = wait.await;
         }
+    }
+}
+
+/// What is wrong with an image, in words that name no host path.
+fn image_problem(name: &str, error: &hearth_image::ImageError) -> String {
+    match error {
+        hearth_image::ImageError::NotFound { .. } => {
+            format!("image '{name}' is not built on this host; build it with `hearth image build`")
+        }
+        hearth_image::ImageError::Damaged { .. } => format!(
+            "image '{name}' on this host is incomplete or damaged; rebuild it with `hearth image build`"
+        ),
+        _ => format!("image '{name}' cannot be opened on this host; see the server log"),
     }
 }

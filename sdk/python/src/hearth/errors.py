@@ -42,6 +42,8 @@ class HearthError(Exception):
             ``sandbox_not_running``, ...); branch on this, not on the text.
         message: What happened and, where there is one, what to do.
         field: The request field at fault, for invalid arguments.
+        request_id: The request's id (``x-request-id``): the server's log
+            has the error's full detail under it.
     """
 
     def __init__(
@@ -51,17 +53,20 @@ class HearthError(Exception):
         code: str = "error",
         status: int | None = None,
         field: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.request_id = request_id
 
     def __str__(self) -> str:
         where = f" (field {self.field!r})" if self.field else ""
         status = f"{self.status} " if self.status is not None else ""
-        return f"[{status}{self.code}] {self.message}{where}"
+        request = f" [request {self.request_id}]" if self.request_id else ""
+        return f"[{status}{self.code}] {self.message}{where}{request}"
 
     def __repr__(self) -> str:
         return (
@@ -180,6 +185,7 @@ def error_from_response(response: httpx.Response) -> HearthError:
     code = f"http_{status}"
     message = response.reason_phrase or "request failed"
     field: str | None = None
+    request_id = response.headers.get("x-request-id")
     try:
         body = json.loads(response.content)
     except ValueError:
@@ -190,8 +196,9 @@ def error_from_response(response: httpx.Response) -> HearthError:
         message = str(detail.get("message") or message)
         raw_field = detail.get("field")
         field = str(raw_field) if raw_field is not None else None
+        request_id = str(detail.get("request_id") or request_id or "") or None
     elif response.content:
         text = response.content[:500].decode("utf-8", errors="replace").strip()
         if text:
             message = f"{message}: {text}"
-    return cls(message, code=code, status=status, field=field)
+    return cls(message, code=code, status=status, field=field, request_id=request_id)
