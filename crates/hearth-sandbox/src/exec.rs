@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use tracing::Instrument;
 
@@ -77,6 +79,10 @@ impl ExecOutput {
     }
 }
 
+/// How long past its timeout the host waits for the guest to report that
+/// it killed a command before it stops waiting itself.
+pub const HOST_TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
 /// A running command.
 pub struct Execution {
     id: String,
@@ -84,6 +90,11 @@ pub struct Execution {
     stdin: Option<StdinWriter>,
     stream: ExecStream,
     span: tracing::Span,
+    /// When the host stops waiting for the guest to end a command that
+    /// has a timeout: a guest that stops answering cannot hold it forever.
+    deadline: Option<(Instant, Duration)>,
+    started: Instant,
+    ended: bool,
 }
 
 impl Execution {
@@ -99,10 +110,26 @@ impl Execution {
 
     /// The next event; `Ok(None)` after the exit. If the sandbox ends while
     /// the command runs, the error is [`SandboxError::Ended`] with the reason.
+    ///
+    /// A command with a timeout ends by then, whatever the guest does: past
+    /// the timeout and [`HOST_TIMEOUT_GRACE`] without the guest's report,
+    /// the host asks it once more to kill the command and reports it
+    /// `timed_out` itself (the message says so).
     pub async fn next_event(&mut self) -> Result<Option<ExecEvent>> {
-        let result = self.stream.next_event().instrument(self.span.clone()).await;
+        if self.ended {
+            return Ok(None);
+        }
+        let next = self.stream.next_event().instrument(self.span.clone());
+        let result = match self.deadline {
+            None => next.await,
+            Some((deadline, timeout)) => match tokio::time::timeout_at(deadline, next).await {
+                Ok(result) => result,
+                Err(_) => return Ok(Some(ExecEvent::Exit(self.give_up(timeout).await))),
+            },
+        };
         match result {
             Ok(Some(ExecEvent::Exit(report))) => {
+                self.ended = true;
                 self.span.in_scope(|| {
                     tracing::info!(reason = ?report.reason, code = report.code, duration_ms = report.duration_ms, "exec ended")
                 });
@@ -110,6 +137,30 @@ impl Execution {
             }
             Ok(other) => Ok(other),
             Err(error) => Err(self.sandbox.explain(error).await),
+        }
+    }
+
+    /// The host's own end of a command the guest did not end in time.
+    async fn give_up(&mut self, timeout: Duration) -> ExitReport {
+        self.ended = true;
+        // Best effort: a guest that answers late still kills it.
+        let kill = tokio::time::timeout(Duration::from_secs(2), self.kill());
+        let _ = kill.await;
+        let message = format!(
+            "the command ran past its {}s timeout and the guest did not report ending it within {}s more; the host stopped waiting (host-enforced timeout)",
+            timeout.as_secs_f64(),
+            HOST_TIMEOUT_GRACE.as_secs()
+        );
+        self.span
+            .in_scope(|| tracing::warn!(%message, "exec timed out on the host"));
+        ExitReport {
+            reason: hearth_proto::ExitReason::TimedOut,
+            code: 128 + 9,
+            signal: Some(9),
+            message: Some(message),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
         }
     }
 
@@ -163,6 +214,10 @@ impl Sandbox {
         let id = self.next_exec_id();
         let span = tracing::info_span!(parent: None, "exec", sandbox = %self.id(), exec = %id);
         span.in_scope(|| tracing::info!(argv = ?options.argv, cwd = ?options.cwd, "exec started"));
+        let started = Instant::now();
+        let deadline = options
+            .timeout
+            .and_then(|t| Some((started.checked_add(t)?.checked_add(HOST_TIMEOUT_GRACE)?, t)));
         let request = ExecRequest {
             id: id.clone(),
             argv: options.argv,
@@ -181,6 +236,9 @@ impl Sandbox {
             stdin,
             stream,
             span,
+            deadline,
+            started,
+            ended: false,
         })
     }
 

@@ -124,6 +124,47 @@ async fn a_vmm_killed_from_outside_is_a_vm_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_exec_timeout_holds_when_the_guest_stops_answering() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    let mut exec = sandbox
+        .exec(ExecOptions {
+            timeout: Some(Duration::from_secs(1)),
+            ..ExecOptions::new(["sleep", "600"])
+        })
+        .await
+        .unwrap();
+    // The whole VM freezes: nothing the guest would do reaches the host.
+    let pid = sandbox.vmm_pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match exec.next_event().await.unwrap() {
+                Some(hearth_sandbox::ExecEvent::Exit(report)) => return report,
+                Some(_) => {}
+                None => panic!("the exec ended without a report"),
+            }
+        }
+    })
+    .await;
+    signal("-CONT");
+    let report = ended.expect("the host ended the exec");
+    assert_eq!(report.reason, hearth_proto::ExitReason::TimedOut, "{report:?}");
+    let message = report.message.unwrap_or_default();
+    assert!(message.contains("host-enforced"), "{message}");
+    assert!(exec.next_event().await.unwrap().is_none());
+    sandbox.destroy().await;
+    t.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dropping_every_handle_destroys_the_sandbox() {
     let t = TestHome::new();
     let sandbox = t.small().await;
