@@ -141,11 +141,13 @@ impl Execution {
     }
 
     /// The host's own end of a command the guest did not end in time.
+    /// Cancel-safe like the rest of `next_event`: dropped before it
+    /// returns, it runs again on the next call.
     async fn give_up(&mut self, timeout: Duration) -> ExitReport {
-        self.ended = true;
         // Best effort: a guest that answers late still kills it.
         let kill = tokio::time::timeout(Duration::from_secs(2), self.kill());
         let _ = kill.await;
+        self.ended = true;
         let message = format!(
             "the command ran past its {}s timeout and the guest did not report ending it within {}s more; the host stopped waiting (host-enforced timeout)",
             timeout.as_secs_f64(),

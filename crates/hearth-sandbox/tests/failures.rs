@@ -156,7 +156,11 @@ async fn an_exec_timeout_holds_when_the_guest_stops_answering() {
     .await;
     signal("-CONT");
     let report = ended.expect("the host ended the exec");
-    assert_eq!(report.reason, hearth_proto::ExitReason::TimedOut, "{report:?}");
+    assert_eq!(
+        report.reason,
+        hearth_proto::ExitReason::TimedOut,
+        "{report:?}"
+    );
     let message = report.message.unwrap_or_default();
     assert!(message.contains("host-enforced"), "{message}");
     assert!(exec.next_event().await.unwrap().is_none());
