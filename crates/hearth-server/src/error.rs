@@ -263,6 +263,11 @@ impl From<SandboxError> for ApiError {
                 "the sandbox's image could not be used on this host; rebuild it with `hearth image build`; the server log has the detail under this request's id",
                 message,
             ),
+            // A disk that did not fit after all (admission's measure raced
+            // with another writer): the same answer as admission's.
+            SandboxError::Vm(hearth_vm::VmError::NoDiskSpace { .. }) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "capacity_exceeded", message)
+            }
             // What the operator must fix is said; a path or an OS error
             // stays in the log.
             SandboxError::Vm(

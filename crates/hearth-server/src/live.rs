@@ -27,7 +27,7 @@ pub struct LiveSandbox {
     /// Becomes true once its end is recorded.
     pub(crate) ended: watch::Sender<bool>,
     pub(crate) execs: ExecTable,
-    pub(crate) _reservation: Reservation,
+    pub(crate) reservation: Reservation,
 }
 
 impl LiveSandbox {

@@ -37,6 +37,7 @@ async fn node(dir: &Path, db: &TestDatabase, id: &str, max_sandboxes: u32) -> No
         max_sandboxes,
         memory_bytes: 8 << 30,
         vcpus: 16,
+        ..Capacity::from_host()
     };
     let parts = ServerParts {
         driver: Arc::new(FakeDriver::locate().expect("cargo build -p hearth-guest")),

@@ -153,8 +153,14 @@ fn is_connection_error(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // PostgreSQL: class 08 (connection exception), 57P01-57P03
             // (admin shutdown, crash shutdown, cannot connect now), 53300
-            // (too many connections).
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            // (too many connections), 53100 (disk full). SQLite: 13
+            // (SQLITE_FULL). A full disk wrote nothing and clears when
+            // space is freed: retried like an outage, not lost.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "53100" | "13"
+                )
         }),
         _ => false,
     }

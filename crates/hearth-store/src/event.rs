@@ -505,7 +505,8 @@ pub struct DirCreated {
 /// `admission.refused`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AdmissionRefused {
-    /// The limit that was reached: `sandboxes`, `memory` or `vcpus`.
+    /// The limit that was reached: `sandboxes`, `memory`, `vcpus` or
+    /// `disk`.
     pub limit: String,
     /// What was refused and why, for a human.
     pub message: String,

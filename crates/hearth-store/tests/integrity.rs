@@ -95,3 +95,39 @@ async fn a_file_that_is_not_a_database_is_refused() {
         Ok(_) => panic!("garbage opened as a store"),
     }
 }
+
+/// A store whose disk fills refuses writes as unavailable (nothing written,
+/// retried once there is room), not as a failed query whose change is
+/// dropped. Mounts a tmpfs: needs root, as the suite does.
+#[tokio::test]
+async fn a_full_disk_is_an_outage_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "hearth-test"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let result = async {
+        let store = reopen(&dir.path().join("hearth.db")).await.unwrap();
+        let mut seed = 0u32;
+        let error = loop {
+            seed += 1;
+            let data: Vec<u8> = (0..256 * 1024u32)
+                .map(|j| (j.wrapping_mul(seed) >> 3) as u8)
+                .collect();
+            if let Err(e) = store.put_blob(&data).await {
+                break e;
+            }
+            assert!(seed < 100, "2 MiB never filled");
+        };
+        store.close().await;
+        error
+    }
+    .await;
+    let _ = std::process::Command::new("umount")
+        .arg(dir.path())
+        .status();
+    assert!(result.is_unavailable(), "{result}");
+    assert!(result.to_string().contains("full"), "{result}");
+}

@@ -8,6 +8,12 @@ pub type Result<T, E = VmError> = std::result::Result<T, E>;
 /// Everything that can go wrong starting, talking to or stopping a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The host's filesystem cannot hold the sandbox's disk.
+    #[error("not enough free disk on the host for a {needed_mib} MiB sandbox disk; destroy a sandbox, free disk space, or ask for a smaller disk")]
+    NoDiskSpace {
+        /// The disk asked for, MiB.
+        needed_mib: u64,
+    },
     /// The VMM binary is not installed.
     #[error("{binary} not found on PATH: install it with `apt-get install qemu-system-x86` (or run scripts/setup.sh)")]
     VmmMissing {

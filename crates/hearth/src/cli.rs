@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// vCPUs all sandboxes may hold together [default: 4 per host CPU].
     #[arg(long, value_name = "N")]
     pub vcpu_budget: Option<u32>,
+    /// Disk space the server keeps free on its home's filesystem (for its
+    /// store and logs): creates that would leave less are refused with 429.
+    /// Each sandbox's disk is allocated in full when it starts.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub disk_reserve: ByteSize,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, default_value = "auto", value_parser = parse_accel)]
     pub accel: AccelPreference,

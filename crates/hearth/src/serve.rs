@@ -29,6 +29,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
             .map(|b| b.bytes())
             .unwrap_or(host.memory_bytes),
         vcpus: args.vcpu_budget.unwrap_or(host.vcpus),
+        disk_reserve_bytes: args.disk_reserve.bytes(),
     };
     if let Some(url) = &args.database {
         options.database = DatabaseUrl::parse(url)?;

@@ -215,7 +215,19 @@ impl SandboxManager {
                 detail: e.to_string(),
             })?;
         let lease = self.node().lease();
-        let reservation = match self.inner.admission.reserve(options.memory, options.vcpus) {
+        let free_disk = match hearth_vm::scratch::free_bytes(self.inner.home.root()) {
+            Ok(free) => Some(free),
+            Err(error) => {
+                tracing::warn!(%error, "cannot measure the free disk space; not checking it");
+                None
+            }
+        };
+        let reservation = match self.inner.admission.reserve(
+            options.memory,
+            options.vcpus,
+            options.disk,
+            free_disk,
+        ) {
             Ok(r) => r,
             Err(refusal) => {
                 self.inner
@@ -270,7 +282,7 @@ impl SandboxManager {
             cancel_boot: CancellationToken::new(),
             ended: watch::channel(false).0,
             execs: ExecTable::default(),
-            _reservation: reservation,
+            reservation,
         });
         self.inner.live.lock().insert(id.clone(), live.clone());
         if let Err(error) = self.events().insert_sandbox(&new, &lease, details).await {
@@ -305,6 +317,9 @@ impl SandboxManager {
         let accel = self.inner.options.accel;
         let options = SandboxOptions { accel, ..options };
         let timeout = options.timeout;
+        // A fresh layer is allocated in full as the VM starts; a durable
+        // workspace's grows, so its disk stays counted as pending.
+        let allocated = options.scratch == hearth_vm::ScratchDisk::Ephemeral;
         let driver = self.inner.parts.driver.clone();
         let created = tokio::select! {
             created = Sandbox::create_with_id(&self.inner.home, driver.as_ref(), live.id.clone(), options) => Some(created),
@@ -335,6 +350,9 @@ impl SandboxManager {
                 });
             }
         };
+        if allocated {
+            live.reservation.disk_allocated();
+        }
         let info = sandbox.info().clone();
         self.inner
             .parts
