@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::body::{self, ResponseBody};
+use crate::capacity::Slot;
 use crate::error::{GuestError, Result};
 
 /// Default mode of a written file.
@@ -68,7 +69,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// `PUT /v1/files`: stream the request body into the file.
-pub async fn write(query: PathQuery, mut body: Incoming) -> Result<Response<ResponseBody>> {
+pub async fn write(
+    query: PathQuery,
+    mut body: Incoming,
+    _slot: Option<Slot>,
+) -> Result<Response<ResponseBody>> {
     let path = query.path.clone();
     let mode = query.mode.unwrap_or(DEFAULT_FILE_MODE);
     if mode > 0o7777 {
@@ -84,14 +89,11 @@ pub async fn write(query: PathQuery, mut body: Incoming) -> Result<Response<Resp
                 .map_err(|e| GuestError::io("create parent directories of", path.clone(), e))?;
         }
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&path)
-        .await
-        .map_err(|e| GuestError::io("open for writing", path.clone(), e))?;
+    let file = {
+        let path = path.clone();
+        blocking(move || open_regular_for_write(&path, mode)).await?
+    };
+    let mut file = tokio::fs::File::from_std(file);
     let mut written: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -117,29 +119,17 @@ pub async fn write(query: PathQuery, mut body: Incoming) -> Result<Response<Resp
 }
 
 /// `GET /v1/files`: stream a regular file's contents.
-pub async fn read(query: PathQuery) -> Result<Response<ResponseBody>> {
+pub async fn read(query: PathQuery, slot: Option<Slot>) -> Result<Response<ResponseBody>> {
     let path = query.path;
-    let mut file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| GuestError::io("open", path.clone(), e))?;
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| GuestError::io("stat", path.clone(), e))?;
-    if meta.is_dir() {
-        return Err(GuestError::io(
-            "read",
-            path,
-            io::Error::from_raw_os_error(libc::EISDIR),
-        ));
-    }
-    if !meta.is_file() {
-        return Err(GuestError::InvalidArgument(format!(
-            "read {path}: not a regular file"
-        )));
-    }
+    let (file, _) = {
+        let path = path.clone();
+        blocking(move || open_regular_for_read(&path)).await?
+    };
+    let mut file = tokio::fs::File::from_std(file);
     let (tx, body) = body::channel(4);
     tokio::spawn(async move {
+        // A download counts against the file bound while it streams.
+        let _slot = slot;
         let mut buffer = vec![0u8; STREAM_CHUNK];
         loop {
             let chunk = match file.read(&mut buffer).await {
@@ -154,6 +144,114 @@ pub async fn read(query: PathQuery) -> Result<Response<ResponseBody>> {
         }
     });
     Ok(body::streamed(body, "application/octet-stream"))
+}
+
+/// What a non-regular file is, for error messages ("a FIFO").
+fn describe(file_type: fs::FileType) -> &'static str {
+    if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuse anything but a regular file for `op` ("read", "write"): a
+/// directory with `EISDIR` (its own error class), anything else (FIFO,
+/// device, socket) with a message saying what the path is. `via_link` says
+/// the path is a symbolic link to it.
+fn check_regular(op: &'static str, path: &str, meta: &fs::Metadata, via_link: bool) -> Result<()> {
+    let file_type = meta.file_type();
+    if file_type.is_file() {
+        return Ok(());
+    }
+    if file_type.is_dir() {
+        return Err(GuestError::io(
+            op,
+            path,
+            io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    let link = if via_link {
+        " (through a symbolic link)"
+    } else {
+        ""
+    };
+    Err(GuestError::InvalidArgument(format!(
+        "{op} {path}: is {}{link}, not a regular file; only regular files can be read or written",
+        describe(file_type)
+    )))
+}
+
+/// Metadata of what `path` names, following symbolic links, and whether
+/// `path` itself is a link. `op` names the operation in errors.
+fn metadata_through_links(op: &'static str, path: &str) -> Result<(fs::Metadata, bool)> {
+    let own = fs::symlink_metadata(path).map_err(|e| GuestError::io(op, path, e))?;
+    if !own.file_type().is_symlink() {
+        return Ok((own, false));
+    }
+    let target = fs::metadata(path).map_err(|e| GuestError::io(op, path, e))?;
+    Ok((target, true))
+}
+
+/// Open `path` for reading if, and only if, it is a regular file.
+///
+/// A FIFO without a writer blocks `open` forever, and opening some devices
+/// has side effects, so the type is checked on the path first; the open
+/// itself is non-blocking (`O_NONBLOCK`, `O_NOCTTY`) and the type is
+/// checked again on the open file (`fstat`), in case the path was swapped
+/// in between. The descriptor stays non-blocking: regular files ignore the
+/// flag, and the few `/proc` files that honour it (`/proc/kmsg`) answer
+/// `EAGAIN` instead of parking a thread.
+pub fn open_regular_for_read(path: &str) -> Result<(fs::File, fs::Metadata)> {
+    let (meta, via_link) = metadata_through_links("read", path)?;
+    check_regular("read", path, &meta, via_link)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| GuestError::io("open", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| GuestError::io("stat", path, e))?;
+    check_regular("read", path, &meta, via_link)?;
+    Ok((file, meta))
+}
+
+/// Open `path` for writing, created with `mode` if missing, and truncate
+/// it, if, and only if, it is (or becomes) a regular file: never a FIFO,
+/// device or socket, nor a symbolic link to one. Checked on the path first,
+/// then on the open file, which is opened non-blocking and without
+/// `O_TRUNC` so nothing happens to it before the check.
+pub fn open_regular_for_write(path: &str, mode: u32) -> Result<fs::File> {
+    match metadata_through_links("write", path) {
+        Ok((meta, via_link)) => check_regular("write", path, &meta, via_link)?,
+        Err(GuestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| GuestError::io("open for writing", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| GuestError::io("stat", path, e))?;
+    check_regular("write", path, &meta, false)?;
+    file.set_len(0)
+        .map_err(|e| GuestError::io("truncate", path, e))?;
+    Ok(file)
 }
 
 /// Metadata of `path` (not following a final symlink), named `name`.
@@ -187,8 +285,10 @@ pub fn stat_entry(path: &Path, name: String) -> io::Result<FileStat> {
 }
 
 /// `GET /v1/files/stat`.
-pub async fn stat(query: PathQuery) -> Result<Response<ResponseBody>> {
+pub async fn stat(query: PathQuery, slot: Option<Slot>) -> Result<Response<ResponseBody>> {
     let stat = blocking(move || {
+        // The slot frees when the thread is done, not when the host gives up.
+        let _slot = slot;
         stat_entry(Path::new(&query.path), query.path.clone())
             .map_err(|e| GuestError::io("stat", query.path.clone(), e))
     })
@@ -197,8 +297,10 @@ pub async fn stat(query: PathQuery) -> Result<Response<ResponseBody>> {
 }
 
 /// `GET /v1/files/list`: the entries of a directory, sorted by name.
-pub async fn list(query: PathQuery) -> Result<Response<ResponseBody>> {
+pub async fn list(query: PathQuery, slot: Option<Slot>) -> Result<Response<ResponseBody>> {
     let entries = blocking(move || {
+        // The slot frees when the thread is done, not when the host gives up.
+        let _slot = slot;
         let path = query.path;
         let dir = fs::read_dir(&path).map_err(|e| GuestError::io("list", path.clone(), e))?;
         let mut entries = Vec::new();
@@ -232,8 +334,10 @@ pub async fn list(query: PathQuery) -> Result<Response<ResponseBody>> {
 
 /// `DELETE /v1/files`: a file, symlink or empty directory; a whole tree
 /// with `recursive`.
-pub async fn remove(query: PathQuery) -> Result<Response<ResponseBody>> {
+pub async fn remove(query: PathQuery, slot: Option<Slot>) -> Result<Response<ResponseBody>> {
     blocking(move || {
+        // The slot frees when the thread is done, not when the host gives up.
+        let _slot = slot;
         let path = query.path;
         let meta =
             fs::symlink_metadata(&path).map_err(|e| GuestError::io("remove", path.clone(), e))?;
@@ -254,8 +358,10 @@ pub async fn remove(query: PathQuery) -> Result<Response<ResponseBody>> {
 
 /// `POST /v1/files/mkdir`: with `parents` like `mkdir -p`, else an existing
 /// path is `AlreadyExists`.
-pub async fn mkdir(query: PathQuery) -> Result<Response<ResponseBody>> {
+pub async fn mkdir(query: PathQuery, slot: Option<Slot>) -> Result<Response<ResponseBody>> {
     blocking(move || {
+        // The slot frees when the thread is done, not when the host gives up.
+        let _slot = slot;
         let path = query.path;
         let result = if query.parents {
             fs::create_dir_all(&path).and_then(|()| {

@@ -16,6 +16,7 @@ pub mod log;
 
 pub mod agent;
 pub mod body;
+pub mod capacity;
 pub mod cgroup;
 pub mod channel;
 pub mod error;

@@ -48,3 +48,18 @@ pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// and the guest refuses a longer exec `timeout_ms`, so no deadline
 /// arithmetic can overflow.
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Most file operations (including streaming uploads and downloads) the
+/// guest agent serves at once; more are answered `busy` (503). Bounded
+/// separately from execs, so stuck file requests never stop commands.
+pub const MAX_CONCURRENT_FILE_OPS: usize = 32;
+
+/// Most commands the guest agent runs at once; more are answered `busy`.
+pub const MAX_CONCURRENT_EXECS: usize = 256;
+
+/// Most reverse tunnels open at once in one guest; more are answered `busy`.
+pub const MAX_CONCURRENT_TUNNELS: usize = 16;
+
+/// Most hello, usage and sync calls the guest agent serves at once; more
+/// are answered `busy`. Kill and shutdown are never refused.
+pub const MAX_CONCURRENT_CONTROL_CALLS: usize = 16;

@@ -281,6 +281,11 @@ pub enum ErrorCode {
     VersionMismatch,
     /// Any other failure.
     Internal,
+    /// The agent already serves as many requests of this kind as it allows
+    /// at once (see [`crate::limits::MAX_CONCURRENT_FILE_OPS`] and its
+    /// siblings); retry later. Answered with HTTP 503. A host that predates
+    /// this code reads the 503 as `internal`.
+    Busy,
 }
 
 /// Body of every error response (and of an exec's [`crate::FrameKind::Error`]).

@@ -31,7 +31,7 @@ fn examples() -> serde_json::Value {
         "file_stat": FileStat { name: "n".into(), file_type: FileType::Symlink, size: 1, mode: 0o644, modified_ms: 2 },
         "write_result": WriteResult { bytes: 9 },
         "usage": Usage { workload_cpu_usec: 1, guest_cpu_usec: 2, workload_memory_bytes: 3, workload_memory_peak_bytes: 4, workload_memory_limit_bytes: 5, mem_total_bytes: 6, mem_available_bytes: 7, disk_used_bytes: 8, disk_total_bytes: 9, pids: 10, oom_kills: 11 },
-        "error_codes": [ErrorCode::InvalidArgument, ErrorCode::NotFound, ErrorCode::AlreadyExists, ErrorCode::IsADirectory, ErrorCode::NotADirectory, ErrorCode::NotEmpty, ErrorCode::PermissionDenied, ErrorCode::NoSpace, ErrorCode::TooLarge, ErrorCode::VersionMismatch, ErrorCode::Internal],
+        "error_codes": [ErrorCode::InvalidArgument, ErrorCode::NotFound, ErrorCode::AlreadyExists, ErrorCode::IsADirectory, ErrorCode::NotADirectory, ErrorCode::NotEmpty, ErrorCode::PermissionDenied, ErrorCode::NoSpace, ErrorCode::TooLarge, ErrorCode::VersionMismatch, ErrorCode::Internal, ErrorCode::Busy],
         "error_body": ErrorBody::new(ErrorCode::NotFound, "no such file: /x"),
         "handshake": [
             String::from_utf8(handshake::Line::Sync("n0nce".into()).encode()).unwrap(),

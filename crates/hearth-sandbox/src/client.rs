@@ -497,6 +497,7 @@ fn code_for_status(status: StatusCode) -> ErrorCode {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::BAD_REQUEST => ErrorCode::InvalidArgument,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Busy,
         _ => ErrorCode::Internal,
     }
 }
