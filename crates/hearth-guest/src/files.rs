@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::body::{self, ResponseBody};
 use crate::capacity::Slot;
 use crate::error::{GuestError, Result};
+use crate::upload::Upload;
 
 /// Default mode of a written file.
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -68,7 +69,8 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(GuestError::Internal(format!("file task failed: {e}"))))
 }
 
-/// `PUT /v1/files`: stream the request body into the file.
+/// `PUT /v1/files`: stream the request body into the file, atomically
+/// (see [`crate::upload`]).
 pub async fn write(
     query: PathQuery,
     mut body: Incoming,
@@ -89,15 +91,20 @@ pub async fn write(
                 .map_err(|e| GuestError::io("create parent directories of", path.clone(), e))?;
         }
     }
-    let file = {
+    // Written to a temporary file, renamed over the target at the end; if
+    // this future ends early (an error, or the host reset the stream), the
+    // upload's drop removes the temporary file and the old one stays.
+    let (upload, file) = {
         let path = path.clone();
-        blocking(move || open_regular_for_write(&path, mode)).await?
+        blocking(move || Upload::begin(&path, mode)).await?
     };
     let mut file = tokio::fs::File::from_std(file);
     let mut written: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            GuestError::InvalidArgument(format!("request body for {path} failed: {e}"))
+            GuestError::InvalidArgument(format!(
+                "request body for {path} failed: {e}; the file was left as it was"
+            ))
         })?;
         if let Ok(data) = frame.into_data() {
             file.write_all(&data)
@@ -109,12 +116,8 @@ pub async fn write(
     file.flush()
         .await
         .map_err(|e| GuestError::io("write", path.clone(), e))?;
-    // The umask may have masked bits the host asked for explicitly.
-    if query.mode.is_some() {
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .await
-            .map_err(|e| GuestError::io("chmod", path.clone(), e))?;
-    }
+    let file = file.into_std().await;
+    blocking(move || upload.commit(file, query.mode)).await?;
     Ok(body::json(&WriteResult { bytes: written }))
 }
 
@@ -169,7 +172,12 @@ fn describe(file_type: fs::FileType) -> &'static str {
 /// directory with `EISDIR` (its own error class), anything else (FIFO,
 /// device, socket) with a message saying what the path is. `via_link` says
 /// the path is a symbolic link to it.
-fn check_regular(op: &'static str, path: &str, meta: &fs::Metadata, via_link: bool) -> Result<()> {
+pub(crate) fn check_regular(
+    op: &'static str,
+    path: &str,
+    meta: &fs::Metadata,
+    via_link: bool,
+) -> Result<()> {
     let file_type = meta.file_type();
     if file_type.is_file() {
         return Ok(());
@@ -225,33 +233,6 @@ pub fn open_regular_for_read(path: &str) -> Result<(fs::File, fs::Metadata)> {
         .map_err(|e| GuestError::io("stat", path, e))?;
     check_regular("read", path, &meta, via_link)?;
     Ok((file, meta))
-}
-
-/// Open `path` for writing, created with `mode` if missing, and truncate
-/// it, if, and only if, it is (or becomes) a regular file: never a FIFO,
-/// device or socket, nor a symbolic link to one. Checked on the path first,
-/// then on the open file, which is opened non-blocking and without
-/// `O_TRUNC` so nothing happens to it before the check.
-pub fn open_regular_for_write(path: &str, mode: u32) -> Result<fs::File> {
-    match metadata_through_links("write", path) {
-        Ok((meta, via_link)) => check_regular("write", path, &meta, via_link)?,
-        Err(GuestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(mode)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| GuestError::io("open for writing", path, e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| GuestError::io("stat", path, e))?;
-    check_regular("write", path, &meta, false)?;
-    file.set_len(0)
-        .map_err(|e| GuestError::io("truncate", path, e))?;
-    Ok(file)
 }
 
 /// Metadata of `path` (not following a final symlink), named `name`.
@@ -384,6 +365,7 @@ pub async fn mkdir(query: PathQuery, slot: Option<Slot>) -> Result<Response<Resp
 mod tests {
     use super::*;
     use hearth_proto::ErrorCode;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn queries_are_checked() {

@@ -29,6 +29,7 @@ pub mod server;
 pub mod spawn;
 pub mod sys;
 pub mod tunnel;
+pub mod upload;
 pub mod usage;
 
 pub use agent::{Agent, AgentOptions};

@@ -357,3 +357,91 @@ async fn a_full_kind_answers_busy_and_the_others_still_work() {
     );
     agent.shutdown().await;
 }
+
+/// Names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Wait (bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} did not happen within {PATIENCE:?}");
+}
+
+/// Issue 11, item 9: an upload that broke off (refused by the server, the
+/// client gone) had already truncated the old file and left a partial one.
+/// Now the old file is untouched while the upload runs and after it broke
+/// off, and its temporary file is gone; a finished upload replaces it
+/// whole, through a symbolic link, keeping its mode.
+#[tokio::test]
+async fn uploads_are_atomic() {
+    let agent = ServedAgent::start().await;
+    let files = agent.path("files");
+    std::fs::create_dir(&files).unwrap();
+    let target = files.join("config");
+    std::fs::write(&target, b"old contents").unwrap();
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let uri = files_uri(routes::FILES, &target);
+
+    // Half an upload, then the body breaks (the host resets the stream).
+    let (tx, body) = hearth_guest::body::channel(4);
+    tx.send(Ok(Bytes::from_static(b"new contents, first half")))
+        .await
+        .unwrap();
+    let mut sender = agent.sender.clone();
+    sender.ready().await.unwrap();
+    let request = Request::put(format!("http://guest{uri}"))
+        .body(body)
+        .unwrap();
+    let answer = tokio::spawn(sender.send_request(request));
+    eventually("the upload's temporary file appears", || {
+        entries(&files).len() == 2
+    })
+    .await;
+    assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
+    tx.send(Err(std::io::Error::other("the client went away")))
+        .await
+        .unwrap();
+    drop(tx);
+    let _ = tokio::time::timeout(PATIENCE, answer).await;
+    eventually("the temporary file is removed", || {
+        entries(&files) == ["config"]
+    })
+    .await;
+    assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
+
+    // A whole upload through a link replaces the file and keeps its mode.
+    let link = files.join("link");
+    std::os::unix::fs::symlink("config", &link).unwrap();
+    let response = agent
+        .send(
+            Method::PUT,
+            &files_uri(routes::FILES, &link),
+            full("new contents"),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(entries(&files), ["config", "link"]);
+    agent.shutdown().await;
+}
