@@ -120,6 +120,10 @@ async fn json_body<T: DeserializeOwned>(body: Incoming, what: &str) -> Result<T>
 async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<ResponseBody> {
     state.boot_ms.get_or_init(usage::uptime_ms);
     let (parts, request_body) = request.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get(http::header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query();
     let method = parts.method;
@@ -164,7 +168,7 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
             match files::parse_query(query) {
                 Ok(query) => match (&method, path.as_str()) {
                     (&Method::PUT, routes::FILES) => files::write(query, request_body, slot).await,
-                    (&Method::GET, routes::FILES) => files::read(query, slot).await,
+                    (&Method::GET, routes::FILES) => files::read(query, wants_trailers, slot).await,
                     (&Method::DELETE, routes::FILES) => files::remove(query, slot).await,
                     (&Method::GET, routes::FILES_STAT) => files::stat(query, slot).await,
                     (&Method::GET, routes::FILES_LIST) => files::list(query, slot).await,

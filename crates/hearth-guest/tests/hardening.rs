@@ -445,3 +445,103 @@ async fn uploads_are_atomic() {
     assert_eq!(entries(&files), ["config", "link"]);
     agent.shutdown().await;
 }
+
+/// The rest of a download: its bytes, and the error trailers that ended it
+/// (code, message), if any.
+async fn download(response: Response<Incoming>) -> (u64, Option<(String, String)>) {
+    let mut body = response.into_body();
+    let mut bytes = 0;
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("the download moves")
+            .map(|frame| frame.expect("the download is not reset"));
+        let Some(frame) = frame else {
+            return (bytes, None);
+        };
+        match frame.into_data() {
+            Ok(data) => bytes += data.len() as u64,
+            Err(frame) => {
+                let trailers = frame.into_trailers().expect("data or trailers");
+                let text = |name: &str| trailers[name].to_str().unwrap().to_owned();
+                return (
+                    bytes,
+                    Some((
+                        text(routes::ERROR_CODE_HEADER),
+                        text(routes::ERROR_MESSAGE_TRAILER),
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// Issue 11, item 9: downloads had no size or time limit, and files in
+/// /proc report size 0 (/proc/kmsg never ends). A file that reports more
+/// than the limit is refused at once; one that turns out longer, or takes
+/// longer than the time limit (here: a host that stops reading), ends with
+/// an error naming the limit, in trailers when the host asks for them and
+/// as a reset stream otherwise.
+#[tokio::test]
+async fn downloads_end_at_their_size_and_time_limits() {
+    let agent = ServedAgent::start().await;
+    let trailers = || {
+        Request::builder()
+            .method(Method::GET)
+            .header("te", "trailers")
+    };
+
+    // Reports its size: refused before any byte.
+    let big = agent.path("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let uri = format!("{}&max_bytes=1048576", files_uri(routes::FILES, &big));
+    let (status, error) = agent.error(Method::GET, &uri, empty()).await;
+    assert_eq!(
+        (status, error.code),
+        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
+    );
+    assert!(
+        error
+            .message
+            .contains("more than the download limit of 1048576 bytes"),
+        "{}",
+        error.message
+    );
+
+    // Reports size 0, like every file in /proc: stopped at the limit.
+    let maps = Path::new("/proc/self/maps");
+    let uri = format!("{}&max_bytes=10", files_uri(routes::FILES, maps));
+    let response = agent.send_with(trailers(), &uri, empty()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (bytes, error) = download(response).await;
+    let (code, message) = error.expect("the download ends with an error");
+    assert_eq!(code, "too_large");
+    assert!(message.contains("size limit of 10 bytes"), "{message}");
+    assert!(bytes <= 10, "{bytes} bytes sent past a 10-byte limit");
+    // Without te: trailers, the stream is reset, never ended cleanly.
+    let response = agent.send(Method::GET, &uri, empty()).await;
+    let broken = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("the download ends");
+    assert!(broken.is_err(), "a download past its limit ended cleanly");
+
+    // A host that stops reading: the time limit ends the download.
+    let uri = format!("{}&timeout_ms=500", files_uri(routes::FILES, &big));
+    let response = agent.send_with(trailers(), &uri, empty()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Not a timing assertion: only makes sure the limit has passed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (bytes, error) = download(response).await;
+    let (code, message) = error.expect("the download ends with an error");
+    assert_eq!(code, "timed_out");
+    assert!(message.contains("time limit of 500 ms"), "{message}");
+    assert!(bytes < 1 << 30, "the whole file was sent");
+
+    // The agent is fine afterwards, and its file slots are free.
+    let (stdout, _) = agent.sh("after-downloads", "echo ok").await;
+    assert_eq!(stdout, b"ok\n");
+    agent.shutdown().await;
+}

@@ -239,6 +239,7 @@ impl From<SandboxError> for ApiError {
                     // The guest's message names the kind, its bound, and
                     // says to retry later.
                     ErrorCode::Busy => (StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
+                    ErrorCode::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "guest_timeout"),
                     ErrorCode::VersionMismatch | ErrorCode::Internal => {
                         (StatusCode::BAD_GATEWAY, "guest_error")
                     }
