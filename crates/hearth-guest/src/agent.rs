@@ -8,6 +8,7 @@ use std::time::Duration;
 use hearth_proto::{GuestInfo, Hello, PROTOCOL_VERSION};
 use tokio::sync::watch;
 
+use crate::capacity::{Capacity, CapacityLimits};
 use crate::cgroup::Cgroups;
 use crate::error::{GuestError, Result};
 use crate::exec::ExecRegistry;
@@ -22,6 +23,22 @@ const MIN_WORKLOAD_MEMORY: u64 = 16 * 1024 * 1024;
 /// written; this only bounds a host that stops reading.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
+/// Most threads the agent's runtime runs blocking work on (file system
+/// calls, forks). Each kind of request is bounded below this on its own
+/// (see `capacity`), so no kind can take them all.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
+/// The agent's async runtime, the same as PID 1 and in host mode
+/// (`serve-unix`), so host-mode tests meet the limits a VM has: two workers
+/// and [`MAX_BLOCKING_THREADS`].
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .enable_all()
+        .build()
+}
+
 /// How the agent runs.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -33,6 +50,8 @@ pub struct AgentOptions {
     /// 1). `None`, or a root that cannot be set up, degrades gracefully:
     /// kills via process groups, no OOM detection, usage from `/proc` only.
     pub cgroup_root: Option<PathBuf>,
+    /// How many requests of each kind are served at once.
+    pub capacity: CapacityLimits,
 }
 
 /// State shared by every connection and request.
@@ -46,6 +65,8 @@ pub struct AgentState {
     pub cgroups: Option<Cgroups>,
     /// Running execs.
     pub execs: ExecRegistry,
+    /// Requests being served, by kind.
+    pub capacity: Capacity,
     /// Memory limit applied to the workload by the last hello, bytes (0
     /// before any hello).
     pub workload_memory_limit: AtomicU64,
@@ -87,11 +108,13 @@ impl Agent {
             },
         };
         let (shutdown, _) = watch::channel(false);
+        let capacity = Capacity::new(options.capacity);
         let state = Arc::new(AgentState {
             options,
             reaper,
             cgroups,
             execs: ExecRegistry::default(),
+            capacity,
             workload_memory_limit: AtomicU64::new(0),
             boot_ms: OnceLock::new(),
             shutdown,

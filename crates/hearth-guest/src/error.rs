@@ -50,6 +50,18 @@ pub enum GuestError {
     /// Any other failure.
     #[error("{0}")]
     Internal(String),
+    /// The operation ran past its time limit and was stopped.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The agent already serves `limit` requests of `kind`, its bound for
+    /// that kind (see [`crate::capacity`]).
+    #[error("the sandbox's agent is busy with {limit} concurrent {kind} operations, as many as it serves at once; retry later")]
+    Busy {
+        /// The kind that is full.
+        kind: crate::capacity::RequestKind,
+        /// Its bound.
+        limit: usize,
+    },
 }
 
 impl GuestError {
@@ -72,6 +84,8 @@ impl GuestError {
             Self::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Self::VersionMismatch { .. } => ErrorCode::VersionMismatch,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::Busy { .. } => ErrorCode::Busy,
+            Self::TimedOut(_) => ErrorCode::TimedOut,
         }
     }
 
@@ -130,6 +144,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TimedOut => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 

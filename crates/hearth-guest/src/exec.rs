@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::agent::AgentState;
 use crate::body::{self, BodySender, ResponseBody};
+use crate::capacity::Slot;
 use crate::cgroup::ExecCgroup;
 use crate::error::{GuestError, Result};
 use crate::spawn::{self, Spawned};
@@ -118,10 +119,18 @@ pub enum EndCause {
 }
 
 /// Handle `POST /v1/exec`: answer at once with a streamed body of frames and
-/// run the exec on its own task.
-pub fn handle(state: Arc<AgentState>, request_body: Incoming) -> Response<ResponseBody> {
+/// run the exec on its own task, which holds `slot` (its place among the
+/// execs the agent runs at once) until the exec ends.
+pub fn handle(
+    state: Arc<AgentState>,
+    request_body: Incoming,
+    slot: Option<Slot>,
+) -> Response<ResponseBody> {
     let (tx, body) = body::channel(OUTPUT_FRAMES_IN_FLIGHT);
-    tokio::spawn(run(state, request_body, tx));
+    tokio::spawn(async move {
+        run(state, request_body, tx).await;
+        drop(slot);
+    });
     body::streamed(body, "application/octet-stream")
 }
 

@@ -44,11 +44,7 @@ pub fn run_pid1() -> ! {
     if let Err(message) = boot() {
         fatal(&message);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(64)
-        .enable_all()
-        .build()
+    let runtime = crate::agent::runtime()
         .unwrap_or_else(|e| fatal(&format!("cannot start the async runtime: {e}")));
     let agent = runtime.block_on(serve());
     agent.kill_workloads();
@@ -60,6 +56,7 @@ async fn serve() -> Agent {
     let agent = Agent::start(AgentOptions {
         pid1: true,
         cgroup_root: Some("/sys/fs/cgroup".into()),
+        ..AgentOptions::default()
     })
     .unwrap_or_else(|e| fatal(&format!("cannot start the agent: {e}")));
     let port = tokio::task::spawn_blocking(|| {

@@ -16,6 +16,7 @@ pub mod log;
 
 pub mod agent;
 pub mod body;
+pub mod capacity;
 pub mod cgroup;
 pub mod channel;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod server;
 pub mod spawn;
 pub mod sys;
 pub mod tunnel;
+pub mod upload;
 pub mod usage;
 
 pub use agent::{Agent, AgentOptions};

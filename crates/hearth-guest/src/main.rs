@@ -56,10 +56,7 @@ fn parse_serve_unix(args: &[String]) -> Result<(PathBuf, AgentOptions), String> 
 }
 
 fn serve_unix(socket: PathBuf, options: AgentOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match hearth_guest::agent::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("hearth-guest: cannot start the async runtime: {e}");

@@ -18,6 +18,7 @@ use tokio::net::UnixListener;
 
 use crate::agent::{Agent, AgentState};
 use crate::body::{self, ResponseBody};
+use crate::capacity::RequestKind;
 use crate::error::{GuestError, Result};
 use crate::{exec, files, tunnel, usage};
 
@@ -119,12 +120,40 @@ async fn json_body<T: DeserializeOwned>(body: Incoming, what: &str) -> Result<T>
 async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<ResponseBody> {
     state.boot_ms.get_or_init(usage::uptime_ms);
     let (parts, request_body) = request.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get(http::header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query();
     let method = parts.method;
+    let kind = match (&method, path.as_str()) {
+        (&Method::POST, routes::EXEC) => Some(RequestKind::Exec),
+        (&Method::POST, routes::TUNNEL) => Some(RequestKind::Tunnel),
+        (&Method::POST, routes::HELLO | routes::SYNC) | (&Method::GET, routes::USAGE) => {
+            Some(RequestKind::Control)
+        }
+        (_, routes::FILES | routes::FILES_STAT | routes::FILES_LIST | routes::FILES_MKDIR) => {
+            Some(RequestKind::File)
+        }
+        // Kill and shutdown must always get through.
+        _ => None,
+    };
+    // The slot goes with the work: a streaming exec, tunnel or transfer
+    // keeps it until it ends, a blocking call until its thread returns.
+    let slot = match kind
+        .map(|kind| state.capacity.try_acquire(kind))
+        .transpose()
+    {
+        Ok(slot) => slot,
+        Err(e) => {
+            crate::debug!("{method} {path}: {e}");
+            return body::error(&e);
+        }
+    };
     let result: Result<Response<ResponseBody>> = match (&method, path.as_str()) {
-        (&Method::POST, routes::EXEC) => return exec::handle(state, request_body),
-        (&Method::POST, routes::TUNNEL) => tunnel::open(state, request_body).await,
+        (&Method::POST, routes::EXEC) => return exec::handle(state, request_body, slot),
+        (&Method::POST, routes::TUNNEL) => tunnel::open(state, request_body, slot).await,
         (&Method::POST, routes::HELLO) => hello(state, request_body).await,
         (&Method::POST, routes::EXEC_KILL) => {
             match json_body::<hearth_proto::KillRequest>(request_body, "kill request").await {
@@ -138,12 +167,12 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
         (_, routes::FILES | routes::FILES_STAT | routes::FILES_LIST | routes::FILES_MKDIR) => {
             match files::parse_query(query) {
                 Ok(query) => match (&method, path.as_str()) {
-                    (&Method::PUT, routes::FILES) => files::write(query, request_body).await,
-                    (&Method::GET, routes::FILES) => files::read(query).await,
-                    (&Method::DELETE, routes::FILES) => files::remove(query).await,
-                    (&Method::GET, routes::FILES_STAT) => files::stat(query).await,
-                    (&Method::GET, routes::FILES_LIST) => files::list(query).await,
-                    (&Method::POST, routes::FILES_MKDIR) => files::mkdir(query).await,
+                    (&Method::PUT, routes::FILES) => files::write(query, request_body, slot).await,
+                    (&Method::GET, routes::FILES) => files::read(query, wants_trailers, slot).await,
+                    (&Method::DELETE, routes::FILES) => files::remove(query, slot).await,
+                    (&Method::GET, routes::FILES_STAT) => files::stat(query, slot).await,
+                    (&Method::GET, routes::FILES_LIST) => files::list(query, slot).await,
+                    (&Method::POST, routes::FILES_MKDIR) => files::mkdir(query, slot).await,
                     _ => Err(no_route(&method, &path)),
                 },
                 Err(e) => Err(e),
@@ -152,6 +181,7 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
         (&Method::GET, routes::USAGE) => {
             let state = state.clone();
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 let limit = state
                     .workload_memory_limit
                     .load(std::sync::atomic::Ordering::Relaxed);
@@ -161,10 +191,13 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
             .map(|usage| body::json(&usage))
             .map_err(|e| GuestError::Internal(format!("usage task failed: {e}")))
         }
-        (&Method::POST, routes::SYNC) => tokio::task::spawn_blocking(crate::sys::sync)
-            .await
-            .map(|()| body::empty(StatusCode::NO_CONTENT))
-            .map_err(|e| GuestError::Internal(format!("sync task failed: {e}"))),
+        (&Method::POST, routes::SYNC) => tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            crate::sys::sync()
+        })
+        .await
+        .map(|()| body::empty(StatusCode::NO_CONTENT))
+        .map_err(|e| GuestError::Internal(format!("sync task failed: {e}"))),
         (&Method::POST, routes::SHUTDOWN) => {
             state.request_shutdown();
             Ok(body::empty(StatusCode::NO_CONTENT))

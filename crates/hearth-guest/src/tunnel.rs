@@ -48,6 +48,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::agent::AgentState;
 use crate::body::{self, BodySender, ResponseBody};
+use crate::capacity::Slot;
 use crate::error::{GuestError, Result};
 
 /// Writes (a message, or about one chunk of a large one) buffered on the
@@ -145,10 +146,12 @@ impl Tunnel {
 /// Handle `POST /v1/tunnel`: read the `TunnelOpen` frame, bind the listener,
 /// and answer with a streamed body starting with `TunnelReady`. A refused
 /// address or a failed bind is an error response (400 for an address that
-/// is not loopback).
+/// is not loopback). `slot`, the tunnel's place among those the agent keeps
+/// open at once, is held until the tunnel closes.
 pub async fn open(
     state: Arc<AgentState>,
     mut request_body: Incoming,
+    slot: Option<Slot>,
 ) -> Result<Response<ResponseBody>> {
     let mut decoder = FrameDecoder::default();
     let open = read_open(&mut request_body, &mut decoder).await?;
@@ -175,7 +178,11 @@ pub async fn open(
         ended: watch::channel(false).0,
     });
     crate::debug!("tunnel listening on {address}");
-    tokio::spawn(run(state, tunnel, listener, request_body, decoder, tx));
+    tokio::spawn(async move {
+        run(state, tunnel, listener, request_body, decoder, tx).await;
+        // The tunnel counts against the agent's bound until it closes.
+        drop(slot);
+    });
     Ok(body::streamed(response_body, "application/octet-stream"))
 }
 

@@ -48,3 +48,43 @@ pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// and the guest refuses a longer exec `timeout_ms`, so no deadline
 /// arithmetic can overflow.
 pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Most file operations (including streaming uploads and downloads) the
+/// guest agent serves at once; more are answered `busy` (503). Bounded
+/// separately from execs, so stuck file requests never stop commands.
+pub const MAX_CONCURRENT_FILE_OPS: usize = 32;
+
+/// Most commands the guest agent runs at once; more are answered `busy`.
+pub const MAX_CONCURRENT_EXECS: usize = 256;
+
+/// Most reverse tunnels open at once in one guest; more are answered `busy`.
+pub const MAX_CONCURRENT_TUNNELS: usize = 16;
+
+/// Most hello, usage and sync calls the guest agent serves at once; more
+/// are answered `busy`. Kill and shutdown are never refused.
+pub const MAX_CONCURRENT_CONTROL_CALLS: usize = 16;
+
+/// Size at which a download stops (`too_large`) unless the host asks for
+/// another limit (`PathQuery::max_bytes`). Files in `/proc` report size 0
+/// and some never end (`/proc/kmsg`), so the size a file reports is not
+/// enough.
+pub const DEFAULT_DOWNLOAD_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// Largest `PathQuery::max_bytes` the guest honours; more is capped.
+pub const MAX_DOWNLOAD_BYTES: u64 = 1024 * 1024 * 1024 * 1024;
+
+/// Time after which a download stops (`timed_out`) unless the host asks
+/// for another limit (`PathQuery::timeout_ms`).
+pub const DEFAULT_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// Longest `PathQuery::timeout_ms` the guest honours; more is capped.
+pub const MAX_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Longest the guest waits for a stat, list, remove or mkdir before it
+/// answers `timed_out`: a little below the host's 30 s control-call
+/// timeout, so the host gets the guest's answer rather than its own.
+pub const FILE_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// Longest an upload may go without receiving a byte before the guest
+/// abandons it (`timed_out`, the old file left as it was).
+pub const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

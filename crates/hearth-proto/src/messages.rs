@@ -137,6 +137,16 @@ pub struct PathQuery {
     /// For removes: remove directories and their contents.
     #[serde(default)]
     pub recursive: bool,
+    /// For reads: stop the download with `too_large` past this many bytes.
+    /// Default [`crate::limits::DEFAULT_DOWNLOAD_MAX_BYTES`], capped at
+    /// [`crate::limits::MAX_DOWNLOAD_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// For reads: stop the download with `timed_out` after this many
+    /// milliseconds. Default [`crate::limits::DEFAULT_DOWNLOAD_TIMEOUT`],
+    /// capped at [`crate::limits::MAX_DOWNLOAD_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Kind of a filesystem entry.
@@ -281,6 +291,15 @@ pub enum ErrorCode {
     VersionMismatch,
     /// Any other failure.
     Internal,
+    /// The agent already serves as many requests of this kind as it allows
+    /// at once (see [`crate::limits::MAX_CONCURRENT_FILE_OPS`] and its
+    /// siblings); retry later. Answered with HTTP 503. A host that predates
+    /// this code reads the 503 as `internal`.
+    Busy,
+    /// The operation ran past its time limit (a download's `timeout_ms`,
+    /// [`crate::limits::FILE_OP_TIMEOUT`], an upload that stalled) and was
+    /// stopped. Answered with HTTP 504.
+    TimedOut,
 }
 
 /// Body of every error response (and of an exec's [`crate::FrameKind::Error`]).

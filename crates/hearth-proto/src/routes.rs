@@ -19,6 +19,13 @@
 //! Query strings are `application/x-www-form-urlencoded` encodings of
 //! [`crate::PathQuery`]. Errors are a non-2xx status with a JSON
 //! [`crate::ErrorBody`].
+//!
+//! A download that fails after its 200 (past `max_bytes` or `timeout_ms`,
+//! a read error) cannot change its status. When the request carries
+//! `te: trailers` it ends with trailers [`ERROR_CODE_HEADER`] and
+//! [`ERROR_MESSAGE_TRAILER`] instead of a clean end; without, the stream is
+//! reset (what an older guest always does), so a failed download is never
+//! mistaken for a complete one.
 
 /// `POST`: handshake.
 pub const HELLO: &str = "/v1/hello";
@@ -49,3 +56,7 @@ pub const TUNNEL: &str = "/v1/tunnel";
 /// Header carrying the HTTP status's [`crate::ErrorCode`] redundantly, so a
 /// client can classify an error without parsing the body.
 pub const ERROR_CODE_HEADER: &str = "hearth-error-code";
+
+/// Trailer carrying the message of an error that ended a download after
+/// its head (with [`ERROR_CODE_HEADER`] as the code).
+pub const ERROR_MESSAGE_TRAILER: &str = "hearth-error-message";

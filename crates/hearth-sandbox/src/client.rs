@@ -194,10 +194,24 @@ impl GuestClient {
             .map_err(|e| SandboxError::Protocol(format!("malformed write response: {e}")))
     }
 
-    /// Open a file for streaming reads.
+    /// Open a file for streaming reads, within the guest's default
+    /// download limits.
     pub async fn read_file(&self, path: &str) -> Result<FileReader> {
-        let query = path_query(path);
-        let request = empty_request(Method::GET, with_query(routes::FILES, &query));
+        self.read_file_within(&path_query(path)).await
+    }
+
+    /// Open `query.path` for streaming reads, within `query.max_bytes` and
+    /// `query.timeout_ms` (the guest caps both; see
+    /// [`limits::MAX_DOWNLOAD_BYTES`]). A download that fails after it
+    /// started ends with the guest's error (`te: trailers`), which
+    /// [`FileReader::next_chunk`] returns.
+    pub async fn read_file_within(&self, query: &PathQuery) -> Result<FileReader> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri(&with_query(routes::FILES, query)))
+            .header(http::header::TE, "trailers")
+            .body(Empty::new().boxed_unsync())
+            .expect("static request parts are valid");
         let response = with_timeout("read", CALL_TIMEOUT, async {
             check_status(self.send(request).await?).await
         })
@@ -388,13 +402,15 @@ impl FileReader {
                 Some(Err(e)) => {
                     return Err(SandboxError::Protocol(format!("file read broke: {e}")))
                 }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            return Ok(Some(data));
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => return Ok(Some(data)),
+                    Err(frame) => {
+                        if let Some(error) = frame.trailers_ref().and_then(trailer_error) {
+                            return Err(error);
                         }
                     }
-                }
+                },
             }
         }
     }
@@ -414,6 +430,19 @@ impl FileReader {
     }
 }
 
+/// The guest's error in the trailers that ended a download, if any.
+fn trailer_error(trailers: &http::HeaderMap) -> Option<SandboxError> {
+    let code = trailers.get(routes::ERROR_CODE_HEADER)?;
+    let code = code.to_str().unwrap_or("internal");
+    let code = serde_json::from_value(serde_json::Value::String(code.to_owned()))
+        .unwrap_or(ErrorCode::Internal);
+    let message = trailers
+        .get(routes::ERROR_MESSAGE_TRAILER)
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        .unwrap_or_else(|| "the guest ended the download with an error".into());
+    Some(SandboxError::Guest { code, message })
+}
+
 pub(crate) fn uri(path_and_query: &str) -> String {
     format!("http://hearth-guest{path_and_query}")
 }
@@ -424,6 +453,8 @@ fn path_query(path: &str) -> PathQuery {
         mode: None,
         parents: false,
         recursive: false,
+        max_bytes: None,
+        timeout_ms: None,
     }
 }
 
@@ -497,6 +528,8 @@ fn code_for_status(status: StatusCode) -> ErrorCode {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::BAD_REQUEST => ErrorCode::InvalidArgument,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::TooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Busy,
+        StatusCode::GATEWAY_TIMEOUT => ErrorCode::TimedOut,
         _ => ErrorCode::Internal,
     }
 }
@@ -547,6 +580,33 @@ mod tests {
             vec![4, 4, 2]
         );
         assert!(chunks(Bytes::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn download_error_trailers_become_the_guests_error() {
+        let mut trailers = http::HeaderMap::new();
+        assert!(trailer_error(&trailers).is_none());
+        trailers.insert(routes::ERROR_CODE_HEADER, "too_large".parse().unwrap());
+        trailers.insert(
+            routes::ERROR_MESSAGE_TRAILER,
+            "download of /proc/kmsg stopped at its size limit of 10 bytes"
+                .parse()
+                .unwrap(),
+        );
+        let error = trailer_error(&trailers).unwrap();
+        assert_eq!(error.guest_code(), Some(ErrorCode::TooLarge));
+        assert!(
+            error.to_string().contains("size limit of 10 bytes"),
+            "{error}"
+        );
+        trailers.insert(
+            routes::ERROR_CODE_HEADER,
+            "from_the_future".parse().unwrap(),
+        );
+        assert_eq!(
+            trailer_error(&trailers).unwrap().guest_code(),
+            Some(ErrorCode::Internal)
+        );
     }
 
     #[test]

@@ -69,6 +69,8 @@ impl Sandbox {
             mode,
             parents: true,
             recursive: false,
+            max_bytes: None,
+            timeout_ms: None,
         };
         match self.client().write_file_stream(&query, chunks).await {
             Ok(result) => Ok(result),
@@ -79,6 +81,28 @@ impl Sandbox {
     /// Open `path` for a streamed read.
     pub async fn read_file(&self, path: &str) -> Result<FileReader> {
         match self.client().read_file(path).await {
+            Ok(reader) => Ok(reader),
+            Err(error) => Err(self.explain(error).await),
+        }
+    }
+
+    /// Open `path` for a streamed read that stops past `max_bytes` or after
+    /// `timeout` (each capped by the guest; `None` for its defaults).
+    pub async fn read_file_within(
+        &self,
+        path: &str,
+        max_bytes: Option<u64>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<FileReader> {
+        let query = PathQuery {
+            path: path.to_string(),
+            mode: None,
+            parents: false,
+            recursive: false,
+            max_bytes,
+            timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+        };
+        match self.client().read_file_within(&query).await {
             Ok(reader) => Ok(reader),
             Err(error) => Err(self.explain(error).await),
         }

@@ -301,6 +301,10 @@ impl From<SandboxError> for ApiError {
                     ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
                     ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
                     ErrorCode::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                    // The guest's message names the kind, its bound, and
+                    // says to retry later.
+                    ErrorCode::Busy => (StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
+                    ErrorCode::TimedOut => (StatusCode::GATEWAY_TIMEOUT, "guest_timeout"),
                     ErrorCode::VersionMismatch | ErrorCode::Internal => {
                         (StatusCode::BAD_GATEWAY, "guest_error")
                     }
