@@ -1,0 +1,213 @@
+//! Attacks on the API (issue 11), each replayed against a server with the
+//! fake VM driver (the real guest agent on the host) to show it now holds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use hearth_sandbox::HearthHome;
+use hearth_server::ids::SequentialIds;
+use hearth_server::{Server, ServerOptions, ServerParts};
+use hearth_store::SystemClock;
+use hearth_vm::fake::FakeDriver;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    home: HearthHome,
+    driver: FakeDriver,
+    server: Option<Server>,
+    url: String,
+    http: reqwest::Client,
+}
+
+fn options(home: &HearthHome) -> ServerOptions {
+    let mut options = ServerOptions::new(home.clone());
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.lease_ttl = Duration::from_secs(2);
+    options.shutdown_grace = Duration::from_secs(5);
+    options
+}
+
+async fn start(driver: &FakeDriver, options: ServerOptions) -> Server {
+    let parts = ServerParts {
+        driver: Arc::new(driver.clone()),
+        clock: SystemClock::shared(),
+        ids: Arc::new(SequentialIds::new("t")),
+        store: None,
+    };
+    Server::start(options, parts).await.unwrap()
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut ServerOptions)) -> Harness {
+        // Short paths: the guest socket's path must fit a sockaddr_un.
+        let dir = tempfile::Builder::new()
+            .prefix("hh")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let home = HearthHome::new(dir.path().join("home"), dir.path().join("images"));
+        hearth_image::write_placeholder(home.images_dir(), "default").unwrap();
+        let driver = FakeDriver::locate().expect(
+            "the fake driver runs hearth-guest: build it with `cargo build -p hearth-guest`",
+        );
+        let mut options = options(&home);
+        tweak(&mut options);
+        let server = start(&driver, options).await;
+        let url = format!("http://{}", server.addr());
+        Harness {
+            dir,
+            home,
+            driver,
+            server: Some(server),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.home.root().join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(self.token())
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Self::answer(self.request(Method::POST, path).json(&body)).await
+    }
+
+    async fn create(&self) -> String {
+        let (status, sandbox) = self.post("/v1/sandboxes", json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+        sandbox["id"].as_str().unwrap().to_string()
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+        self.assert_clean().await;
+    }
+
+    /// No fake VM and no sandbox files are left (allowing a bounded time
+    /// for a cut-short boot's cleanup).
+    async fn assert_clean(&self) {
+        let left = || -> Vec<_> {
+            std::fs::read_dir(self.home.sandboxes_dir())
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (!self.driver.running().is_empty() || !left().is_empty()) && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            self.driver.running().is_empty(),
+            "VMs left: {:?}",
+            self.driver.running()
+        );
+        assert!(left().is_empty(), "sandbox files left: {:?}", left());
+        let _ = &self.dir;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let h = Harness::new().await;
+    let token = h.token();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, body) = Harness::answer(
+            h.http
+                .get(format!("{}/v1/sandboxes", h.url))
+                .header("Authorization", format!("{scheme} {token}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    // Any case of the scheme, but still the right token only.
+    let (status, body) = Harness::answer(
+        h.http
+            .get(format!("{}/v1/sandboxes", h.url))
+            .header("Authorization", "bearer hth_wrong"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = Harness::answer(
+        h.http
+            .get(format!("{}/v1/sandboxes", h.url))
+            .header("Authorization", format!("Basic {token}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_and_unknown_routes_need_the_token_too() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let paths = [
+        "/v1/sandboxes".to_string(),
+        format!("/v1/sandboxes/{id}"),
+        format!("/v1/sandboxes/{id}/exec"),
+        "/v1/openapi.json".to_string(),
+        "/v1/no-such-route".to_string(),
+    ];
+    for path in &paths {
+        for method in [Method::OPTIONS, Method::PATCH, Method::GET] {
+            let response = h
+                .http
+                .request(method.clone(), format!("{}{path}", h.url))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            // Nothing about the route before the token: not its methods.
+            assert!(
+                !response.headers().contains_key("allow"),
+                "{method} {path}: {:?}",
+                response.headers()
+            );
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    // With the token, a method the route does not take is a 405.
+    let (status, body) = Harness::answer(h.request(Method::OPTIONS, "/v1/sandboxes")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    // /healthz stays open.
+    let health = h
+        .http
+        .get(format!("{}/healthz", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    h.shutdown().await;
+}
