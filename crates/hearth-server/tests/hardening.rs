@@ -211,3 +211,35 @@ async fn other_methods_and_unknown_routes_need_the_token_too() {
     assert_eq!(health.status(), StatusCode::OK);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_argument_too_large_for_execve_is_413_naming_the_limit() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let huge = "x".repeat(5 << 20);
+    let (status, body) = h
+        .post(
+            &format!("/v1/sandboxes/{id}/exec?wait=true"),
+            json!({"argv": ["echo", huge]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    assert_eq!(body["error"]["field"], "argv");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("argv[1]") && message.contains("131071") && message.contains("stdin"),
+        "{message}"
+    );
+    // The sandbox is untouched: the same data on stdin works.
+    let data = "y".repeat(1 << 20);
+    let (status, out) = h
+        .post(
+            &format!("/v1/sandboxes/{id}/exec?wait=true"),
+            json!({"argv": ["wc", "-c"], "stdin": data}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "1048576");
+    h.shutdown().await;
+}
