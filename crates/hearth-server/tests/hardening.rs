@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -241,5 +242,60 @@ async fn an_argument_too_large_for_execve_is_413_naming_the_limit() {
         .await;
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(out["stdout"].as_str().unwrap().trim(), "1048576");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_says_when_bytes_were_replaced() {
+    let h = Harness::new().await;
+    let id = h.create().await;
+    let exec = format!("/v1/sandboxes/{id}/exec");
+    let script = json!({"argv": ["sh", "-c", r"printf 'a\377b'; printf ok >&2"]});
+    let (status, out) = h.post(&format!("{exec}?wait=true"), script.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["stdout"], "a\u{FFFD}b");
+    assert_eq!(out["stdout_lossy"], true, "{out}");
+    assert!(out.get("stderr_lossy").is_none(), "{out}");
+    // Clean text and base64 say nothing.
+    let (_, out) = h
+        .post(
+            &format!("{exec}?wait=true"),
+            json!({"argv": ["echo", "hi"]}),
+        )
+        .await;
+    assert!(out.get("stdout_lossy").is_none(), "{out}");
+    let (_, out) = h
+        .post(&format!("{exec}?wait=true&encoding=base64"), script.clone())
+        .await;
+    assert_eq!(out["stdout"], "Yf9i");
+    assert!(out.get("stdout_lossy").is_none(), "{out}");
+    // A streamed chunk says it too.
+    let response = h
+        .request(Method::POST, &exec)
+        .json(&script)
+        .send()
+        .await
+        .unwrap();
+    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
+    let mut chunks = Vec::new();
+    while let Some(Ok(event)) = events.next().await {
+        let name = event.event.unwrap_or_default();
+        if name == "stdout" || name == "stderr" {
+            let data: Value = serde_json::from_str(&event.data.unwrap()).unwrap();
+            chunks.push((name, data));
+        }
+    }
+    assert!(
+        chunks
+            .iter()
+            .any(|(name, d)| name == "stdout" && d["lossy"] == true),
+        "{chunks:?}"
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|(name, d)| name == "stdout" || d.get("lossy").is_none()),
+        "{chunks:?}"
+    );
     h.shutdown().await;
 }
