@@ -1,6 +1,7 @@
 //! Attacks on the API (issue 11), each replayed against a server with the
 //! fake VM driver (the real guest agent on the host) to show it now holds.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,5 +298,47 @@ async fn text_output_says_when_bytes_were_replaced() {
             .all(|(name, d)| name == "stdout" || d.get("lossy").is_none()),
         "{chunks:?}"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_booting_when_the_server_shuts_down_ends_as_host_shutdown() {
+    let mut h = Harness::new().await;
+    h.driver.faults().hang_boot.store(true, Ordering::SeqCst);
+    let create = {
+        let request = h.request(Method::POST, "/v1/sandboxes").json(&json!({}));
+        tokio::spawn(async move { Harness::answer(request).await })
+    };
+    // Wait (bounded) until the sandbox is recorded as booting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, record) = Harness::answer(h.request(Method::GET, "/v1/sandboxes/sb-t-1")).await;
+        if record["state"] == "creating" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never booting: {record}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.server.take().unwrap().shutdown().await.unwrap();
+    let (status, body) = create.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    h.assert_clean().await;
+
+    // The next server on the home reads what was recorded.
+    h.driver.faults().hang_boot.store(false, Ordering::SeqCst);
+    let server = start(&h.driver, options(&h.home)).await;
+    let record = server.manager().record("sb-t-1").await.unwrap();
+    assert_eq!(
+        record.state,
+        hearth_store::SandboxState::Stopped,
+        "{record:?}"
+    );
+    assert_eq!(
+        record.end_reason.as_deref(),
+        Some("host_shutdown"),
+        "{record:?}"
+    );
+    h.server = Some(server);
     h.shutdown().await;
 }
