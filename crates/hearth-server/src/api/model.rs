@@ -156,7 +156,9 @@ pub struct SandboxView {
     /// `guest_kernel_panic`, `guest_agent_crashed`, `vm_crashed`,
     /// `boot_failed`, `host_shutdown`, `lost`.
     pub end_reason: Option<String>,
-    /// How it ended, for a human.
+    /// How it ended, for a human. Text the guest printed on its console is
+    /// quoted after `guest reported:` (bounded): it is the guest's claim,
+    /// not the host's finding.
     pub end_message: Option<String>,
 }
 
