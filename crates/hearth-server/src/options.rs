@@ -9,6 +9,7 @@ use hearth_store::DatabaseUrl;
 use hearth_vm::AccelPreference;
 
 use crate::admission::Capacity;
+use crate::listener::HttpLimits;
 use crate::runs::RunOptions;
 
 /// The SQLite file in the home, the default store.
@@ -58,6 +59,9 @@ pub struct ServerOptions {
     pub token_file: Option<std::path::PathBuf>,
     /// How durable runs behave on this node.
     pub runs: RunOptions,
+    /// Bounds on HTTP connections: how many, and how long one may take to
+    /// send a request's head or sit idle.
+    pub http: HttpLimits,
 }
 
 impl ServerOptions {
@@ -79,6 +83,7 @@ impl ServerOptions {
             event_poll: Duration::from_millis(500),
             token_file: None,
             runs: RunOptions::default(),
+            http: HttpLimits::default(),
             home,
         }
     }

@@ -1,5 +1,8 @@
 //! Attacks on the API (issue 11), each replayed against a server with the
-//! fake VM driver (the real guest agent on the host) to show it now holds.
+//! fake VM driver (the real guest agent on the host) to show it now holds:
+//! the token's scheme, methods a route does not take, oversized arguments,
+//! output that is not UTF-8, a shutdown during a boot, and connections
+//! that are idle, slow, or many.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -340,5 +343,140 @@ async fn a_sandbox_booting_when_the_server_shuts_down_ends_as_host_shutdown() {
         "{record:?}"
     );
     h.server = Some(server);
+    h.shutdown().await;
+}
+
+/// How many descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// This process's soft open-file limit.
+fn open_file_limit() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Wait (bounded) until `done` holds; whether it did.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_leaves_health_and_token_holders_served() {
+    const CAP: usize = 200;
+    let h = Harness::with(|o| o.http.max_connections = CAP).await;
+    let addr: std::net::SocketAddr = h.url.trim_start_matches("http://").parse().unwrap();
+    let before = open_fds();
+    // The attack: thousands of connections that never send a byte (as many
+    // as this process may open, with room to spare).
+    let flood = 3000.min(open_file_limit().saturating_sub(before + CAP + 200) / 2);
+    assert!(
+        flood > 2 * CAP,
+        "the open-file limit leaves room for {flood}"
+    );
+    let mut idle = Vec::with_capacity(flood);
+    for _ in 0..flood {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The server keeps about CAP of them (the others were closed for newer
+    // ones), not one per connection.
+    assert!(
+        eventually(|| open_fds() < before + flood + 2 * CAP).await,
+        "the server holds {} descriptors for {flood} idle connections",
+        open_fds().saturating_sub(before + flood)
+    );
+    // Health and a token holder's requests are answered, on new connections.
+    for _ in 0..3 {
+        let fresh = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let health = fresh
+            .get(format!("{}/healthz", h.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let listed = fresh
+            .get(format!("{}/v1/sandboxes", h.url))
+            .bearer_auth(h.token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), StatusCode::OK);
+    }
+    // Closing the flood leaves nothing behind on the server.
+    drop(idle);
+    assert!(
+        eventually(|| open_fds() <= before + 8).await,
+        "{} descriptors left after the flood closed",
+        open_fds().saturating_sub(before)
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_and_idle_connections_are_closed_but_event_streams_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::with(|o| {
+        o.http.header_timeout = Duration::from_secs(1);
+        o.http.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr: std::net::SocketAddr = h.url.trim_start_matches("http://").parse().unwrap();
+    // A head that never ends, and a connection that never speaks: both are
+    // closed by the server (read gives EOF or a reset), within a bound far
+    // above the timeouts.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for stream in [&mut slow, &mut silent] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut buf))
+            .await
+            .expect("the server closes the connection");
+        assert!(read.is_err() || !String::from_utf8_lossy(&buf).contains("200 OK"));
+    }
+    // An exec's event stream that is quiet for longer than both timeouts
+    // still gets its output and its end.
+    let id = h.create().await;
+    let response = h
+        .request(Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+        .json(&json!({"argv": ["sh", "-c", "sleep 3; echo done"]}))
+        .send()
+        .await
+        .unwrap();
+    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
+    let mut seen = Vec::new();
+    while let Some(Ok(event)) = events.next().await {
+        seen.push((
+            event.event.unwrap_or_default(),
+            event.data.unwrap_or_default(),
+        ));
+    }
+    assert!(
+        seen.iter()
+            .any(|(n, d)| n == "stdout" && d.contains("done")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(|(n, _)| n.as_str()),
+        Some("exit"),
+        "{seen:?}"
+    );
     h.shutdown().await;
 }
