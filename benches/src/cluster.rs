@@ -75,6 +75,7 @@ async fn start_node(
         max_sandboxes: 64,
         memory_bytes: 64 << 30,
         vcpus: 256,
+        ..Capacity::from_host()
     };
     let parts = ServerParts {
         driver,

@@ -127,6 +127,7 @@ impl Bench {
             max_sandboxes: 64,
             memory_bytes: 64 << 30,
             vcpus: 256,
+            ..Capacity::from_host()
         };
         options.runs.max_active = 64;
         options.runs.poll = Duration::from_millis(20);

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::limits::{MAX_ARGV, MAX_ENV, MAX_PATH, MAX_TIMEOUT};
+use crate::limits::{MAX_ARGV, MAX_ARG_BYTES, MAX_ENV, MAX_EXEC_ARGS_BYTES, MAX_PATH, MAX_TIMEOUT};
 use crate::messages::ExecRequest;
 
 /// Longest exec id accepted.
@@ -44,6 +44,70 @@ fn too_large(field: &'static str, message: String) -> Result<(), InvalidExec> {
         message,
         too_large: true,
     })
+}
+
+/// What to do with data too big for argv or env.
+const BIG_DATA_HINT: &str = "pass large data on the command's stdin, or write it to a file in the sandbox and pass the file's path";
+
+/// Bytes `text` takes as a JSON string, quotes and a separator included:
+/// what it adds to the exec request.
+fn encoded_len(text: &str) -> usize {
+    let escaped: usize = text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum();
+    escaped + 3
+}
+
+/// Refuse an argument or environment entry that `execve` would refuse
+/// (`E2BIG`), and argv plus env larger than one exec request may carry,
+/// with the limit and what to do instead.
+fn check_sizes(argv: &[String], env: &BTreeMap<String, String>) -> Result<(), InvalidExec> {
+    let per_arg = MAX_ARG_BYTES - 1;
+    if let Some((i, arg)) = argv.iter().enumerate().find(|(_, a)| a.len() > per_arg) {
+        return too_large(
+            "argv",
+            format!(
+                "argv[{i}] is {} bytes; one argument may be at most {per_arg} bytes (Linux's limit per argument); {BIG_DATA_HINT}",
+                arg.len()
+            ),
+        );
+    }
+    if let Some((key, value)) = env.iter().find(|(k, v)| k.len() + 1 + v.len() > per_arg) {
+        return too_large(
+            "env",
+            format!(
+                "environment variable {key} is {} bytes with its name; one variable may be at most {per_arg} bytes (Linux's limit per entry); {BIG_DATA_HINT}",
+                key.len() + 1 + value.len()
+            ),
+        );
+    }
+    let argv_bytes: usize = argv.iter().map(|a| encoded_len(a)).sum();
+    let env_bytes: usize = env
+        .iter()
+        .map(|(k, v)| encoded_len(k) + encoded_len(v))
+        .sum();
+    let total = argv_bytes + env_bytes;
+    if total > MAX_EXEC_ARGS_BYTES {
+        // Blame the larger of the two.
+        let field = if argv_bytes >= env_bytes {
+            "argv"
+        } else {
+            "env"
+        };
+        return too_large(
+            field,
+            format!(
+                "argv and env take {total} bytes together (as JSON); the limit for one command is {} ({MAX_EXEC_ARGS_BYTES} bytes); {BIG_DATA_HINT}",
+                crate::ByteSize(MAX_EXEC_ARGS_BYTES as u64)
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Check a command: its program and arguments, environment, working
@@ -89,6 +153,7 @@ pub fn check_exec(
             );
         }
     }
+    check_sizes(argv, env)?;
     if let Some(cwd) = cwd {
         if cwd.contains('\0') {
             return invalid(
@@ -183,6 +248,33 @@ mod tests {
             stdin: false,
         };
         assert_eq!(request.check().unwrap_err().field, "id");
+    }
+
+    #[test]
+    fn arguments_too_big_for_execve_or_the_request_are_refused_with_the_limit() {
+        let env = BTreeMap::new();
+        // A 5 MiB argument: too large, naming the limit and what to do.
+        let huge = vec!["echo".to_string(), "x".repeat(5 << 20)];
+        let e = check_exec(&huge, &env, None, None).unwrap_err();
+        assert!(e.too_large && e.field == "argv", "{e:?}");
+        assert!(e.message.contains("argv[1]"), "{}", e.message);
+        assert!(e.message.contains("131071"), "{}", e.message);
+        assert!(e.message.contains("stdin"), "{}", e.message);
+        // The largest argument Linux takes is accepted.
+        let largest = vec!["echo".to_string(), "x".repeat(MAX_ARG_BYTES - 1)];
+        assert!(check_exec(&largest, &env, None, None).is_ok());
+        // Many arguments each under the limit, too many bytes together.
+        let many = vec!["y".repeat(100 * 1024); 8];
+        let e = check_exec(&many, &env, None, None).unwrap_err();
+        assert!(e.too_large && e.field == "argv", "{e:?}");
+        assert!(e.message.contains("768K"), "{}", e.message);
+        // Escaping counts: control bytes take six bytes each in JSON.
+        let escaped = vec!["\u{1}".repeat(40 * 1024); 4];
+        assert!(check_exec(&escaped, &env, None, None).is_err());
+        // An environment entry too large for execve.
+        let big_env: BTreeMap<_, _> = [("BIG".to_string(), "v".repeat(MAX_ARG_BYTES))].into();
+        let e = check_exec(&argv(&["true"]), &big_env, None, None).unwrap_err();
+        assert!(e.too_large && e.field == "env", "{e:?}");
     }
 
     proptest! {

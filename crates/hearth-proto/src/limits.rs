@@ -34,6 +34,17 @@ pub const MAX_TUNNEL_IN_FLIGHT: usize = 256;
 /// Most arguments in one exec's argv.
 pub const MAX_ARGV: usize = 4096;
 
+/// Longest single argument or environment entry (`NAME=value`) of an
+/// exec, counting its terminating NUL, as Linux does: `MAX_ARG_STRLEN`
+/// (32 pages); `execve` refuses a longer one with `E2BIG`.
+pub const MAX_ARG_BYTES: usize = 128 * 1024;
+
+/// Most bytes that an exec's argv and env take together, counted as they
+/// are encoded in the exec request (JSON). The request travels in one frame
+/// of at most [`MAX_FRAME_PAYLOAD`]; the rest of the frame is headroom for
+/// the other fields. Big inputs go on stdin or in a file.
+pub const MAX_EXEC_ARGS_BYTES: usize = 768 * 1024;
+
 /// Most environment variables in one exec.
 pub const MAX_ENV: usize = 4096;
 

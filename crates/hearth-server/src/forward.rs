@@ -50,7 +50,10 @@ impl Forwarder {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // No overall timeout: streams last as long as the client stays.
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Under the other node's header timeout (20 s by default),
+            // which closes a kept-alive connection idle that long: reuse
+            // only connections it still keeps.
+            .pool_idle_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
         Self {

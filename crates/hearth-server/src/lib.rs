@@ -21,6 +21,7 @@ pub mod forward;
 pub mod home_store;
 pub mod ids;
 pub mod lease_watch;
+pub mod listener;
 mod live;
 pub mod manager;
 pub mod metrics;
@@ -33,5 +34,6 @@ pub mod token;
 
 pub use admission::Capacity;
 pub use error::{ApiError, Result, ServerError};
+pub use listener::HttpLimits;
 pub use options::ServerOptions;
 pub use server::{Server, ServerParts, SERVER_FILE};

@@ -9,6 +9,7 @@ use hearth_store::DatabaseUrl;
 use hearth_vm::AccelPreference;
 
 use crate::admission::Capacity;
+use crate::listener::HttpLimits;
 use crate::runs::RunOptions;
 
 /// The SQLite file in the home, the default store.
@@ -62,6 +63,9 @@ pub struct ServerOptions {
     /// empty SQLite file is moved aside (kept) and a new store begins; an
     /// empty or other database becomes the home's store.
     pub reset_store: bool,
+    /// Bounds on HTTP connections: how many, and how long one may take to
+    /// send a request's head or sit idle.
+    pub http: HttpLimits,
 }
 
 impl ServerOptions {
@@ -84,6 +88,7 @@ impl ServerOptions {
             token_file: None,
             runs: RunOptions::default(),
             reset_store: false,
+            http: HttpLimits::default(),
             home,
         }
     }

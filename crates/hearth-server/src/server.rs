@@ -163,6 +163,15 @@ impl Server {
                     .into(),
             ));
         }
+        if options.http.max_connections == 0
+            || options.http.header_timeout.is_zero()
+            || options.http.idle_timeout.is_zero()
+        {
+            return Err(ServerError::InvalidOption(
+                "the HTTP limits (max connections, header timeout, idle timeout) must be above zero"
+                    .into(),
+            ));
+        }
         if options.lease_ttl < Duration::from_secs(1) {
             return Err(ServerError::InvalidOption(
                 "the lease TTL must be at least 1s".into(),
@@ -219,6 +228,7 @@ impl Server {
         }
         let events = EventLog::new(store.clone(), options.event_poll);
         let shutdown_grace = options.shutdown_grace;
+        let http_limits = options.http;
         let run_options = options.runs.clone();
         let manager = SandboxManager::new(
             options,
@@ -252,12 +262,12 @@ impl Server {
         };
         let router = api::router(state);
         let stop_http = CancellationToken::new();
-        let stop = stop_http.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let http = tokio::spawn(crate::listener::serve(
+            listener,
+            router,
+            http_limits,
+            stop_http.clone(),
+        ));
 
         let server_file = root.join(SERVER_FILE);
         let info = json!({"url": format!("http://{addr}"), "pid": std::process::id(), "node_id": node.id()});

@@ -86,6 +86,19 @@ pub struct ServeArgs {
     /// Largest file upload.
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_upload: ByteSize,
+    /// Most HTTP connections open at once; at the limit a new connection
+    /// closes the oldest idle one. Kept under half the open-file limit,
+    /// which `hearth serve` raises to its hard value.
+    #[arg(long, default_value = "2048", value_name = "N")]
+    pub max_connections: usize,
+    /// How long a client has to send a request's head; on a kept-alive
+    /// connection counted from the previous answer.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// How long a connection may have no request in flight (an open event
+    /// stream counts as one) before it is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// The store: `postgres://user:password@host:port/database` to share
     /// one with other nodes [default: SQLite in $HEARTH_HOME].
     #[arg(

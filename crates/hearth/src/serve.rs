@@ -7,11 +7,43 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use hearth_sandbox::HearthHome;
 use hearth_server::token::{ensure_token_at, rotate_token_at, token_path};
-use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
+use hearth_server::{Capacity, HttpLimits, Server, ServerOptions, ServerParts};
 use hearth_store::DatabaseUrl;
 use hearth_tools::{EgressPolicy, ToolGateway, ToolRegistry};
 
 use crate::cli::{ServeArgs, TokenCommand};
+
+/// Raise the soft open-file limit to the hard one (connections, VMs and the
+/// store all take descriptors), and return `wanted` connections, or half
+/// the limit if that is less, so that a full house of connections leaves
+/// descriptors for everything else.
+fn fit_to_open_file_limit(wanted: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(%error, "cannot raise the open-file limit to its hard value");
+        }
+    }
+    let Some(files) = getrlimit(Resource::Nofile).current else {
+        return wanted;
+    };
+    let allowed = usize::try_from(files / 2).unwrap_or(usize::MAX).max(1);
+    if wanted > allowed {
+        tracing::warn!(
+            wanted,
+            allowed,
+            open_file_limit = files,
+            "--max-connections is above half the open-file limit; using {allowed} (raise `ulimit -n` for more)"
+        );
+        return allowed;
+    }
+    wanted
+}
 
 /// Serve until SIGTERM or SIGINT, then destroy every sandbox and exit 0.
 pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
@@ -22,6 +54,11 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.detach_grace = args.detach_grace;
     options.max_wait_output = args.max_wait_output;
     options.max_upload = args.max_upload;
+    options.http = HttpLimits {
+        max_connections: fit_to_open_file_limit(args.max_connections),
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
     options.capacity = Capacity {
         max_sandboxes: args.max_sandboxes.unwrap_or(host.max_sandboxes),
         memory_bytes: args

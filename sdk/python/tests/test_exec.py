@@ -107,6 +107,10 @@ def test_bytes_output_keeps_non_utf8(sandbox: Sandbox) -> None:
     assert raw.stderr == b"\x80"
     text = sandbox.exec(["sh", "-c", script])
     assert text.stdout == "\ufffd\ufffdab\x00c"
+    # The text says it is not the exact output.
+    assert text.stdout_lossy and text.stderr_lossy
+    clean = sandbox.exec(["echo", "fine"])
+    assert not clean.stdout_lossy and not clean.stderr_lossy
 
 
 def test_exec_timeout(sandbox: Sandbox) -> None:

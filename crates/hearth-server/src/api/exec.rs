@@ -28,11 +28,31 @@ use crate::execs::{ExecEntry, ExecItem, ExecStatus, Subscription};
 /// resuming its stream or writing to its stdin.
 pub const EXEC_ID_HEADER: &str = "x-hearth-exec-id";
 
-fn encode(data: &[u8], encoding: Encoding) -> String {
+/// `data` in `encoding`, and whether bytes that are not UTF-8 were
+/// replaced by U+FFFD (only ever with `utf8`), so that an answer says when
+/// its text is not the command's exact output.
+fn encode(data: &[u8], encoding: Encoding) -> (String, bool) {
     match encoding {
-        Encoding::Utf8 => String::from_utf8_lossy(data).into_owned(),
-        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
+        Encoding::Utf8 => match String::from_utf8_lossy(data) {
+            std::borrow::Cow::Borrowed(text) => (text.to_string(), false),
+            std::borrow::Cow::Owned(replaced) => (replaced, true),
+        },
+        Encoding::Base64 => (
+            base64::engine::general_purpose::STANDARD.encode(data),
+            false,
+        ),
     }
+}
+
+/// The data of a `stdout`/`stderr` event: `{data, encoding}`, plus
+/// `"lossy": true` when bytes were replaced.
+fn output_event(bytes: &[u8], encoding: Encoding) -> serde_json::Value {
+    let (data, lossy) = encode(bytes, encoding);
+    let mut event = json!({"data": data, "encoding": encoding});
+    if lossy {
+        event["lossy"] = json!(true);
+    }
+    event
 }
 
 fn exec_view(entry: &ExecEntry) -> ExecView {
@@ -59,14 +79,8 @@ fn exec_view(entry: &ExecEntry) -> ExecView {
 fn sse_event(exec_id: &str, seq: u64, item: ExecItem, encoding: Encoding) -> SseEvent {
     let (name, data) = match item {
         ExecItem::Started(pid) => ("started", json!({"pid": pid, "exec_id": exec_id})),
-        ExecItem::Stdout(bytes) => (
-            "stdout",
-            json!({"data": encode(&bytes, encoding), "encoding": encoding}),
-        ),
-        ExecItem::Stderr(bytes) => (
-            "stderr",
-            json!({"data": encode(&bytes, encoding), "encoding": encoding}),
-        ),
+        ExecItem::Stdout(bytes) => ("stdout", output_event(&bytes, encoding)),
+        ExecItem::Stderr(bytes) => ("stderr", output_event(&bytes, encoding)),
         ExecItem::Exit(report) => (
             "exit",
             serde_json::to_value(ExitView::from(&report)).unwrap_or_default(),
@@ -143,13 +157,17 @@ async fn collect(
             ExecItem::Stdout(b) => stdout.extend_from_slice(&b),
             ExecItem::Stderr(b) => stderr.extend_from_slice(&b),
             ExecItem::Exit(report) => {
+                let (stdout, stdout_lossy) = encode(&stdout, encoding);
+                let (stderr, stderr_lossy) = encode(&stderr, encoding);
                 return Ok(ExecResult {
                     exec_id: sub.entry().id().to_string(),
-                    stdout: encode(&stdout, encoding),
-                    stderr: encode(&stderr, encoding),
+                    stdout,
+                    stderr,
                     encoding,
+                    stdout_lossy,
+                    stderr_lossy,
                     exit: ExitView::from(&report),
-                })
+                });
             }
             ExecItem::Failed { code: _, message } => {
                 return Err(ApiError::new(StatusCode::CONFLICT, "exec_failed", message));

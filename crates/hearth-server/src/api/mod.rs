@@ -146,23 +146,29 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = routes();
     let openapi = Arc::new(openapi.to_json().expect("the OpenAPI document serializes"));
-    routes
+    let routes = routes
         .layer(middleware::from_fn_with_state(
             state.clone(),
             route_to_owner,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::Extension(system::OpenApiJson(openapi)))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    // The token is checked before routing, so that a caller without it
+    // learns nothing about the routes: a method a route does not take
+    // (OPTIONS, PATCH) or an unknown path is a 401 too, not a 405 listing
+    // the route's methods.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(state, require_token))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(middleware::from_fn(request_id::assign))
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -202,7 +208,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .map(str::trim);
         let refusal = match presented {
             None => Some("missing Authorization header: send `Authorization: Bearer <token>`; the token is in $HEARTH_HOME/token"),
-            Some(value) => match value.strip_prefix("Bearer ").map(str::trim) {
+            Some(value) => match bearer_token(value) {
                 Some(token) if state.token.accepts(token).await => None,
                 Some(_) => Some("invalid API token: it may have been rotated; read the current one from $HEARTH_HOME/token"),
                 None => Some("the Authorization header must be `Bearer <token>`"),
@@ -227,6 +233,16 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name
+/// is matched in any case (RFC 7235 §2.1: `bearer`, `BEARER` are the same
+/// scheme); any run of spaces or tabs may follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches([' ', '\t']))
 }
 
 /// A request about a sandbox whose VM runs on another live node goes to
@@ -444,5 +460,15 @@ mod tests {
         let e = field("[");
         assert_eq!(e.field, None);
         assert!(parse_json::<CreateSandboxRequest>(b"{}").is_ok());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for value in ["Bearer t1", "bearer t1", "BEARER t1", "bEaReR \t t1 "] {
+            assert_eq!(bearer_token(value), Some("t1"), "{value:?}");
+        }
+        assert_eq!(bearer_token("Basic t1"), None);
+        assert_eq!(bearer_token("Bearert1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 }

@@ -156,7 +156,9 @@ pub struct SandboxView {
     /// `guest_kernel_panic`, `guest_agent_crashed`, `vm_crashed`,
     /// `boot_failed`, `host_shutdown`, `lost`.
     pub end_reason: Option<String>,
-    /// How it ended, for a human.
+    /// How it ended, for a human. Text the guest printed on its console is
+    /// quoted after `guest reported:` (bounded): it is the guest's claim,
+    /// not the host's finding.
     pub end_message: Option<String>,
 }
 
@@ -225,7 +227,9 @@ pub struct TimeoutRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
-    /// As text; bytes that are not UTF-8 become U+FFFD.
+    /// As text; bytes that are not UTF-8 become U+FFFD, and the answer
+    /// says so (`stdout_lossy`/`stderr_lossy`, or `lossy` on a streamed
+    /// chunk).
     #[default]
     Utf8,
     /// Base64 (standard alphabet, padded): exact bytes.
@@ -335,6 +339,14 @@ pub struct ExecResult {
     pub stderr: String,
     /// How `stdout` and `stderr` are encoded.
     pub encoding: Encoding,
+    /// `true` when `stdout` is not the exact output: it held bytes that are
+    /// not UTF-8, which `utf8` replaced with U+FFFD (ask for `base64` to get
+    /// them). Absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_lossy: bool,
+    /// The same as `stdout_lossy`, for `stderr`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_lossy: bool,
     /// How it ended.
     pub exit: ExitView,
 }
@@ -533,8 +545,9 @@ pub struct ExecStreamEvent {
     /// `Last-Event-ID`.
     pub id: Option<String>,
     /// `started` (`{pid, exec_id}`), `stdout` / `stderr` (`{data,
-    /// encoding}`), `exit` (an [`ExitView`]), `error` (`{code, message}`),
-    /// `gap` (`{missed, message}`).
+    /// encoding}`, plus `"lossy": true` when `utf8` replaced bytes that are
+    /// not UTF-8 with U+FFFD), `exit` (an [`ExitView`]), `error` (`{code,
+    /// message}`), `gap` (`{missed, message}`).
     pub event: Option<String>,
     /// The event's JSON, as text.
     pub data: String,

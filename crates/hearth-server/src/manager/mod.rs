@@ -280,6 +280,7 @@ impl SandboxManager {
             sandbox: Mutex::new(None),
             state: Mutex::new(SandboxState::Creating),
             cancel_boot: CancellationToken::new(),
+            boot_stopped_for: Mutex::new(None),
             ended: watch::channel(false).0,
             execs: ExecTable::default(),
             reservation,
@@ -326,7 +327,15 @@ impl SandboxManager {
             _ = live.cancel_boot.cancelled() => None,
         };
         let sandbox = match created {
-            Some(Ok(sandbox)) => sandbox,
+            Some(Ok(sandbox)) if live.publish(sandbox.clone()) => sandbox,
+            // Booted just as the boot was stopped: stop the VM, and record
+            // the end as if the boot had been cut short.
+            Some(Ok(sandbox)) => {
+                let (reason, message) = live.boot_stop_reason();
+                sandbox.terminate(reason, &message).await;
+                let _ = sandbox.wait().await;
+                return Err(self.record_stopped_boot(&live).await);
+            }
             Some(Err(error)) => {
                 let ended = SandboxEnded {
                     reason: EndReason::BootFailed.as_str().into(),
@@ -337,18 +346,7 @@ impl SandboxManager {
                     .await;
                 return Err(error.into());
             }
-            None => {
-                let ended = SandboxEnded {
-                    reason: EndReason::Destroyed.as_str().into(),
-                    message: "destroyed while booting".into(),
-                    ..SandboxEnded::default()
-                };
-                self.record_end(&live, SandboxState::Stopped, EndReason::Destroyed, ended)
-                    .await;
-                return Err(ManagerError::DestroyedWhileBooting {
-                    id: live.id.clone(),
-                });
-            }
+            None => return Err(self.record_stopped_boot(&live).await),
         };
         if allocated {
             live.reservation.disk_allocated();
@@ -359,7 +357,6 @@ impl SandboxManager {
             .metrics
             .boot_seconds
             .observe(info.boot_ms as f64 / 1000.0);
-        *live.sandbox.lock() = Some(sandbox.clone());
         let accel = info.accel.accel.to_string();
         let change = Transition {
             state: Some(SandboxState::Running),
@@ -396,6 +393,26 @@ impl SandboxManager {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Record the end of a sandbox whose boot was stopped (by a destroy, or
+    /// by the server shutting down), with the reason it was stopped for;
+    /// the error for its create request.
+    async fn record_stopped_boot(&self, live: &LiveSandbox) -> ManagerError {
+        let (reason, message) = live.boot_stop_reason();
+        let ended = SandboxEnded {
+            reason: reason.as_str().into(),
+            message,
+            ..SandboxEnded::default()
+        };
+        self.record_end(live, final_state(reason), reason, ended)
+            .await;
+        match reason {
+            EndReason::HostShutdown => ManagerError::ShuttingDown,
+            _ => ManagerError::DestroyedWhileBooting {
+                id: live.id.clone(),
+            },
         }
     }
 
@@ -524,22 +541,19 @@ impl SandboxManager {
         let Some(live) = self.live(id) else {
             return self.record(id).await;
         };
-        match live.sandbox() {
-            Some(sandbox) => {
-                let change = Transition {
-                    state: Some(SandboxState::Stopping),
-                    ..Transition::default()
-                };
-                let payload = EventPayload::SandboxStopping(SandboxStopping {
-                    requested_by: StopRequester::Api,
-                });
-                // The VM goes even when the store cannot record the request.
-                if let Err(error) = self.move_to(&live, change, payload).await {
-                    tracing::warn!(%error, "cannot record the stop request; destroying anyway");
-                }
-                sandbox.destroy().await;
+        if let Some(sandbox) = live.stop_boot(EndReason::Destroyed, "destroyed while booting") {
+            let change = Transition {
+                state: Some(SandboxState::Stopping),
+                ..Transition::default()
+            };
+            let payload = EventPayload::SandboxStopping(SandboxStopping {
+                requested_by: StopRequester::Api,
+            });
+            // The VM goes even when the store cannot record the request.
+            if let Err(error) = self.move_to(&live, change, payload).await {
+                tracing::warn!(%error, "cannot record the stop request; destroying anyway");
             }
-            None => live.cancel_boot.cancel(),
+            sandbox.destroy().await;
         }
         live.wait_ended().await;
         self.record(id).await
@@ -635,11 +649,8 @@ impl SandboxManager {
             .collect();
         for live in doomed {
             tracing::error!(sandbox = %live.id, "killing a sandbox this node no longer owns: {why}");
-            match live.sandbox() {
-                Some(sandbox) => {
-                    sandbox.terminate(EndReason::HostShutdown, why).await;
-                }
-                None => live.cancel_boot.cancel(),
+            if let Some(sandbox) = live.stop_boot(EndReason::HostShutdown, why) {
+                sandbox.terminate(EndReason::HostShutdown, why).await;
             }
             let _ = tokio::time::timeout(EXEC_DRAIN, live.wait_ended()).await;
             self.forget(&live);
@@ -655,23 +666,26 @@ impl SandboxManager {
         for live in live {
             let manager = self.clone();
             waits.push(tokio::spawn(async move {
-                match live.sandbox() {
-                    Some(sandbox) => {
-                        let change = Transition {
-                            state: Some(SandboxState::Stopping),
-                            ..Transition::default()
-                        };
-                        let payload = EventPayload::SandboxStopping(SandboxStopping {
-                            requested_by: StopRequester::ServerShutdown,
-                        });
-                        let _ = manager.move_to(&live, change, payload).await;
-                        // The writable layer is discarded anyway: no need
-                        // for a clean power-off.
-                        sandbox
-                            .terminate(EndReason::HostShutdown, "the server shut down")
-                            .await;
-                    }
-                    None => live.cancel_boot.cancel(),
+                // A sandbox still booting ends like a running one: the
+                // host shut down, not a destroy.
+                let stopped = live.stop_boot(
+                    EndReason::HostShutdown,
+                    "the server shut down while the sandbox booted",
+                );
+                if let Some(sandbox) = stopped {
+                    let change = Transition {
+                        state: Some(SandboxState::Stopping),
+                        ..Transition::default()
+                    };
+                    let payload = EventPayload::SandboxStopping(SandboxStopping {
+                        requested_by: StopRequester::ServerShutdown,
+                    });
+                    let _ = manager.move_to(&live, change, payload).await;
+                    // The writable layer is discarded anyway: no need
+                    // for a clean power-off.
+                    sandbox
+                        .terminate(EndReason::HostShutdown, "the server shut down")
+                        .await;
                 }
                 let _ = tokio::time::timeout(grace, live.wait_ended()).await;
             }));

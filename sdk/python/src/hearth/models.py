@@ -179,12 +179,17 @@ class ExecResult(Generic[AnyStr]):
 
     ``stdout`` and ``stderr`` are ``str`` by default, or ``bytes`` (exact,
     nothing replaced) when the exec was run with ``text=False``.
+    ``stdout_lossy`` / ``stderr_lossy`` are ``True`` when that text is not
+    the exact output: bytes that are not UTF-8 were replaced with U+FFFD
+    (run with ``text=False`` to get them).
     """
 
     exec_id: str
     stdout: AnyStr
     stderr: AnyStr
     exit: ExitInfo
+    stdout_lossy: bool = False
+    stderr_lossy: bool = False
 
     @property
     def exit_code(self) -> int:

@@ -303,7 +303,8 @@ class Sandbox:
             timeout: Kill the command after this long (seconds or ``"30s"``);
                 it then ends with reason ``timed_out``.
             stdin: Everything the command reads on stdin (text or bytes).
-            text: ``True`` for ``str`` output (invalid UTF-8 replaced);
+            text: ``True`` for ``str`` output (invalid UTF-8 replaced, and
+                ``stdout_lossy``/``stderr_lossy`` set when it was);
                 ``False`` for the exact ``bytes``.
             request_timeout: Seconds to wait for the answer. Default: no
                 limit, or ``timeout`` plus 30 s when ``timeout`` is a number.
@@ -327,7 +328,14 @@ class Sandbox:
         out = str(data.get("stdout", ""))
         err = str(data.get("stderr", ""))
         if text:
-            return ExecResult(exec_id, out, err, exit_info)
+            return ExecResult(
+                exec_id,
+                out,
+                err,
+                exit_info,
+                stdout_lossy=bool(data.get("stdout_lossy", False)),
+                stderr_lossy=bool(data.get("stderr_lossy", False)),
+            )
         return ExecResult(exec_id, base64.b64decode(out), base64.b64decode(err), exit_info)
 
     def exec_stream(
