@@ -93,7 +93,11 @@ impl fmt::Display for SandboxEnd {
             write!(f, "; last console lines: {}", shown.join(" | "))?;
         }
         if let Some(log) = &self.console_log {
-            write!(f, "; full console log: {}", log.display())?;
+            write!(
+                f,
+                "; full console log: {} in the Hearth home",
+                crate::registry::console_log_name(log)
+            )?;
         }
         Ok(())
     }

@@ -299,7 +299,10 @@ impl Sandbox {
                 return Err(SandboxError::BootFailed {
                     id,
                     message: match &end.console_log {
-                        Some(log) => format!("{message} (console log: {})", log.display()),
+                        Some(log) => format!(
+                            "{message} (console log: {} in the Hearth home)",
+                            crate::registry::console_log_name(log)
+                        ),
                         None => message,
                     },
                     console_tail: end.console_tail,

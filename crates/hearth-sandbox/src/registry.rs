@@ -138,6 +138,15 @@ pub fn reap_orphans(home: &HearthHome) -> Vec<ReapedSandbox> {
     reaped
 }
 
+/// How a kept console log is named to clients: by its place in the home
+/// (`logs/<id>.console.log`), never by a host path.
+pub fn console_log_name(path: &Path) -> String {
+    match path.file_name() {
+        Some(name) => format!("logs/{}", name.to_string_lossy()),
+        None => "logs/".into(),
+    }
+}
+
 /// Copy a sandbox's console log to the logs directory (so an error can point
 /// at it after the state directory is gone). Keeps the newest logs only.
 pub fn keep_console_log(home: &HearthHome, id: &str, state_dir: &Path) -> Option<PathBuf> {

@@ -66,6 +66,10 @@ async fn a_guest_kernel_panic_is_reported_with_the_console() {
     assert!(std::fs::read_to_string(log)
         .unwrap()
         .contains("Kernel panic"));
+    // Named by its place in the home, not by a host path.
+    let text = end.to_string();
+    assert!(text.contains("full console log: logs/sb-"), "{text}");
+    assert!(!text.contains(&*t.dir.path().to_string_lossy()), "{text}");
     // Later calls say the sandbox ended, and why.
     let err = sandbox
         .run(ExecOptions::new(["true"]), None)

@@ -169,8 +169,8 @@ impl Node {
             let message = self.lost_message(&record, reaped.as_ref());
             let console_log = reaped
                 .as_ref()
-                .and_then(|r| r.console_log.as_ref())
-                .map(|p| p.display().to_string());
+                .and_then(|r| r.console_log.as_deref())
+                .map(hearth_sandbox::registry::console_log_name);
             if store
                 .mark_lost(&record, Some(self.id()), &message, console_log)
                 .await?

@@ -394,7 +394,8 @@ pub struct SandboxEnded {
     /// Last console lines, for failures.
     #[serde(default)]
     pub console_tail: Vec<String>,
-    /// Where the console log was kept, for failures.
+    /// Where the console log was kept, for failures: its place in the
+    /// server's home (`logs/<id>.console.log`), not a host path.
     #[serde(default)]
     pub console_log: Option<String>,
 }
@@ -414,7 +415,7 @@ pub struct SandboxLost {
     /// That node's lease epoch when it ran it.
     pub node_epoch: i64,
     /// Where its console log was kept, when the node that ran it found it
-    /// at restart.
+    /// at restart: its place in that node's home.
     #[serde(default)]
     pub console_log: Option<String>,
 }

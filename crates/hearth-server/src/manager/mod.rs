@@ -429,7 +429,10 @@ impl SandboxManager {
             message: end.message.clone(),
             lifetime_ms: Some(end.lifetime_ms),
             console_tail: end.console_tail.clone(),
-            console_log: end.console_log.as_ref().map(|p| p.display().to_string()),
+            console_log: end
+                .console_log
+                .as_deref()
+                .map(hearth_sandbox::registry::console_log_name),
         };
         self.record_end(&live, final_state(end.reason), end.reason, ended)
             .await;
