@@ -30,6 +30,7 @@ pub mod replay;
 pub mod runs;
 mod server;
 mod specs;
+pub mod tls;
 pub mod token;
 
 pub use admission::Capacity;

@@ -25,8 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Bounds on the HTTP connections a server keeps.
@@ -128,6 +129,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -164,14 +166,28 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let (id, connection) = connections.add();
-        let (builder, router, connections, stop) = (
+        let (builder, router, connections, stop, tls) = (
             builder.clone(),
             router.clone(),
             connections.clone(),
             stop.clone(),
+            tls.clone(),
         );
         tokio::spawn(async move {
-            serve_connection(stream, router, &builder, &connection, limits, stop).await;
+            match tls {
+                None => serve_connection(stream, router, &builder, &connection, limits, stop).await,
+                // The handshake is bounded like a request's head: a client
+                // that opens a connection and says nothing holds it no longer.
+                Some(tls) => match tokio::time::timeout(limits.header_timeout, tls.accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        serve_connection(stream, router, &builder, &connection, limits, stop).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
+            }
             connections.remove(id);
         });
     }
@@ -181,14 +197,16 @@ pub async fn serve(
 
 /// Serve one connection until it ends, is evicted, idles too long, or the
 /// server stops (then gracefully: requests in flight finish).
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     router: Router,
     builder: &auto::Builder<TokioExecutor>,
     connection: &Arc<Connection>,
     limits: HttpLimits,
     stop: CancellationToken,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let inner = TowerToHyperService::new(router);
     let counted = connection.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

@@ -66,6 +66,8 @@ pub struct ServerOptions {
     /// Bounds on HTTP connections: how many, and how long one may take to
     /// send a request's head or sit idle.
     pub http: HttpLimits,
+    /// Serve HTTPS with this certificate and key; plain HTTP without.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl ServerOptions {
@@ -89,6 +91,7 @@ impl ServerOptions {
             runs: RunOptions::default(),
             reset_store: false,
             http: HttpLimits::default(),
+            tls: None,
             home,
         }
     }

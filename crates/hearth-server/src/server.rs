@@ -67,6 +67,7 @@ impl ServerParts {
 /// A started server.
 pub struct Server {
     addr: SocketAddr,
+    url: String,
     manager: SandboxManager,
     runs: RunEngine,
     node: Node,
@@ -177,6 +178,8 @@ impl Server {
                 "the lease TTL must be at least 1s".into(),
             ));
         }
+        // Bad certificate files stop the start before anything else.
+        let tls = options.tls.as_ref().map(crate::tls::acceptor).transpose()?;
         let store = crate::home_store::open_checked(
             &root,
             &options.database,
@@ -207,12 +210,18 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(ServerError::io("reading the listen address"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if tls.is_none() {
+            if let Some(warning) = crate::tls::plain_http_warning(addr) {
+                tracing::warn!("{warning}");
+            }
+        }
         let spec = NodeSpec {
             id: node_id(&home, options.node_id.as_deref())?,
             url: options
                 .advertise_url
                 .clone()
-                .unwrap_or_else(|| format!("http://{addr}")),
+                .unwrap_or_else(|| format!("{scheme}://{addr}")),
             hostname: hostname(),
             home: root.display().to_string(),
             capacity: NodeCapacity {
@@ -266,15 +275,18 @@ impl Server {
             listener,
             router,
             http_limits,
+            tls,
             stop_http.clone(),
         ));
 
+        let url = format!("{scheme}://{addr}");
         let server_file = root.join(SERVER_FILE);
-        let info = json!({"url": format!("http://{addr}"), "pid": std::process::id(), "node_id": node.id()});
+        let info = json!({"url": url, "pid": std::process::id(), "node_id": node.id()});
         crate::token::write_private(&server_file, &format!("{info}\n"))?;
         tracing::info!(%addr, home = %root.display(), node = %node.id(), store = %store.url(), "serving");
         Ok(Server {
             addr,
+            url,
             manager,
             runs,
             node,
@@ -292,6 +304,11 @@ impl Server {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its URL: `https://` with TLS, else `http://`, and the address.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The sandboxes it runs.

@@ -99,6 +99,14 @@ pub struct ServeArgs {
     /// stream counts as one) before it is closed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: std::time::Duration,
+    /// Serve HTTPS with this certificate chain (PEM, the server's first);
+    /// needs --tls-key. Without them the server speaks plain HTTP, which is
+    /// only safe on a loopback address.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// The store: `postgres://user:password@host:port/database` to share
     /// one with other nodes [default: SQLite in $HEARTH_HOME].
     #[arg(

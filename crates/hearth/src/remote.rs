@@ -49,10 +49,22 @@ impl Api {
                 })?
             }
         };
+        let mut http = reqwest::Client::builder();
+        // A server whose certificate a private CA signed.
+        if let Some(path) = std::env::var_os("HEARTH_CA_CERT").filter(|p| !p.is_empty()) {
+            let path = std::path::PathBuf::from(path);
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("reading HEARTH_CA_CERT {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("HEARTH_CA_CERT {} holds no PEM certificate", path.display())
+            })? {
+                http = http.add_root_certificate(cert);
+            }
+        }
         Ok(Api {
             url,
             token,
-            http: reqwest::Client::builder().build()?,
+            http: http.build()?,
         })
     }
 

@@ -59,6 +59,11 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
     };
+    if let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) {
+        options.tls = Some(hearth_server::tls::TlsFiles { cert, key });
+    } else if let Some(warning) = hearth_server::tls::plain_http_warning(args.listen) {
+        eprintln!("hearth: WARNING: {warning}");
+    }
     options.capacity = Capacity {
         max_sandboxes: args.max_sandboxes.unwrap_or(host.max_sandboxes),
         memory_bytes: args
@@ -106,7 +111,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     let mut int = signal(SignalKind::interrupt())?;
     let server = Server::start(options, ServerParts::standard()?).await?;
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "hearth: listening on http://{}", server.addr())?;
+    writeln!(stdout, "hearth: listening on {}", server.url())?;
     stdout.flush()?;
     server
         .run_until(async move {
