@@ -7,15 +7,14 @@
 //! target/release/hearth-bench-api --execs 200 --capacity 64
 //! ```
 
-use hearth_bench::{ms, percentile};
-use std::io::{BufRead, BufReader};
+use hearth_bench::{ms, percentile, rss_mib, ServeProcess as Server};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use hearth_sandbox::{ExecOptions, HearthHome, Sandbox, SandboxOptions};
 use hearth_vm::qemu::QemuDriver;
@@ -35,20 +34,6 @@ struct Args {
     /// Extra arguments for `hearth serve` (e.g. `--serve-arg=--vcpu-budget=256`).
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
-}
-
-/// `VmRSS` of a process, MiB.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn mem_available_mib() -> f64 {
@@ -85,68 +70,6 @@ fn qemu_rss_mib(home: &std::path::Path) -> (usize, f64) {
         }
     }
     (count, total)
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(
-        hearth: &PathBuf,
-        home: &std::path::Path,
-        images: &std::path::Path,
-        extra: &[String],
-    ) -> Result<Server> {
-        let mut child = Command::new(hearth)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("HEARTH_HOME", home)
-            .env("HEARTH_IMAGES", images)
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", hearth.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-        let url = line
-            .trim()
-            .strip_prefix("hearth: listening on ")
-            .context("the server did not print its address")?
-            .to_string();
-        let token = std::fs::read_to_string(home.join("token"))?
-            .trim()
-            .to_string();
-        Ok(Server {
-            child,
-            url,
-            token,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()?,
-        })
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await?))
-    }
 }
 
 #[tokio::main]

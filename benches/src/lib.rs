@@ -1,7 +1,12 @@
 //! What the benchmark binaries share: order statistics, how times are
 //! printed, a cold start, and a call to a server's API.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use hearth_sandbox::{ExecEvent, ExecOptions, HearthHome, Sandbox, SandboxOptions};
 use hearth_vm::qemu::QemuDriver;
@@ -80,6 +85,108 @@ pub async fn call(
         anyhow::bail!("{url}: {status} {value}");
     }
     Ok(value)
+}
+
+/// `VmRSS` of a process, MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `VmHWM` of a process (its peak resident memory so far), MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A `hearth serve` process on its own home, for benchmarks that measure
+/// the server as its users see it (its memory included); killed on drop.
+pub struct ServeProcess {
+    /// The process.
+    pub child: Child,
+    /// Its URL.
+    pub url: String,
+    /// Its API token.
+    pub token: String,
+    /// A client for it.
+    pub http: reqwest::Client,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// Start `hearth serve` on `home` with `extra` arguments.
+    pub fn start(
+        hearth: &PathBuf,
+        home: &std::path::Path,
+        images: &std::path::Path,
+        extra: &[String],
+    ) -> anyhow::Result<ServeProcess> {
+        let mut child = Command::new(hearth)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("HEARTH_HOME", home)
+            .env("HEARTH_IMAGES", images)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", hearth.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("hearth: listening on ")
+            .context("the server did not print its address")?
+            .to_string();
+        let token = std::fs::read_to_string(home.join("token"))?
+            .trim()
+            .to_string();
+        Ok(ServeProcess {
+            child,
+            url,
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+        })
+    }
+
+    /// POST `body` as JSON to `path`: the status and the JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod buffers;
 pub mod cluster;
 pub mod error;
 pub mod events;

@@ -11,15 +11,12 @@
 //! when every connection is busy is the new one refused.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -214,12 +211,9 @@ async fn serve_connection<S>(
         let answer = hyper::service::Service::call(&inner, request);
         async move {
             let response = answer.await?;
-            Ok::<_, std::convert::Infallible>(response.map(|body| {
-                Body::new(CountedBody {
-                    inner: body,
-                    _guard: guard,
-                })
-            }))
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| Body::new(crate::buffers::HoldingBody::new(body, guard))),
+            )
         }
     });
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -278,32 +272,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
-/// An answer's body that keeps its request counted in flight until it is
-/// sent or dropped.
-struct CountedBody {
-    inner: Body,
-    _guard: InFlight,
-}
-
-impl HttpBody for CountedBody {
-    type Data = <Body as HttpBody>::Data;
-    type Error = <Body as HttpBody>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -37,6 +37,10 @@ pub struct ServerOptions {
     pub exec_replay_buffer: ByteSize,
     /// Largest file upload.
     pub max_upload: ByteSize,
+    /// Memory all requests together may hold in buffers: output collected
+    /// for `?wait=true` and upload buffers (0: no budget). Past it a
+    /// request is refused with 503 rather than the server growing.
+    pub buffer_budget: ByteSize,
     /// How long SIGTERM waits for sandboxes to go before killing them.
     pub shutdown_grace: Duration,
     /// The store: SQLite in the home by default, or a PostgreSQL database
@@ -81,6 +85,7 @@ impl ServerOptions {
             max_wait_output: ByteSize::mib(16),
             exec_replay_buffer: ByteSize::mib(4),
             max_upload: ByteSize::gib(4),
+            buffer_budget: ByteSize::mib(256),
             shutdown_grace: Duration::from_secs(5),
             database: DatabaseUrl::Sqlite(home.root().join(DB_FILE)),
             node_id: None,

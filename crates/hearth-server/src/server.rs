@@ -238,6 +238,7 @@ impl Server {
         let events = EventLog::new(store.clone(), options.event_poll);
         let shutdown_grace = options.shutdown_grace;
         let http_limits = options.http;
+        let buffer_budget = options.buffer_budget;
         let run_options = options.runs.clone();
         let manager = SandboxManager::new(
             options,
@@ -268,6 +269,7 @@ impl Server {
             metrics,
             token,
             forwarder: Forwarder::new(node.id()),
+            buffers: crate::buffers::BufferBudget::new(buffer_budget),
         };
         let router = api::router(state);
         let stop_http = CancellationToken::new();

@@ -480,3 +480,84 @@ async fn slow_heads_and_idle_connections_are_closed_but_event_streams_are_not() 
     );
     h.shutdown().await;
 }
+
+/// Item 4: what requests buffer is bounded server-wide, not only per
+/// request. With a small budget, collected output that does not fit is
+/// refused with 503 (and its command killed), an upload that finds no room
+/// is refused before its body is read, and the room comes back when the
+/// requests holding it end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_output_and_uploads_share_one_server_wide_budget() {
+    // 8 MiB: a 2.4 MB collected exec fits alone (2.4 MB held, then about
+    // twice that to encode: 6.9 MiB), but not next to an upload (2 MiB); a
+    // 5 MB exec never does.
+    let h = Harness::with(|o| o.buffer_budget = hearth_proto::ByteSize::mib(8)).await;
+    let id = h.create().await;
+    let exec = |bytes: u64| json!({"argv": ["head", "-c", bytes.to_string(), "/dev/zero"]});
+    let path = format!("/v1/sandboxes/{id}/exec?wait=true");
+    let (status, body) = h.post(&path, exec(2_400_000)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"].as_str().unwrap().len(), 2_400_000);
+
+    let (status, body) = h.post(&path, exec(5_000_000)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "server_busy", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--buffer-budget") && message.contains("stream"),
+        "{body}"
+    );
+
+    // An upload whose client is slow holds its room while it lasts...
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let slow = h
+        .request(
+            Method::PUT,
+            &format!("/v1/sandboxes/{id}/files?path=/root/slow"),
+        )
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)));
+    let slow = tokio::spawn(Harness::answer(slow));
+    tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+    // ...so a collected exec needing more than what is left is refused...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = h.post(&path, exec(2_400_000)).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"]["code"], "server_busy", "{body}");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the slow upload never held its room"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...while a second upload still fits next to it (2 + 2 MiB).
+    let two = h
+        .request(
+            Method::PUT,
+            &format!("/v1/sandboxes/{id}/files?path=/root/two"),
+        )
+        .body(vec![2u8; 1000]);
+    let (status, body) = Harness::answer(two).await;
+    assert_eq!(status, StatusCode::OK, "two uploads fit in 8 MiB: {body}");
+
+    // The slow upload ends: all the room is back.
+    tx.send(Ok(vec![1u8; 1000])).await.unwrap();
+    drop(tx);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h.post(&path, exec(2_400_000)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.shutdown().await;
+}
+
+/// The items of `rx` as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// Largest file upload.
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_upload: ByteSize,
+    /// Memory all requests together may hold in buffers (output collected
+    /// for ?wait=true, upload buffers); past it a request gets 503
+    /// server_busy. 0: no budget.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub buffer_budget: ByteSize,
     /// Most HTTP connections open at once; at the limit a new connection
     /// closes the oldest idle one. Kept under half the open-file limit,
     /// which `hearth serve` raises to its hard value.

@@ -54,6 +54,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.detach_grace = args.detach_grace;
     options.max_wait_output = args.max_wait_output;
     options.max_upload = args.max_upload;
+    options.buffer_budget = args.buffer_budget;
     options.http = HttpLimits {
         max_connections: fit_to_open_file_limit(args.max_connections),
         header_timeout: args.header_timeout,

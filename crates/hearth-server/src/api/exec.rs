@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -128,15 +128,50 @@ fn lookup(state: &AppState, id: &str, exec_id: &str) -> Result<Arc<ExecEntry>, A
     })
 }
 
-/// Collect an exec's output for `?wait=true`, within `limit` bytes.
+/// 503 when the server's buffer budget has no room for a request.
+pub(crate) fn no_room(what: &str, budget: hearth_proto::ByteSize) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_busy",
+        format!(
+            "{what}: the server already holds as much collected output and upload data as its buffer budget allows ({budget}, --buffer-budget); retry shortly"
+        ),
+    )
+}
+
+/// Collect an exec's output for `?wait=true`, within `limit` bytes and
+/// the room `lease` can get in the server's budget.
 async fn collect(
     mut sub: Subscription,
     limit: u64,
     encoding: Encoding,
+    lease: &mut crate::buffers::BufferLease,
 ) -> Result<ExecResult, ApiError> {
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     while let Some((_, item)) = sub.next().await {
+        if let ExecItem::Stdout(b) | ExecItem::Stderr(b) = &item {
+            if !lease.grow(b.len() as u64, crate::buffers::ROOM_WAIT).await {
+                sub.entry()
+                    .kill("the server had no room to collect its output")
+                    .await;
+                return Err(no_room(
+                    "the command's output could not be collected, so it was killed; stream its output instead (leave out wait=true)",
+                    lease.budget(),
+                ));
+            }
+        }
+        if let ExecItem::Exit(_) = &item {
+            // Encoding the answer, then writing it as JSON, takes about
+            // twice the output again.
+            let more = 2 * (stdout.len() + stderr.len()) as u64;
+            if !lease.grow(more, crate::buffers::ROOM_WAIT).await {
+                return Err(no_room(
+                    "the command ended but its output could not be encoded; run it again with its output streamed (leave out wait=true)",
+                    lease.budget(),
+                ));
+            }
+        }
         match item {
             ExecItem::Started(_) | ExecItem::Gap { .. } => {}
             ExecItem::Stdout(b) | ExecItem::Stderr(b)
@@ -228,7 +263,13 @@ pub async fn start_exec(
     let subscription = entry.subscribe(0);
     if query.wait {
         let limit = state.manager.options().max_wait_output.bytes();
-        return Ok(Json(collect(subscription, limit, query.encoding).await?).into_response());
+        let mut lease = state.buffers.lease();
+        let result = collect(subscription, limit, query.encoding, &mut lease).await?;
+        // The room is held until the answer is sent.
+        let response = Json(result).into_response();
+        let (parts, body) = response.into_parts();
+        let body = Body::new(crate::buffers::HoldingBody::new(body, lease));
+        return Ok(Response::from_parts(parts, body));
     }
     let mut response = exec_stream(subscription, query.encoding).into_response();
     if let Ok(value) = HeaderValue::from_str(entry.id()) {

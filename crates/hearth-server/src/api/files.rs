@@ -18,6 +18,15 @@ use super::validate::validate_guest_path;
 use super::{ApiJson, ApiQuery, AppState};
 use crate::error::{ApiError, ErrorResponse};
 
+/// Most bytes one piece of an upload queued for the guest holds.
+const UPLOAD_PIECE: usize = 64 * 1024;
+/// Pieces queued per upload.
+const UPLOAD_QUEUE: usize = 8;
+/// The room an upload takes in the server's buffer budget: its queue, one
+/// chunk as read from the client (hyper reads at most about 400 KiB), and
+/// the guest connection's 1 MiB stream window.
+const UPLOAD_BUFFER: u64 = (UPLOAD_PIECE * UPLOAD_QUEUE) as u64 + (512 << 10) + (1 << 20);
+
 fn too_large(limit: ByteSize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,24 +70,40 @@ pub async fn write_file(
         return Err(too_large(limit));
     }
     let (live, sandbox) = state.manager.running(&id).await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    // What an upload holds in memory, whatever its size: the chunk being
+    // read, the pieces queued for the guest, and the guest connection's
+    // window.
+    let mut lease = state.buffers.lease();
+    if !lease.grow(UPLOAD_BUFFER, crate::buffers::ROOM_WAIT).await {
+        return Err(super::exec::no_room(
+            "the upload was not started",
+            lease.budget(),
+        ));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(UPLOAD_QUEUE);
     let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
+            let mut chunk = chunk
                 .map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
             total += chunk.len() as u64;
             if total > limit.bytes() {
                 return Err(too_large(limit));
             }
-            if tx.send(chunk).await.is_err() {
-                break;
+            // Queued in pieces, so the queue holds a bounded number of
+            // bytes however large the chunks the client's writes make.
+            while !chunk.is_empty() {
+                let piece = chunk.split_to(chunk.len().min(UPLOAD_PIECE));
+                if tx.send(piece).await.is_err() {
+                    return Ok(total);
+                }
             }
         }
         Ok(total)
     });
     let written = sandbox.write_file_stream(&query.path, None, rx).await;
+    drop(lease);
     let fed = feeder
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(e.to_string())));

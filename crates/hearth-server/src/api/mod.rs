@@ -62,6 +62,8 @@ pub struct AppState {
     pub token: Arc<TokenCheck>,
     /// Passes requests to the node that owns their sandbox.
     pub forwarder: Forwarder,
+    /// Room for what requests buffer (collected output, uploads).
+    pub buffers: crate::buffers::BufferBudget,
 }
 
 #[derive(OpenApi)]
