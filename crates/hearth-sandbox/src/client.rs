@@ -18,7 +18,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use hearth_proto::{
     limits, routes, ErrorBody, ErrorCode, ExecRequest, ExecStarted, ExitReport, FileStat, Frame,
@@ -41,6 +41,35 @@ type RequestBody = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Clone)]
 pub struct GuestClient {
     send: SendRequest<RequestBody>,
+    closed: ConnectionClosed,
+}
+
+/// Resolves when one connection to a guest agent has closed, with why.
+///
+/// Separate from [`GuestClient`] so that whoever watches a connection (the
+/// sandbox's channel keeper) does not keep it open: a connection stays open
+/// while a [`GuestClient`] of it lives.
+#[derive(Clone)]
+pub struct ConnectionClosed {
+    rx: watch::Receiver<Option<String>>,
+}
+
+impl ConnectionClosed {
+    /// Wait until the connection has closed; returns what closed it (the
+    /// HTTP/2 error, or that it closed cleanly).
+    pub async fn wait(mut self) -> String {
+        match self.rx.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The connection task is gone without saying why (it panicked
+            // or the runtime is shutting down): closed all the same.
+            Err(_) => "the connection task stopped".into(),
+        }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.rx.borrow().is_some() || self.rx.has_changed().is_err()
+    }
 }
 
 /// One event of a running command.
@@ -72,12 +101,27 @@ impl GuestClient {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SandboxError::Protocol(format!("HTTP/2 handshake failed: {e}")))?;
+        let (closed_tx, closed_rx) = watch::channel(None);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "guest connection closed");
-            }
+            let why = match connection.await {
+                Ok(()) => "the connection closed".to_string(),
+                Err(error) => {
+                    tracing::debug!(%error, "guest connection closed");
+                    error_chain(&error)
+                }
+            };
+            closed_tx.send_replace(Some(why));
         });
-        Ok(Self { send })
+        Ok(Self {
+            send,
+            closed: ConnectionClosed { rx: closed_rx },
+        })
+    }
+
+    /// A handle that resolves when this connection closes (a broken channel,
+    /// garbage from the guest, the VM gone, or every client dropped).
+    pub fn closed(&self) -> ConnectionClosed {
+        self.closed.clone()
     }
 
     /// Whether the connection is still usable.
@@ -441,6 +485,19 @@ fn trailer_error(trailers: &http::HeaderMap) -> Option<SandboxError> {
         .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
         .unwrap_or_else(|| "the guest ended the download with an error".into());
     Some(SandboxError::Guest { code, message })
+}
+
+/// An error and its sources, `outer: inner: …` (hyper's own message alone
+/// is as terse as "http2 error").
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 pub(crate) fn uri(path_and_query: &str) -> String {

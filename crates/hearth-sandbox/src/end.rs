@@ -32,6 +32,10 @@ pub enum EndReason {
     BootFailed,
     /// The host process shut down and took its sandboxes with it.
     HostShutdown,
+    /// The host's channel to the guest agent broke and could not be kept:
+    /// reconnecting failed, or it kept breaking (a guest writing garbage
+    /// into it). See [`crate::channel`].
+    GuestChannelLost,
 }
 
 impl EndReason {
@@ -45,6 +49,7 @@ impl EndReason {
                 | Self::GuestAgentCrashed
                 | Self::VmCrashed
                 | Self::BootFailed
+                | Self::GuestChannelLost
         )
     }
 
@@ -60,6 +65,7 @@ impl EndReason {
             Self::VmCrashed => "vm_crashed",
             Self::BootFailed => "boot_failed",
             Self::HostShutdown => "host_shutdown",
+            Self::GuestChannelLost => "guest_channel_lost",
         }
     }
 }
@@ -112,7 +118,7 @@ pub const GUEST_REPORTED: &str = "guest reported:";
 /// console says.
 ///
 /// The host decides the reason: what it asked for (destroy, timeout,
-/// shutdown, boot failure) always wins, and a VMM that exits with a failure
+/// shutdown, boot failure, a channel it could not keep) always wins, and a VMM that exits with a failure
 /// is `vm_crashed`. Only a VM that stopped by itself is classified from its
 /// console: the kernel's panic lines (`out_of_memory`,
 /// `guest_kernel_panic`, `guest_agent_crashed`), all failures inside the
@@ -310,6 +316,23 @@ mod tests {
             classify(&exit(1, &["Kernel panic - not syncing: x"]), None).reason,
             EndReason::VmCrashed
         );
+    }
+
+    #[test]
+    fn a_lost_channel_is_a_failure_the_host_decides() {
+        let reason = EndReason::GuestChannelLost;
+        assert!(reason.is_failure());
+        assert_eq!(reason.as_str(), "guest_channel_lost");
+        assert_eq!(
+            serde_json::to_value(reason).unwrap(),
+            serde_json::json!("guest_channel_lost")
+        );
+        // Whatever the console says afterwards.
+        let end = classify(
+            &exit(0, &["Kernel panic - not syncing: Attempted to kill init!"]),
+            Some((reason, "channel lost".into())),
+        );
+        assert_eq!((end.reason, end.message.as_str()), (reason, "channel lost"));
     }
 
     #[test]

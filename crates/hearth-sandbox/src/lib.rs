@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod channel;
 pub mod client;
 pub mod end;
 pub mod error;

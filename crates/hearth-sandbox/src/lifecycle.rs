@@ -24,6 +24,7 @@ use hearth_proto::{GuestInfo, Hello, PROTOCOL_VERSION};
 use hearth_vm::procfs::ProcessId;
 use hearth_vm::{AccelChoice, Driver, Vm, VmSpec};
 
+use crate::channel::{keep_channel, ClientSlot};
 use crate::client::GuestClient;
 use crate::end::{classify, human_duration, EndReason, SandboxEnd};
 use crate::error::{Result, SandboxError};
@@ -47,14 +48,16 @@ pub struct SandboxInfo {
     pub created_unix_ms: u64,
 }
 
-/// State shared between the handles and the monitor task.
-struct Shared {
+/// State shared between the handles, the monitor and the channel keeper.
+pub(crate) struct Shared {
     /// What the host asked for, recorded before it kills the VM, so the
     /// monitor reports the cause instead of "VM crashed".
-    requested_end: Mutex<Option<(EndReason, String)>>,
+    pub(crate) requested_end: Mutex<Option<(EndReason, String)>>,
     /// When the sandbox times out, and the timeout it was given.
     deadline: watch::Sender<Option<(Instant, Duration)>>,
-    end: watch::Sender<Option<SandboxEnd>>,
+    pub(crate) end: watch::Sender<Option<SandboxEnd>>,
+    /// How often the channel keeper reconnected after a break.
+    pub(crate) channel_reconnects: AtomicU64,
 }
 
 struct Inner {
@@ -62,7 +65,9 @@ struct Inner {
     options: SandboxOptions,
     info: SandboxInfo,
     vm: Arc<dyn Vm>,
-    client: GuestClient,
+    /// The connection to the guest agent; the channel keeper replaces it
+    /// after a break.
+    client: Arc<ClientSlot>,
     shared: Arc<Shared>,
     exec_counter: AtomicU64,
 }
@@ -103,7 +108,9 @@ impl Shared {
     }
 }
 
-fn request_end(shared: &Shared, reason: EndReason, message: &str) {
+/// Record why the host is ending the sandbox (the first reason wins); the
+/// caller then kills the VM.
+pub(crate) fn request_end(shared: &Shared, reason: EndReason, message: &str) {
     let mut requested = shared.requested_end.lock();
     if requested.is_none() {
         *requested = Some((reason, message.to_string()));
@@ -248,6 +255,7 @@ impl Sandbox {
             // the start of a (slow, under TCG) boot.
             deadline: watch::channel(None).0,
             end: watch::channel(None).0,
+            channel_reconnects: AtomicU64::new(0),
         });
         tokio::spawn(
             monitor(
@@ -338,6 +346,10 @@ impl Sandbox {
         let mut guard = guard;
         guard.armed = false;
         shared.deadline.send_replace(deadline);
+        let client = Arc::new(ClientSlot::new(client));
+        // Like the monitor, the keeper holds no handle: dropping the last
+        // one still destroys the sandbox, which ends the keeper.
+        tokio::spawn(keep_channel(vm.clone(), shared.clone(), client.clone()).in_current_span());
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 id,
@@ -375,8 +387,16 @@ impl Sandbox {
         self.inner.vm.as_ref()
     }
 
-    pub(crate) fn client(&self) -> &GuestClient {
-        &self.inner.client
+    /// The current connection to the guest agent (a cheap clone: after a
+    /// channel break the keeper swaps in a new one).
+    pub(crate) fn client(&self) -> GuestClient {
+        self.inner.client.get()
+    }
+
+    /// How often the host reconnected to the guest agent after its channel
+    /// broke (see [`crate::channel`]).
+    pub fn channel_reconnects(&self) -> u64 {
+        self.inner.shared.channel_reconnects.load(Ordering::Relaxed)
     }
 
     pub(crate) fn next_exec_id(&self) -> String {
@@ -425,7 +445,7 @@ impl Sandbox {
             EndReason::Exited,
             "shut down on request",
         );
-        if self.inner.client.shutdown().await.is_ok() {
+        if self.client().shutdown().await.is_ok() {
             if let Ok(end) = tokio::time::timeout(grace, self.wait()).await {
                 return end;
             }
@@ -533,7 +553,8 @@ impl Drop for BootGuard {
     }
 }
 
-async fn wait_end(rx: &mut watch::Receiver<Option<SandboxEnd>>) -> SandboxEnd {
+/// Wait until the monitor has recorded the sandbox's end.
+pub(crate) async fn wait_end(rx: &mut watch::Receiver<Option<SandboxEnd>>) -> SandboxEnd {
     loop {
         if let Some(end) = rx.borrow_and_update().clone() {
             return end;
@@ -704,6 +725,7 @@ mod tests {
             requested_end: Mutex::new(None),
             deadline: watch::channel(None).0,
             end: watch::channel(None).0,
+            channel_reconnects: AtomicU64::new(0),
         });
         shared.set_timeout(Some(timeout)).unwrap();
         tokio::spawn(monitor(

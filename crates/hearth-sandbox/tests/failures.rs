@@ -181,3 +181,89 @@ async fn dropping_every_handle_destroys_the_sandbox() {
     // Nothing is left to wait on: the VMM and the files must go by themselves.
     t.assert_clean().await;
 }
+
+/// Write garbage into the agent's channel, as root in the guest can: take
+/// the agent's descriptor of the virtio-serial port (`pidfd_getfd`, syscall
+/// 438) and write to it. `argv[1]` is how many writes (0: until killed),
+/// 50 ms apart. Runs in the background after a second, so the exec that
+/// starts it ends cleanly first.
+const GARBLE_CHANNEL: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+port_fd = None
+for name in os.listdir("/proc/1/fd"):
+    try:
+        if os.readlink(f"/proc/1/fd/{name}").startswith("/dev/vport"):
+            port_fd = int(name)
+            break
+    except OSError:
+        pass
+assert port_fd is not None, os.listdir("/proc/1/fd")
+pidfd = os.pidfd_open(1)
+port = libc.syscall(438, pidfd, port_fd, 0)
+assert port >= 0, ctypes.get_errno()
+time.sleep(1)
+count = int(sys.argv[1])
+n = 0
+while count == 0 or n < count:
+    try:
+        os.write(port, b"\xff\xff\xff\x07\x00" + b"garbage " * 8)
+    except OSError:
+        pass
+    n += 1
+    time.sleep(0.05)
+"#;
+
+/// Start [`GARBLE_CHANNEL`] in the guest, detached from the exec.
+async fn garble_channel(sandbox: &Sandbox, writes: u32) {
+    let script = format!("python3 -c \"$0\" {writes} >/tmp/garble.log 2>&1 </dev/null &",);
+    let out = sandbox
+        .run(
+            ExecOptions::new(["sh", "-c", &script, GARBLE_CHANNEL]),
+            None,
+        )
+        .await
+        .expect("the attack starts");
+    assert_eq!(out.report.code, 0, "{}", out.stderr_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_in_the_channel_once_is_survived_by_a_reconnect() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    garble_channel(&sandbox, 1).await;
+    let (reconnects, end) = common::wait_until(
+        Duration::from_secs(120),
+        || async { (sandbox.channel_reconnects(), sandbox.end()) },
+        |(n, end)| *n >= 1 || end.is_some(),
+    )
+    .await;
+    assert!(end.is_none(), "the sandbox ended: {end:?}");
+    assert_eq!(reconnects, 1, "the host did not reconnect within 120s");
+    // Later calls work on the new connection, and the attack had run.
+    let out = common::sh(&sandbox, "cat /tmp/garble.log; echo works").await;
+    assert_eq!(out.stdout_text(), "works\n", "{}", out.stderr_text());
+    assert!(sandbox.end().is_none());
+    assert_eq!(sandbox.destroy().await.reason, EndReason::Destroyed);
+    t.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_keeps_garbling_its_channel_is_ended() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    garble_channel(&sandbox, 0).await;
+    let end = tokio::time::timeout(Duration::from_secs(180), sandbox.wait())
+        .await
+        .expect("the sandbox ends once the channel keeps breaking");
+    assert_eq!(end.reason, EndReason::GuestChannelLost, "{end}");
+    assert!(end.message.contains("host channel"), "{end}");
+    assert!(end.console_log.is_some(), "a failure keeps its console log");
+    // The VM is gone and nothing is left.
+    t.assert_clean().await;
+    let err = sandbox
+        .run(ExecOptions::new(["true"]), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("guest_channel_lost"), "{err}");
+}

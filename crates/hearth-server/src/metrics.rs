@@ -54,7 +54,8 @@ pub struct Metrics {
     pub creates: Counter,
     /// Sandboxes ended, by reason.
     pub ends: Family<ReasonLabel, Counter>,
-    /// Sandboxes whose VM crashed (VMM died, guest kernel or agent crashed).
+    /// Sandboxes that ended with a failure reason (VMM died, guest kernel or
+    /// agent crashed, boot failed, host channel lost).
     pub vm_crashes: Counter,
     /// Creates refused by admission control, by limit.
     pub admission_refusals: Family<LimitLabel, Counter>,

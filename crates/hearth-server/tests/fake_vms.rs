@@ -2,7 +2,8 @@
 //! guest agent on the host, in its own PID namespace): boots in
 //! milliseconds, so the awkward moments can each be tested: destroy during
 //! boot, boot failures, a VM dying mid-exec, a timeout firing while an exec
-//! streams, and a server that dies with live sandboxes.
+//! streams, a guest channel that breaks, and a server that dies with live
+//! sandboxes.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use serde_json::{json, Value};
 
 use hearth_sandbox::HearthHome;
 use hearth_server::ids::SequentialIds;
-use hearth_server::{Server, ServerOptions, ServerParts};
+use hearth_server::{Capacity, Server, ServerOptions, ServerParts};
 use hearth_store::SystemClock;
 use hearth_vm::fake::FakeDriver;
 
@@ -428,6 +429,87 @@ async fn a_vm_that_dies_mid_exec_ends_the_exec_and_the_sandbox() {
     );
     let (_, events) = h.get(&format!("/v1/sandboxes/{id}/events")).await;
     assert_eq!(events["events"][3]["data"]["reason"], "failed");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_channel_that_keeps_breaking_fails_the_sandbox_and_frees_its_slot() {
+    let h = Harness::with(|o| {
+        o.capacity = Capacity {
+            max_sandboxes: 1,
+            ..o.capacity
+        }
+    })
+    .await;
+    let id = h.create(json!({})).await;
+    let (status, body) = h.post("/v1/sandboxes", json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+
+    // Broken once: the host reconnects, the sandbox stays running and its
+    // execs work again (one sent while it reconnects may get a 502).
+    assert!(h.driver.break_channel(&id));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let (status, out) = h
+            .post(
+                &format!("/v1/sandboxes/{id}/exec?wait=true"),
+                json!({"argv": ["echo", "after"]}),
+            )
+            .await;
+        if status == StatusCode::OK || Instant::now() > deadline {
+            break out;
+        }
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(out["stdout"], "after\n", "{out}");
+    let (_, record) = h.get(&format!("/v1/sandboxes/{id}")).await;
+    assert_eq!(record["state"], "running", "{record}");
+
+    // Breaking again and again: the sandbox ends guest_channel_lost.
+    let faults = h.driver.faults();
+    faults
+        .break_channels
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(h.driver.break_channel(&id));
+    let record = h.wait_for(&id, |r| r["state"] == "failed").await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(record["end_reason"], "guest_channel_lost", "{record}");
+    let message = record["end_message"].as_str().unwrap();
+    assert!(message.contains("host channel"), "{record}");
+    assert_eq!(
+        h.kinds(&id).await.last().map(String::as_str),
+        Some("sandbox.failed")
+    );
+    assert!(h.driver.running().is_empty(), "{:?}", h.driver.running());
+    let (_, metrics) = h.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"hearth_sandbox_ends_total{reason="guest_channel_lost"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hearth_sandboxes{state="running"} 0"#),
+        "{metrics}"
+    );
+    faults
+        .break_channels
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // Its admission slot was released: the next create is admitted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = h.post("/v1/sandboxes", json!({})).await;
+        if status == StatusCode::CREATED {
+            assert_eq!(body["state"], "running", "{body}");
+            break;
+        }
+        assert!(
+            status == StatusCode::TOO_MANY_REQUESTS && Instant::now() < deadline,
+            "{status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.shutdown().await;
 }
 

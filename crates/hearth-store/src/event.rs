@@ -383,8 +383,8 @@ pub struct SandboxStopping {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxEnded {
     /// End reason: `destroyed`, `exited`, `timed_out`, `out_of_memory`,
-    /// `guest_kernel_panic`, `guest_agent_crashed`, `vm_crashed`,
-    /// `boot_failed`, `host_shutdown`.
+    /// `guest_kernel_panic`, `guest_agent_crashed`, `guest_channel_lost`,
+    /// `vm_crashed`, `boot_failed`, `host_shutdown`.
     pub reason: String,
     /// How it ended, for a human.
     pub message: String,

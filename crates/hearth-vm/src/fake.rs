@@ -10,8 +10,15 @@
 //! use it to run untrusted code.
 //!
 //! Tests make a "VM" misbehave through [`FakeFaults`]: refuse to launch,
-//! never answer (a guest stuck in boot), or die at once (a guest that
-//! crashes while booting); and kill a running one with [`FakeDriver::kill`].
+//! never answer (a guest stuck in boot), die at once (a guest that
+//! crashes while booting), keep breaking its channel, or refuse a new
+//! channel connection; kill a running one with [`FakeDriver::kill`], and
+//! break its channel once with [`FakeDriver::break_channel`].
+//!
+//! Each channel connection runs through a relay in this process, between
+//! the host's end and the agent's socket, so that a test can break it as a
+//! guest writing garbage into its port would: garbage toward the host, then
+//! the connection closed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +53,27 @@ pub struct FakeFaults {
     pub hang_boot: AtomicBool,
     /// The VM dies at once, printing a kernel panic to its console.
     pub crash_boot: AtomicBool,
+    /// Every channel connection opened while this is set breaks (garbage
+    /// toward the host, then closed) [`BREAK_AFTER`] after it opened: a
+    /// guest that keeps corrupting its channel.
+    pub break_channels: AtomicBool,
+    /// `connect` fails while this is set: a channel that cannot be reopened.
+    pub refuse_connect: AtomicBool,
+}
+
+/// How long a channel connection lives under [`FakeFaults::break_channels`]
+/// (long enough for the channel handshake on the host).
+pub const BREAK_AFTER: Duration = Duration::from_millis(200);
+
+/// What a broken channel sends the host before it closes: no HTTP/2 frame.
+const GARBAGE: &[u8] = b"\xff\xff\xff\x07\x00garbage from a guest that took the agent's port\n";
+
+/// The controls of one running "VM".
+#[derive(Debug)]
+struct Controls {
+    kill: Arc<Notify>,
+    /// Bumped to break the channel connections open now.
+    breaks: watch::Sender<u64>,
 }
 
 /// The fake backend. Cheap to clone; clones share faults and VMs.
@@ -54,7 +82,7 @@ pub struct FakeDriver {
     agent: PathBuf,
     unshare: PathBuf,
     faults: Arc<FakeFaults>,
-    running: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    running: Arc<Mutex<HashMap<String, Controls>>>,
 }
 
 impl FakeDriver {
@@ -93,8 +121,21 @@ impl FakeDriver {
     /// there is none.
     pub fn kill(&self, name: &str) -> bool {
         match self.running.lock().get(name) {
-            Some(kill) => {
-                kill.notify_one();
+            Some(controls) => {
+                controls.kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Break the channel connection of the running VM named `name` once, as
+    /// a guest writing garbage into its port would; false when there is no
+    /// such VM. The agent serves a new connection afterwards.
+    pub fn break_channel(&self, name: &str) -> bool {
+        match self.running.lock().get(name) {
+            Some(controls) => {
+                controls.breaks.send_modify(|n| *n += 1);
                 true
             }
             None => false,
@@ -157,7 +198,14 @@ impl FakeDriver {
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
-        self.running.lock().insert(spec.name.clone(), kill.clone());
+        let breaks = watch::channel(0).0;
+        self.running.lock().insert(
+            spec.name.clone(),
+            Controls {
+                kill: kill.clone(),
+                breaks: breaks.clone(),
+            },
+        );
         let running = self.running.clone();
         let name = spec.name.clone();
         let kill_signal = kill.clone();
@@ -185,6 +233,8 @@ impl FakeDriver {
             socket_path,
             exit: exit_rx,
             kill,
+            breaks,
+            faults: self.faults.clone(),
         })
     }
 }
@@ -223,6 +273,8 @@ pub struct FakeVm {
     console_log: PathBuf,
     exit: watch::Receiver<Option<VmExit>>,
     kill: Arc<Notify>,
+    breaks: watch::Sender<u64>,
+    faults: Arc<FakeFaults>,
 }
 
 impl Vm for FakeVm {
@@ -241,11 +293,31 @@ impl Vm for FakeVm {
         Box::pin(async move {
             // The agent binds its socket once it runs: wait for it, unless
             // the "VM" died.
+            if self.faults.refuse_connect.load(Ordering::SeqCst) {
+                return Err(VmError::Channel {
+                    path: self.socket_path.clone(),
+                    source: std::io::Error::other("connection refused by the test"),
+                });
+            }
             let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
             let mut exit = self.exit.clone();
             loop {
                 match UnixStream::connect(&self.socket_path).await {
-                    Ok(stream) => return Ok(stream),
+                    Ok(agent) => {
+                        let (host, relayed) =
+                            UnixStream::pair().map_err(|source| VmError::Channel {
+                                path: self.socket_path.clone(),
+                                source,
+                            })?;
+                        let keep_breaking = self.faults.break_channels.load(Ordering::SeqCst);
+                        tokio::spawn(relay(
+                            relayed,
+                            agent,
+                            self.breaks.subscribe(),
+                            keep_breaking,
+                        ));
+                        return Ok(host);
+                    }
                     Err(source) if tokio::time::Instant::now() >= deadline => {
                         return Err(VmError::Channel {
                             path: self.socket_path.clone(),
@@ -296,6 +368,48 @@ impl Vm for FakeVm {
 
     fn console_log(&self) -> &Path {
         &self.console_log
+    }
+}
+
+/// Copy bytes between the host's end of a channel connection and the
+/// agent's, until either closes or the connection is broken on purpose
+/// (a bump of `breaks`, or [`BREAK_AFTER`] when `keep_breaking`): then send
+/// the host garbage and close both.
+async fn relay(
+    host: UnixStream,
+    agent: UnixStream,
+    mut breaks: watch::Receiver<u64>,
+    keep_breaking: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut host_read, mut host_write) = host.into_split();
+    let (mut agent_read, mut agent_write) = agent.into_split();
+    let broken = async {
+        if keep_breaking {
+            tokio::time::sleep(BREAK_AFTER).await;
+        } else if breaks.changed().await.is_err() {
+            // The VM is gone; its agent's end closes on its own.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(broken);
+    let mut up = vec![0u8; 64 * 1024];
+    let mut down = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = host_read.read(&mut up) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if agent_write.write_all(&up[..n]).await.is_err() { break },
+            },
+            read = agent_read.read(&mut down) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if host_write.write_all(&down[..n]).await.is_err() { break },
+            },
+            () = &mut broken => {
+                let _ = host_write.write_all(GARBAGE).await;
+                break;
+            }
+        }
     }
 }
 

@@ -153,8 +153,8 @@ pub struct SandboxView {
     /// When it ended, ms since the epoch.
     pub ended_ms: Option<u64>,
     /// Why it ended: `destroyed`, `exited`, `timed_out`, `out_of_memory`,
-    /// `guest_kernel_panic`, `guest_agent_crashed`, `vm_crashed`,
-    /// `boot_failed`, `host_shutdown`, `lost`.
+    /// `guest_kernel_panic`, `guest_agent_crashed`, `guest_channel_lost`,
+    /// `vm_crashed`, `boot_failed`, `host_shutdown`, `lost`.
     pub end_reason: Option<String>,
     /// How it ended, for a human. Text the guest printed on its console is
     /// quoted after `guest reported:` (bounded): it is the guest's claim,

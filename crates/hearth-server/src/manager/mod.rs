@@ -81,7 +81,8 @@ fn final_state(reason: EndReason) -> SandboxState {
         | EndReason::GuestKernelPanic
         | EndReason::GuestAgentCrashed
         | EndReason::VmCrashed
-        | EndReason::BootFailed => SandboxState::Failed,
+        | EndReason::BootFailed
+        | EndReason::GuestChannelLost => SandboxState::Failed,
     }
 }
 
