@@ -89,6 +89,22 @@ impl BufferLease {
         self.total
     }
 
+    /// Hold room for `bytes` only (no more than it holds now), giving the
+    /// rest back: a request whose buffers shrank.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes >= self.bytes {
+            return;
+        }
+        self.bytes = bytes;
+        let keep = kib(bytes) as usize;
+        if let Some(held) = &mut self.held {
+            let extra = held.num_permits().saturating_sub(keep);
+            if extra > 0 {
+                drop(held.split(extra));
+            }
+        }
+    }
+
     /// Hold room for `bytes` more, waiting up to `wait` for it; false (and
     /// nothing more held) when the budget has no room by then.
     pub async fn grow(&mut self, bytes: u64, wait: Duration) -> bool {
@@ -202,6 +218,22 @@ mod tests {
         tokio::task::yield_now().await;
         drop(a);
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_shrunk_lease_gives_the_rest_back() {
+        let budget = BufferBudget::new(ByteSize(100 * 1024));
+        let mut lease = budget.lease();
+        assert!(lease.grow(80 * 1024, Duration::ZERO).await);
+        lease.shrink_to(30 * 1024);
+        assert_eq!(lease.bytes(), 30 * 1024);
+        assert_eq!(budget.available(), 70 * 1024);
+        lease.shrink_to(50 * 1024);
+        assert_eq!(lease.bytes(), 30 * 1024, "shrinking never grows");
+        assert!(lease.grow(10 * 1024, Duration::ZERO).await);
+        assert_eq!(budget.available(), 60 * 1024);
+        drop(lease);
+        assert_eq!(budget.available(), 100 * 1024);
     }
 
     #[tokio::test]

@@ -488,18 +488,19 @@ async fn slow_heads_and_idle_connections_are_closed_but_event_streams_are_not() 
 /// requests holding it end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_output_and_uploads_share_one_server_wide_budget() {
-    // 8 MiB: a 2.4 MB collected exec fits alone (2.4 MB held, then about
-    // twice that to encode: 6.9 MiB), but not next to an upload (2 MiB); a
-    // 5 MB exec never does.
-    let h = Harness::with(|o| o.buffer_budget = hearth_proto::ByteSize::mib(8)).await;
+    // 13 MiB. A collected exec printing 4 MB of text holds its output (a
+    // vector grown to 4 MiB), then its text and the JSON answer (3.8 MiB
+    // each): 11.6 MiB, which fits alone but not next to an upload (2 MiB).
+    // One printing 6 MB (8 + 5.7 + 5.7 MiB) never fits.
+    let h = Harness::with(|o| o.buffer_budget = hearth_proto::ByteSize::mib(13)).await;
     let id = h.create().await;
-    let exec = |bytes: u64| json!({"argv": ["head", "-c", bytes.to_string(), "/dev/zero"]});
+    let exec = |bytes: u64| json!({"argv": ["sh", "-c", format!("head -c {bytes} /dev/zero | tr '\\0' a")]});
     let path = format!("/v1/sandboxes/{id}/exec?wait=true");
-    let (status, body) = h.post(&path, exec(2_400_000)).await;
+    let (status, body) = h.post(&path, exec(4_000_000)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["stdout"].as_str().unwrap().len(), 2_400_000);
+    assert_eq!(body["stdout"].as_str().unwrap().len(), 4_000_000);
 
-    let (status, body) = h.post(&path, exec(5_000_000)).await;
+    let (status, body) = h.post(&path, exec(6_000_000)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "server_busy", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -521,7 +522,7 @@ async fn buffered_output_and_uploads_share_one_server_wide_budget() {
     // ...so a collected exec needing more than what is left is refused...
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = h.post(&path, exec(2_400_000)).await;
+        let (status, body) = h.post(&path, exec(4_000_000)).await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(body["error"]["code"], "server_busy", "{body}");
             break;
@@ -541,14 +542,14 @@ async fn buffered_output_and_uploads_share_one_server_wide_budget() {
         )
         .body(vec![2u8; 1000]);
     let (status, body) = Harness::answer(two).await;
-    assert_eq!(status, StatusCode::OK, "two uploads fit in 8 MiB: {body}");
+    assert_eq!(status, StatusCode::OK, "two uploads fit in 13 MiB: {body}");
 
     // The slow upload ends: all the room is back.
     tx.send(Ok(vec![1u8; 1000])).await.unwrap();
     drop(tx);
     let (status, body) = slow.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = h.post(&path, exec(2_400_000)).await;
+    let (status, body) = h.post(&path, exec(4_000_000)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     h.shutdown().await;
 }

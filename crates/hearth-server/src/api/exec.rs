@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+
+use crate::buffers::BufferLease;
 use base64::Engine;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
@@ -139,39 +142,77 @@ pub(crate) fn no_room(what: &str, budget: hearth_proto::ByteSize) -> ApiError {
     )
 }
 
+/// The refusal of a collected exec the server has no room for (it is
+/// killed).
+async fn no_room_to_collect(sub: &Subscription, lease: &BufferLease) -> ApiError {
+    sub.entry()
+        .kill("the server had no room to collect its output")
+        .await;
+    no_room(
+        "the command's output could not be collected, so it was killed; stream its output instead (leave out wait=true)",
+        lease.budget(),
+    )
+}
+
+/// Append `data` to `out`, first getting room in the budget for what the
+/// vector allocates (it grows by doubling, and every byte of its capacity
+/// is memory the server holds).
+async fn append(out: &mut Vec<u8>, data: &[u8], lease: &mut BufferLease) -> bool {
+    let needed = out.len() + data.len();
+    if needed > out.capacity() {
+        let capacity = needed.max(out.capacity() * 2).max(64 << 10);
+        if !lease
+            .grow(
+                (capacity - out.capacity()) as u64,
+                crate::buffers::ROOM_WAIT,
+            )
+            .await
+        {
+            return false;
+        }
+        out.reserve_exact(capacity - out.len());
+    }
+    out.extend_from_slice(data);
+    true
+}
+
+/// Bytes `text` takes written as a JSON string (quotes included): control
+/// characters take six (`\u0000`) or two, quotes and backslashes two.
+fn json_string_len(text: &str) -> u64 {
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<u64>()
+}
+
+/// Bytes `data` takes once encoded, at most (before the JSON escapes).
+fn encoded_len_bound(data: &[u8], encoding: Encoding) -> u64 {
+    match encoding {
+        Encoding::Utf8 if std::str::from_utf8(data).is_ok() => data.len() as u64,
+        // Each invalid byte may become U+FFFD, three bytes.
+        Encoding::Utf8 => 3 * data.len() as u64,
+        Encoding::Base64 => (data.len() as u64).div_ceil(3) * 4,
+    }
+}
+
 /// Collect an exec's output for `?wait=true`, within `limit` bytes and
-/// the room `lease` can get in the server's budget.
+/// the room `lease` can get in the server's budget, and write the answer
+/// (an [`ExecResult`]) as JSON. Every buffer on the way is counted: the
+/// collected output, its encoding, and the JSON (which for control bytes
+/// is six times the output); once the JSON is written only it stays held.
 async fn collect(
     mut sub: Subscription,
     limit: u64,
     encoding: Encoding,
-    lease: &mut crate::buffers::BufferLease,
-) -> Result<ExecResult, ApiError> {
+    lease: &mut BufferLease,
+) -> Result<Vec<u8>, ApiError> {
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     while let Some((_, item)) = sub.next().await {
-        if let ExecItem::Stdout(b) | ExecItem::Stderr(b) = &item {
-            if !lease.grow(b.len() as u64, crate::buffers::ROOM_WAIT).await {
-                sub.entry()
-                    .kill("the server had no room to collect its output")
-                    .await;
-                return Err(no_room(
-                    "the command's output could not be collected, so it was killed; stream its output instead (leave out wait=true)",
-                    lease.budget(),
-                ));
-            }
-        }
-        if let ExecItem::Exit(_) = &item {
-            // Encoding the answer, then writing it as JSON, takes about
-            // twice the output again.
-            let more = 2 * (stdout.len() + stderr.len()) as u64;
-            if !lease.grow(more, crate::buffers::ROOM_WAIT).await {
-                return Err(no_room(
-                    "the command ended but its output could not be encoded; run it again with its output streamed (leave out wait=true)",
-                    lease.budget(),
-                ));
-            }
-        }
         match item {
             ExecItem::Started(_) | ExecItem::Gap { .. } => {}
             ExecItem::Stdout(b) | ExecItem::Stderr(b)
@@ -189,20 +230,51 @@ async fn collect(
                     ),
                 ));
             }
-            ExecItem::Stdout(b) => stdout.extend_from_slice(&b),
-            ExecItem::Stderr(b) => stderr.extend_from_slice(&b),
+            ExecItem::Stdout(b) => {
+                if !append(&mut stdout, &b, lease).await {
+                    return Err(no_room_to_collect(&sub, lease).await);
+                }
+            }
+            ExecItem::Stderr(b) => {
+                if !append(&mut stderr, &b, lease).await {
+                    return Err(no_room_to_collect(&sub, lease).await);
+                }
+            }
             ExecItem::Exit(report) => {
-                let (stdout, stdout_lossy) = encode(&stdout, encoding);
-                let (stderr, stderr_lossy) = encode(&stderr, encoding);
-                return Ok(ExecResult {
+                let no_room_to_answer = |lease: &BufferLease| {
+                    no_room(
+                        "the command ended but the server had no room to write its output into the answer; run it again with its output streamed (leave out wait=true)",
+                        lease.budget(),
+                    )
+                };
+                let strings =
+                    encoded_len_bound(&stdout, encoding) + encoded_len_bound(&stderr, encoding);
+                if !lease.grow(strings, crate::buffers::ROOM_WAIT).await {
+                    return Err(no_room_to_answer(lease));
+                }
+                let (out_text, stdout_lossy) = encode(&stdout, encoding);
+                let (err_text, stderr_lossy) = encode(&stderr, encoding);
+                drop((stdout, stderr));
+                // The rest of the answer (ids, the exit) is small.
+                let json = json_string_len(&out_text) + json_string_len(&err_text) + 4096;
+                if !lease.grow(json, crate::buffers::ROOM_WAIT).await {
+                    return Err(no_room_to_answer(lease));
+                }
+                let result = ExecResult {
                     exec_id: sub.entry().id().to_string(),
-                    stdout,
-                    stderr,
+                    stdout: out_text,
+                    stderr: err_text,
                     encoding,
                     stdout_lossy,
                     stderr_lossy,
                     exit: ExitView::from(&report),
-                });
+                };
+                let mut body = Vec::with_capacity(json as usize);
+                serde_json::to_writer(&mut body, &result)
+                    .map_err(|e| ApiError::internal(format!("writing the answer: {e}")))?;
+                drop(result);
+                lease.shrink_to(body.capacity() as u64);
+                return Ok(body);
             }
             ExecItem::Failed { code: _, message } => {
                 return Err(ApiError::new(StatusCode::CONFLICT, "exec_failed", message));
@@ -264,12 +336,10 @@ pub async fn start_exec(
     if query.wait {
         let limit = state.manager.options().max_wait_output.bytes();
         let mut lease = state.buffers.lease();
-        let result = collect(subscription, limit, query.encoding, &mut lease).await?;
+        let json = collect(subscription, limit, query.encoding, &mut lease).await?;
         // The room is held until the answer is sent.
-        let response = Json(result).into_response();
-        let (parts, body) = response.into_parts();
-        let body = Body::new(crate::buffers::HoldingBody::new(body, lease));
-        return Ok(Response::from_parts(parts, body));
+        let body = Body::new(crate::buffers::HoldingBody::new(Body::from(json), lease));
+        return Ok(([(CONTENT_TYPE, "application/json")], body).into_response());
     }
     let mut response = exec_stream(subscription, query.encoding).into_response();
     if let Ok(value) = HeaderValue::from_str(entry.id()) {
@@ -392,4 +462,27 @@ pub async fn kill_exec(
         entry.kill("a client asked for it (POST .../kill)").await;
     }
     Ok((StatusCode::ACCEPTED, Json(exec_view(&entry))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The room counted for an answer's JSON is exactly what serde
+        /// writes for it.
+        #[test]
+        fn json_string_len_is_what_serde_writes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            prop_assert_eq!(
+                json_string_len(&text),
+                serde_json::to_string(&text).unwrap().len() as u64
+            );
+            for encoding in [Encoding::Utf8, Encoding::Base64] {
+                let (encoded, _) = encode(&bytes, encoding);
+                prop_assert!(encoded.len() as u64 <= encoded_len_bound(&bytes, encoding));
+            }
+        }
+    }
 }
