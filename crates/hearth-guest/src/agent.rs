@@ -1,7 +1,7 @@
 //! The agent's shared state and the handle the binary and tests hold.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use crate::capacity::{Capacity, CapacityLimits};
 use crate::cgroup::Cgroups;
 use crate::error::{GuestError, Result};
 use crate::exec::ExecRegistry;
+use crate::isolation::Isolation;
 use crate::reaper::{ReapScope, Reaper};
 use crate::{memguard, sys, usage};
 
@@ -52,6 +53,11 @@ pub struct AgentOptions {
     pub cgroup_root: Option<PathBuf>,
     /// How many requests of each kind are served at once.
     pub capacity: CapacityLimits,
+    /// Confine execs (see [`crate::isolation`]) unless the hello asks for
+    /// a privileged sandbox. On as PID 1; off in host mode, where the agent
+    /// may lack the privileges to do it and must not change how the host's
+    /// tests run.
+    pub isolate_workloads: bool,
 }
 
 /// State shared by every connection and request.
@@ -72,6 +78,11 @@ pub struct AgentState {
     pub workload_memory_limit: AtomicU64,
     /// Milliseconds from kernel start to the first request served.
     pub boot_ms: OnceLock<u64>,
+    /// How execs are confined, when [`AgentOptions::isolate_workloads`]
+    /// is on.
+    pub isolation: Option<Isolation>,
+    /// Set by the hello: execs get full root, no confinement.
+    pub privileged: AtomicBool,
     shutdown: watch::Sender<bool>,
     /// Connections being served.
     connections: watch::Sender<usize>,
@@ -107,6 +118,16 @@ impl Agent {
                 }
             },
         };
+        let isolation = if options.isolate_workloads {
+            let isolation = Isolation::prepare().map_err(|e| {
+                GuestError::Internal(format!(
+                    "cannot read the agent's capabilities to confine execs: {e}"
+                ))
+            })?;
+            Some(isolation)
+        } else {
+            None
+        };
         let (shutdown, _) = watch::channel(false);
         let capacity = Capacity::new(options.capacity);
         let state = Arc::new(AgentState {
@@ -117,6 +138,8 @@ impl Agent {
             capacity,
             workload_memory_limit: AtomicU64::new(0),
             boot_ms: OnceLock::new(),
+            isolation,
+            privileged: AtomicBool::new(false),
             shutdown,
             connections: watch::channel(0).0,
         });
@@ -182,6 +205,16 @@ impl Drop for OpenConnection {
 }
 
 impl AgentState {
+    /// How the next exec is confined: `None` in a privileged sandbox or
+    /// when the agent does not confine execs.
+    pub fn exec_isolation(&self) -> Option<&Isolation> {
+        if self.privileged.load(Ordering::Relaxed) {
+            None
+        } else {
+            self.isolation.as_ref()
+        }
+    }
+
     /// Resolves once `POST /v1/shutdown` was answered.
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
@@ -240,6 +273,16 @@ impl AgentState {
         };
         self.workload_memory_limit
             .store(applied_limit, Ordering::Relaxed);
+        if hello.privileged != self.privileged.swap(hello.privileged, Ordering::Relaxed) {
+            crate::info!(
+                "execs from now on are {}",
+                if hello.privileged {
+                    "privileged: full root, not confined"
+                } else {
+                    "confined"
+                }
+            );
+        }
         let (disk_total, _) = sys::statvfs("/").unwrap_or((0, 0));
         Ok(GuestInfo {
             protocol_version: PROTOCOL_VERSION,
@@ -252,6 +295,7 @@ impl AgentState {
             workload_memory_limit_bytes: applied_limit,
             disk_total_bytes: disk_total,
             boot_ms: *self.boot_ms.get_or_init(usage::uptime_ms),
+            workload_isolation: self.exec_isolation().is_some(),
         })
     }
 }

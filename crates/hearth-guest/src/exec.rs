@@ -357,6 +357,7 @@ async fn start(
         .map_err(|e| io::Error::other(e.to_string()))?;
     let request = request.clone();
     let reaper = state.reaper.clone();
+    let isolation = state.exec_isolation().cloned();
     tokio::task::spawn_blocking(move || {
         let cwd = request.cwd.as_deref().unwrap_or(spawn::DEFAULT_CWD);
         if !std::path::Path::new(cwd).is_dir() {
@@ -365,7 +366,7 @@ async fn start(
                 CwdMissing(cwd.to_owned()),
             ));
         }
-        spawn::spawn(&request, procs.as_ref(), &reaper)
+        spawn::spawn(&request, procs.as_ref(), isolation, &reaper)
     })
     .await
     .unwrap_or_else(|e| Err(io::Error::other(e)))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hearth_proto::GUEST_PORT_NAME;
 
 use crate::agent::{Agent, AgentOptions};
-use crate::{channel, sys, usage};
+use crate::{channel, isolation, sys, usage};
 
 /// File listing the kernel modules to load, one absolute path per line.
 pub const MODULES_LIST: &str = "/etc/hearth/modules";
@@ -56,6 +56,7 @@ async fn serve() -> Agent {
     let agent = Agent::start(AgentOptions {
         pid1: true,
         cgroup_root: Some("/sys/fs/cgroup".into()),
+        isolate_workloads: true,
         ..AgentOptions::default()
     })
     .unwrap_or_else(|e| fatal(&format!("cannot start the agent: {e}")));
@@ -67,6 +68,7 @@ async fn serve() -> Agent {
     .unwrap_or_else(|e| fatal(&format!("port lookup failed: {e}")))
     .unwrap_or_else(|e| fatal(&format!("cannot open the host channel: {e}")));
     crate::info!("ready in {} ms", usage::uptime_ms());
+    tokio::spawn(isolation::keep_oom_score());
     tokio::spawn(channel::serve_port(agent.clone(), port));
     agent.shutdown_requested().await;
     // The 204 must reach the host before the VM disappears.
@@ -207,8 +209,11 @@ fn boot() -> Result<(), String> {
         crate::info!("cannot bring up lo: {e}");
     }
     let _ = sys::sethostname("hearth");
-    fs::write("/proc/self/oom_score_adj", "-1000")
+    fs::write("/proc/self/oom_score_adj", isolation::AGENT_OOM_SCORE_ADJ)
         .map_err(|e| format!("set oom_score_adj of the agent: {e}"))?;
+    // Before any workload runs: without CAP_SYS_PTRACE nothing can trace
+    // the agent, take its descriptors or read its /proc files.
+    isolation::protect_agent().map_err(|e| format!("make the agent non-dumpable: {e}"))?;
     Ok(())
 }
 

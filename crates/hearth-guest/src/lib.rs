@@ -23,6 +23,7 @@ pub mod error;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod isolation;
 pub mod memguard;
 pub mod reaper;
 pub mod server;

@@ -1,5 +1,7 @@
 //! Starting one exec's process: request validation, the environment, and the
-//! fork/exec with the child-side setup (new session, exec cgroup, OOM score).
+//! fork/exec with the child-side setup (new session, exec cgroup, OOM score,
+//! and unless the sandbox is privileged the confinement of
+//! [`crate::isolation`]).
 //!
 //! We use `std::process::Command` rather than `tokio::process`: as PID 1 the
 //! agent reaps every process itself (see [`crate::reaper`]), so the exit
@@ -17,6 +19,7 @@ use hearth_proto::ExecRequest;
 use tokio::sync::oneshot;
 
 use crate::error::{GuestError, Result};
+use crate::isolation::Isolation;
 use crate::reaper::Reaper;
 
 /// Working directory when the request names none.
@@ -74,8 +77,14 @@ pub struct Spawned {
 
 /// Fork and exec `request` (blocking: run on a blocking thread). `procs` is
 /// the exec cgroup's `cgroup.procs`, opened before the fork so the child
-/// only has to `write` to it.
-pub fn spawn(request: &ExecRequest, procs: Option<&File>, reaper: &Reaper) -> io::Result<Spawned> {
+/// only has to `write` to it. With `isolation`, the child confines itself
+/// last, after entering its cgroup (which needs the writable cgroup tree).
+pub fn spawn(
+    request: &ExecRequest,
+    procs: Option<&File>,
+    isolation: Option<Isolation>,
+    reaper: &Reaper,
+) -> io::Result<Spawned> {
     let mut command = Command::new(&request.argv[0]);
     command
         .args(&request.argv[1..])
@@ -115,10 +124,14 @@ pub fn spawn(request: &ExecRequest, procs: Option<&File>, reaper: &Reaper) -> io
                 libc::close(fd);
             }
         }
+        if let Some(isolation) = &isolation {
+            isolation.apply_in_child()?;
+        }
         Ok(())
     };
     // SAFETY: the hook only makes async-signal-safe calls (setsid, write,
-    // open, close) and touches no locks or allocations.
+    // open, close, and the system calls of `Isolation::apply_in_child`) and
+    // touches no locks or allocations.
     unsafe {
         command.pre_exec(child_setup);
     }

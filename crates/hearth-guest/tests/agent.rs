@@ -279,6 +279,7 @@ async fn hello_describes_the_guest_and_checks_the_version() {
         hostname: "sandbox-1".into(),
         pids_max: 100,
         agent_reserve_mib: 0,
+        privileged: false,
     };
     let body = full_body(serde_json::to_vec(&hello).unwrap());
     let (status, info): (_, GuestInfo) = client.json(Method::POST, routes::HELLO, body).await;

@@ -24,6 +24,12 @@ pub struct Hello {
     /// Memory, in MiB, kept back from the workload for the guest agent and
     /// kernel: the workload's cgroup limit is total memory minus this.
     pub agent_reserve_mib: u32,
+    /// Give execs full root: no mount namespace of their own, every
+    /// capability, `/sys` and the cgroup tree writable. Off by default (and
+    /// for hosts older than this field), so execs cannot reach the agent or
+    /// its cgroups.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// Guest → host, answer to [`Hello`].
@@ -45,6 +51,12 @@ pub struct GuestInfo {
     pub disk_total_bytes: u64,
     /// Milliseconds from kernel start to the agent serving its first request.
     pub boot_ms: u64,
+    /// Whether execs run confined (own mount namespace with `/sys` and the
+    /// cgroup tree read-only, capabilities such as `CAP_SYS_ADMIN` and
+    /// `CAP_SYS_PTRACE` dropped). False for a privileged sandbox, an agent
+    /// in host mode, and guests older than this field.
+    #[serde(default)]
+    pub workload_isolation: bool,
 }
 
 /// Host → guest: run a command. Sent as the first frame of `POST /v1/exec`.

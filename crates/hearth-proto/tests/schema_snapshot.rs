@@ -20,8 +20,8 @@ fn examples() -> serde_json::Value {
             FrameKind::TunnelResponse as u8, FrameKind::TunnelBody as u8,
         ],
         "frame_bytes": Frame::new(FrameKind::Stdout, &b"hi"[..]).encode().to_vec(),
-        "hello": Hello { protocol_version: 1, unix_time_ms: 1, hostname: "h".into(), pids_max: 2, agent_reserve_mib: 3 },
-        "guest_info": GuestInfo { protocol_version: 1, agent_version: "0".into(), kernel_release: "k".into(), vcpus: 1, mem_total_bytes: 2, workload_memory_limit_bytes: 3, disk_total_bytes: 4, boot_ms: 5 },
+        "hello": Hello { protocol_version: 1, unix_time_ms: 1, hostname: "h".into(), pids_max: 2, agent_reserve_mib: 3, privileged: true },
+        "guest_info": GuestInfo { protocol_version: 1, agent_version: "0".into(), kernel_release: "k".into(), vcpus: 1, mem_total_bytes: 2, workload_memory_limit_bytes: 3, disk_total_bytes: 4, boot_ms: 5, workload_isolation: true },
         "exec_request": ExecRequest { id: "x1".into(), argv: vec!["a".into()], env, cwd: Some("/".into()), timeout_ms: Some(1), stdin: true },
         "exec_started": ExecStarted { pid: 7 },
         "exit_report": ExitReport { reason: ExitReason::OomKilled, code: 137, signal: Some(9), message: Some("m".into()), duration_ms: 1, stdout_bytes: 2, stderr_bytes: 3 },
@@ -66,4 +66,21 @@ fn wire_format_matches_the_snapshot() {
         actual == expected,
         "the wire format changed; if deliberate, bump PROTOCOL_VERSION as VERSIONING.md says and rerun with UPDATE_SNAPSHOTS=1\n--- expected\n{expected}\n--- actual\n{actual}"
     );
+}
+
+/// Peers that predate `privileged` and `workload_isolation` still talk to
+/// this one: an old host's hello asks for confined execs, an old guest's
+/// answer says it does not confine them.
+#[test]
+fn old_peers_without_the_isolation_fields_are_understood() {
+    let hello: Hello = serde_json::from_str(
+        r#"{"protocol_version":1,"unix_time_ms":1,"hostname":"h","pids_max":2,"agent_reserve_mib":3}"#,
+    )
+    .unwrap();
+    assert!(!hello.privileged);
+    let info: GuestInfo = serde_json::from_str(
+        r#"{"protocol_version":1,"agent_version":"0","kernel_release":"k","vcpus":1,"mem_total_bytes":2,"workload_memory_limit_bytes":3,"disk_total_bytes":4,"boot_ms":5}"#,
+    )
+    .unwrap();
+    assert!(!info.workload_isolation);
 }

@@ -282,6 +282,7 @@ impl Sandbox {
             hostname: id.clone(),
             pids_max: options.pids_max,
             agent_reserve_mib: options.agent_reserve_mib(),
+            privileged: options.privileged,
         };
         let boot = async {
             let stream = vm.connect().await?;

@@ -85,6 +85,12 @@ pub struct SandboxOptions {
     /// Where the writable layer lives: fresh and deleted with the sandbox,
     /// or a layer of a durable workspace's chain, kept and checkpointed.
     pub scratch: hearth_vm::ScratchDisk,
+    /// Give execs full root in the guest: no mount namespace of their own,
+    /// every capability, `/sys` and the cgroup tree writable. Off by
+    /// default: execs then run as root but cannot reach the guest agent or
+    /// its cgroups. For the rare workload that mounts filesystems, loads
+    /// modules or traces arbitrary processes.
+    pub privileged: bool,
 }
 
 impl Default for SandboxOptions {
@@ -101,6 +107,7 @@ impl Default for SandboxOptions {
             agent_reserve: None,
             labels: BTreeMap::new(),
             scratch: hearth_vm::ScratchDisk::Ephemeral,
+            privileged: false,
         }
     }
 }

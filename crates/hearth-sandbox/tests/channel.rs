@@ -18,6 +18,7 @@ fn hello() -> Hello {
         hostname: "reconnect".into(),
         pids_max: 256,
         agent_reserve_mib: 48,
+        privileged: false,
     }
 }
 

@@ -43,7 +43,14 @@ async fn invalid_options_are_refused_before_anything_starts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_kernel_panic_is_reported_with_the_console() {
     let t = TestHome::new();
-    let sandbox = t.small().await;
+    // Only a privileged sandbox may write /proc/sysrq-trigger.
+    let sandbox = t
+        .sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await;
     let run = sandbox
         .run(
             ExecOptions::new(["sh", "-c", "echo c > /proc/sysrq-trigger"]),
@@ -99,7 +106,14 @@ libc.ptrace(PTRACE_DETACH, 1, None, None)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_agent_crash_is_reported() {
     let t = TestHome::new();
-    let sandbox = t.small().await;
+    // Only a privileged sandbox's execs may trace the agent.
+    let sandbox = t
+        .sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await;
     let _ = sandbox
         .run(ExecOptions::new(["python3", "-c", CRASH_PID1]), None)
         .await;

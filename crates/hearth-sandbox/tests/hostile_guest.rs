@@ -107,6 +107,7 @@ async fn oversized_or_malformed_answers_fail_only_their_call() {
         hostname: "h".into(),
         pids_max: 64,
         agent_reserve_mib: 48,
+        privileged: false,
     };
     let err = client.hello(&hello).await.unwrap_err();
     assert!(err.to_string().contains("malformed hello"), "{err}");

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{sh, TestHome};
+use hearth_sandbox::{ExecOptions, SandboxOptions};
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,5 +69,246 @@ async fn writes_never_outlive_a_sandbox_or_touch_the_base_image() {
     second.destroy().await;
 
     assert_eq!(sha256_file(&image.rootfs()), before, "base image changed");
+    t.assert_clean().await;
+}
+
+/// Capabilities an unprivileged exec must not have (bit numbers).
+const DROPPED: [(u32, &str); 5] = [
+    (16, "CAP_SYS_MODULE"),
+    (17, "CAP_SYS_RAWIO"),
+    (19, "CAP_SYS_PTRACE"),
+    (21, "CAP_SYS_ADMIN"),
+    (22, "CAP_SYS_BOOT"),
+];
+/// Capabilities package installs need, kept (CAP_CHOWN, CAP_DAC_OVERRIDE,
+/// CAP_FOWNER, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT).
+const KEPT: [u32; 6] = [0, 1, 3, 6, 7, 18];
+
+/// `CapEff`, `CapBnd`, ... of `/proc/self/status` text, as a mask.
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+/// Tries, as root in the guest, every way we know into the agent: take its
+/// descriptors (`pidfd_getfd` of each fd `/proc/1/fd` lists), read its
+/// memory and environment, raise the exec's own `memory.max`, move into the
+/// agent's cgroup, point `core_pattern` at a program. Prints one
+/// `<attempt> <outcome>` line each.
+const ATTACKS: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def outcome(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+pidfd = os.pidfd_open(1)
+fds = sorted(int(n) for n in os.listdir("/proc/1/fd"))
+def getfd(fd):
+    taken = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
+    if taken < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    os.close(taken)
+print("fds", len(fds))
+print("pidfd_getfd", sorted({outcome(lambda: getfd(fd)) for fd in fds}))
+print("mem", outcome(lambda: open("/proc/1/mem", "rb").read(1)))
+print("environ", outcome(lambda: open("/proc/1/environ", "rb").read(1)))
+print("fd_link", outcome(lambda: os.readlink("/proc/1/fd/%d" % fds[0])))
+own = "/sys/fs/cgroup" + open("/proc/self/cgroup").read().split(":", 2)[2].strip()
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+print("own_memory_max", outcome(lambda: write(own + "/memory.max", "max")))
+print("workload_memory_max", outcome(lambda: write("/sys/fs/cgroup/workload/memory.max", "max")))
+print("join_agent", outcome(lambda: write("/sys/fs/cgroup/agent/cgroup.procs", str(os.getpid()))))
+print("cgroup", open("/proc/self/cgroup").read().strip())
+print("core_pattern", outcome(lambda: write("/proc/sys/kernel/core_pattern", "|/tmp/x")))
+print("unbind", outcome(lambda: write("/sys/bus/virtio/drivers/virtio_console/unbind", "virtio9")))
+"#;
+
+fn attack_lines(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_workload_cannot_reach_the_agent_or_its_cgroups() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    assert!(sandbox.info().guest.workload_isolation);
+
+    let status = sh(&sandbox, "id -u; cat /proc/self/status").await;
+    let text = status.stdout_text();
+    assert!(text.starts_with("0\n"), "execs stay root: {text}");
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        let mask = cap_mask(&text, field);
+        for (cap, name) in DROPPED {
+            assert_eq!(mask & (1 << cap), 0, "{field} has {name}: {mask:x}");
+        }
+        for cap in KEPT {
+            assert_ne!(mask & (1 << cap), 0, "{field} lacks capability {cap}");
+        }
+    }
+    assert_eq!(cap_mask(&text, "CapInh"), 0);
+    assert_eq!(cap_mask(&text, "CapAmb"), 0);
+
+    let out = sandbox
+        .run(ExecOptions::new(["python3", "-c", ATTACKS]), None)
+        .await
+        .unwrap();
+    let seen = attack_lines(&out.stdout_text());
+    let say = |k: &str| seen.get(k).map(String::as_str).unwrap_or("(missing)");
+    let context = format!(
+        "stdout: {}\nstderr: {}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    assert!(say("fds") != "0", "{context}");
+    assert_eq!(say("pidfd_getfd"), "['EPERM']", "{context}");
+    assert_eq!(say("mem"), "EACCES", "{context}");
+    assert_eq!(say("environ"), "EACCES", "{context}");
+    assert_eq!(say("fd_link"), "EACCES", "{context}");
+    assert_eq!(say("own_memory_max"), "EROFS", "{context}");
+    assert_eq!(say("workload_memory_max"), "EROFS", "{context}");
+    assert_eq!(say("join_agent"), "EROFS", "{context}");
+    assert!(say("cgroup").starts_with("0::/workload/exec-"), "{context}");
+    assert_eq!(say("core_pattern"), "EROFS", "{context}");
+    assert_eq!(say("unbind"), "EROFS", "{context}");
+
+    // Without CAP_SYS_ADMIN nothing can be remounted writable.
+    let out = sh(
+        &sandbox,
+        "mount -o remount,rw /sys/fs/cgroup && echo remounted; \
+         umount /sys/fs/cgroup && echo unmounted; \
+         touch /sys/fs/cgroup/workload/cgroup.kill 2>/dev/null && echo writable; echo done",
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "done\n", "{}", out.stderr_text());
+
+    // Raising the agent's OOM score is allowed to root; the agent undoes it
+    // within a second (bounded here by a generous poll in the guest).
+    let out = sh(
+        &sandbox,
+        "echo 1000 > /proc/1/oom_score_adj; i=0; \
+         while [ \"$(cat /proc/1/oom_score_adj)\" != -1000 ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+         cat /proc/1/oom_score_adj",
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "-1000\n", "{}", out.stderr_text());
+
+    // The agent still works after all of it.
+    assert_eq!(sh(&sandbox, "echo alive").await.stdout_text(), "alive\n");
+    sandbox.destroy().await;
+    t.assert_clean().await;
+}
+
+/// A tiny package built in the guest: `dpkg -i` and `apt-get install` of a
+/// local `.deb` work as root in a confined exec (apt drops to its `_apt`
+/// user, which needs CAP_SETUID/CAP_SETGID). The image has no pip (nor
+/// network), so Python package installs are not tried here.
+const PACKAGE_INSTALL: &str = r#"
+set -e
+build() {
+  mkdir -p /tmp/$1/DEBIAN /tmp/$1/usr/share/$1
+  printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@e>\nDescription: test\n' $1 > /tmp/$1/DEBIAN/control
+  echo installed > /tmp/$1/usr/share/$1/marker
+  chown -R root:root /tmp/$1
+  dpkg-deb --build /tmp/$1 /tmp/$1.deb >/dev/null
+}
+build hearth-probe-a
+build hearth-probe-b
+dpkg -i /tmp/hearth-probe-a.deb >/dev/null
+apt-get install -y -q /tmp/hearth-probe-b.deb >/dev/null 2>/tmp/apt.err || { cat /tmp/apt.err >&2; exit 1; }
+dpkg-query -W -f='${Package} ${Status}\n' hearth-probe-a hearth-probe-b
+cat /usr/share/hearth-probe-a/marker /usr/share/hearth-probe-b/marker
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn package_installs_work_as_root_in_a_confined_exec() {
+    let t = TestHome::new();
+    let sandbox = t.small().await;
+    assert!(sandbox.info().guest.workload_isolation);
+    let out = sh(&sandbox, PACKAGE_INSTALL).await;
+    assert_eq!(
+        out.stdout_text(),
+        "hearth-probe-a install ok installed\nhearth-probe-b install ok installed\ninstalled\ninstalled\n",
+        "stderr: {}",
+        out.stderr_text()
+    );
+    let pip = sh(
+        &sandbox,
+        "python3 -m pip --version >/dev/null 2>&1 && echo pip || echo no-pip",
+    )
+    .await;
+    assert_eq!(
+        pip.stdout_text(),
+        "no-pip\n",
+        "the image gained pip: test pip installs too"
+    );
+    sandbox.destroy().await;
+    t.assert_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_privileged_sandbox_gives_full_root() {
+    let t = TestHome::new();
+    let sandbox = t
+        .sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await;
+    assert!(!sandbox.info().guest.workload_isolation);
+
+    let text = sh(
+        &sandbox,
+        "cat /proc/sys/kernel/cap_last_cap /proc/self/status",
+    )
+    .await
+    .stdout_text();
+    let last: u32 = text.lines().next().unwrap().parse().unwrap();
+    let full = (1u64 << (last + 1)) - 1;
+    assert_eq!(cap_mask(&text, "CapEff"), full, "{text}");
+    assert_eq!(cap_mask(&text, "CapBnd"), full, "{text}");
+
+    let out = sandbox
+        .run(ExecOptions::new(["python3", "-c", ATTACKS]), None)
+        .await
+        .unwrap();
+    let seen = attack_lines(&out.stdout_text());
+    let context = format!(
+        "stdout: {}\nstderr: {}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    // A descriptor may close between the listing and the call (EBADF).
+    assert!(
+        seen.get("pidfd_getfd").is_some_and(|o| o.contains("'ok'")),
+        "{context}"
+    );
+    assert_eq!(
+        seen.get("own_memory_max").map(String::as_str),
+        Some("ok"),
+        "{context}"
+    );
+    assert_eq!(
+        seen.get("join_agent").map(String::as_str),
+        Some("ok"),
+        "{context}"
+    );
+    assert_eq!(
+        seen.get("cgroup").map(String::as_str),
+        Some("0::/agent"),
+        "{context}"
+    );
+    sandbox.destroy().await;
     t.assert_clean().await;
 }

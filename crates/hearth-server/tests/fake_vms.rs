@@ -660,3 +660,31 @@ async fn a_server_killed_with_live_sandboxes_leaves_them_lost_and_nothing_runnin
     server.shutdown().await.unwrap();
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_sandbox_is_recorded_as_such_in_its_events() {
+    let h = Harness::new().await;
+    let creating = |events: &Value| events["events"][0].clone();
+    let privileged = h.create(json!({"privileged": true})).await;
+    let confined = h.create(json!({})).await;
+    for (id, expected) in [(&privileged, true), (&confined, false)] {
+        let (status, events) = h.get(&format!("/v1/sandboxes/{id}/events")).await;
+        assert_eq!(status, StatusCode::OK, "{events}");
+        let event = creating(&events);
+        assert_eq!(event["kind"], "sandbox.creating", "{events}");
+        assert_eq!(event["data"]["privileged"], expected, "{events}");
+        // The fake VM's agent runs in host mode, which confines nothing,
+        // and says so.
+        let running = &events["events"][1];
+        assert_eq!(running["kind"], "sandbox.running", "{events}");
+        assert_eq!(running["data"]["guest"]["workload_isolation"], false);
+    }
+    let (status, body) = h.post("/v1/sandboxes", json!({"privileged": "yes"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "privileged", "{body}");
+    for id in [privileged, confined] {
+        let (status, _) = h.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    h.shutdown().await;
+}

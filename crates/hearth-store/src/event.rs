@@ -346,6 +346,12 @@ pub struct SandboxCreating {
     /// Names of the sandbox-wide environment variables (never values).
     #[serde(default)]
     pub env_keys: Vec<String>,
+    /// Whether its execs get full root in the guest, unconfined (they can
+    /// reach the guest agent and its cgroups). Missing, so false, in events
+    /// written before execs were confined at all: read those as
+    /// unconfined.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// `sandbox.running`.
@@ -788,6 +794,25 @@ mod tests {
                 reason: "lease taken over".into(),
             }),
         ]
+    }
+
+    #[test]
+    fn a_creating_event_written_before_privileged_existed_reads_as_unprivileged() {
+        let old = serde_json::json!({
+            "image": "default", "vcpus": 1, "memory_bytes": 1, "disk_bytes": 1,
+            "timeout_ms": null, "labels": {}, "env_keys": []
+        });
+        let EventPayload::SandboxCreating(creating) =
+            EventPayload::from_parts("sandbox.creating", old).unwrap()
+        else {
+            panic!("not a creating event");
+        };
+        assert!(!creating.privileged);
+        let new = EventPayload::SandboxCreating(SandboxCreating {
+            privileged: true,
+            ..SandboxCreating::default()
+        });
+        assert_eq!(new.data()["privileged"], true);
     }
 
     #[test]

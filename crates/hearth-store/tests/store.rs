@@ -147,6 +147,7 @@ fn running() -> SandboxRunning {
             workload_memory_limit_bytes: 1,
             disk_total_bytes: 1,
             boot_ms: 1,
+            workload_isolation: false,
         },
     }
 }

@@ -52,6 +52,7 @@ fn payload_for(state: SandboxState) -> EventPayload {
                 workload_memory_limit_bytes: 1,
                 disk_total_bytes: 1,
                 boot_ms: 1,
+                workload_isolation: false,
             },
         }),
         SandboxState::Stopping => EventPayload::SandboxStopping(SandboxStopping {

@@ -455,6 +455,12 @@ pub struct CreateArgs {
     /// Label (KEY=VALUE, repeatable).
     #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub labels: Vec<(String, String)>,
+    /// Give commands full root in the guest (no namespace of their own, no
+    /// capabilities dropped, /sys and cgroups writable); recorded in the
+    /// sandbox's events. Without it commands run as root but cannot reach
+    /// the guest agent or its cgroups.
+    #[arg(long)]
+    pub privileged: bool,
 }
 
 /// `hearth sandbox ls` options.
@@ -560,6 +566,12 @@ pub struct RunArgs {
     /// Don't forward stdin (by default it is forwarded unless it is a terminal).
     #[arg(long)]
     pub no_stdin: bool,
+    /// Give commands full root in the guest (no namespace of their own, no
+    /// capabilities dropped, /sys and cgroups writable); recorded in the
+    /// sandbox's events. Without it commands run as root but cannot reach
+    /// the guest agent or its cgroups.
+    #[arg(long)]
+    pub privileged: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -112,7 +112,7 @@ pub async fn run(home: &HearthHome, command: SandboxCommand) -> Result<i32> {
 
 async fn create(home: &HearthHome, args: CreateArgs) -> Result<i32> {
     let api = Api::new(home, &args.server)?;
-    let body = json!({
+    let mut body = json!({
         "image": args.image,
         "memory": args.memory.to_string(),
         "vcpus": args.vcpus,
@@ -121,6 +121,11 @@ async fn create(home: &HearthHome, args: CreateArgs) -> Result<i32> {
         "env": args.env.into_iter().collect::<BTreeMap<_, _>>(),
         "labels": args.labels.into_iter().collect::<BTreeMap<_, _>>(),
     });
+    if args.privileged {
+        // Sent only when asked for, so a server that predates the field
+        // refuses it instead of creating a confined sandbox.
+        body["privileged"] = json!(true);
+    }
     let sandbox = api
         .json(
             api.request(reqwest::Method::POST, "/v1/sandboxes")

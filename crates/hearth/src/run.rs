@@ -51,6 +51,7 @@ pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
         disk: args.disk,
         timeout: Some(args.timeout),
         accel: args.accel,
+        privileged: args.privileged,
         ..SandboxOptions::default()
     };
     options.validate()?;

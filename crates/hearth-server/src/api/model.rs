@@ -111,6 +111,15 @@ pub struct CreateSandboxRequest {
     /// node with the most free memory.
     #[serde(default)]
     pub node: Option<String>,
+    /// Give execs full root in the guest (default false): no mount
+    /// namespace of their own, no capabilities dropped, `/sys` and the
+    /// cgroup tree writable, so they can also reach the guest agent.
+    /// Recorded in the `sandbox.creating` event. Without it execs run as
+    /// root but cannot touch the agent or its cgroups.
+    // Not sent when false, so forwarding a create to a node that predates
+    // the field works unless it was asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 /// The limits a sandbox was given.

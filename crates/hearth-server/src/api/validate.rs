@@ -23,6 +23,7 @@ pub fn create_spec(request: CreateSandboxRequest) -> Result<CreateSpec, ApiError
         image: request.image.unwrap_or(defaults.image.clone()),
         vcpus: request.vcpus.unwrap_or(defaults.vcpus),
         labels: request.labels,
+        privileged: request.privileged,
         ..defaults
     };
     if let Some(memory) = &request.memory {

@@ -271,6 +271,7 @@ impl SandboxManager {
             timeout_ms: new.timeout_ms,
             labels: new.labels.clone(),
             env_keys: spec.env.keys().cloned().collect(),
+            privileged: options.privileged,
         };
         // Known here before it is recorded: a destroy that finds the record
         // must find the boot to cancel.

@@ -58,6 +58,7 @@ class Sandboxes:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         node: str | None = None,
+        privileged: bool = False,
     ) -> Sandbox:
         """Create a sandbox and wait until it runs.
 
@@ -72,6 +73,11 @@ class Sandboxes:
             labels: Labels to find it by with :meth:`list`.
             node: Run it on this node (see :meth:`Hearth.nodes`); by default
                 the server places it on the live node with the most room.
+            privileged: Give commands full root in the guest: no namespace of
+                their own, no capabilities dropped, ``/sys`` and cgroups
+                writable (recorded in the ``sandbox.creating`` event). By
+                default commands run as root but cannot reach the guest agent
+                or its cgroups.
 
         Returns a :class:`Sandbox`; use it in a ``with`` block to have it
         destroyed at the end.
@@ -91,6 +97,8 @@ class Sandboxes:
             body["env"] = dict(env)
         if labels:
             body["labels"] = dict(labels)
+        if privileged:
+            body["privileged"] = True
         data = self._http.json(
             "POST",
             "/v1/sandboxes",
