@@ -33,6 +33,10 @@ struct Args {
     /// Bytes each exec prints.
     #[arg(long, default_value_t = 15_000_000)]
     exec_bytes: u64,
+    /// Print NUL bytes instead of text: each takes six bytes (`\u0000`) in
+    /// the JSON answer.
+    #[arg(long)]
+    zeros: bool,
     /// Concurrent uploads (spread over two sandboxes).
     #[arg(long, default_value_t = 60)]
     uploads: usize,
@@ -57,9 +61,10 @@ async fn main() -> Result<()> {
 
 async fn run(args: &Args, scratch: &Path, images: &Path) -> Result<()> {
     println!(
-        "{} execs × {} MB collected, {} uploads × {} MB; server peak RSS (VmHWM)",
+        "{} execs × {} MB of {} collected, {} uploads × {} MB; server peak RSS (VmHWM)",
         args.execs,
         args.exec_bytes / 1_000_000,
+        if args.zeros { "NUL bytes" } else { "text" },
         args.uploads,
         args.upload_bytes / 1_000_000
     );
@@ -116,14 +121,19 @@ async fn sandbox(server: &ServeProcess) -> Result<String> {
 /// with 503, how long).
 async fn collected_output(server: &ServeProcess, args: &Args) -> Result<(usize, usize, Duration)> {
     let id = sandbox(server).await?;
+    let command = match args.zeros {
+        true => format!("head -c {} /dev/zero", args.exec_bytes),
+        false => format!("head -c {} /dev/zero | tr '\\0' a", args.exec_bytes),
+    };
     let start = Instant::now();
     let mut calls = Vec::new();
     for _ in 0..args.execs {
+        let command = command.clone();
         let request = server
             .http
             .post(format!("{}/v1/sandboxes/{id}/exec?wait=true", server.url))
             .bearer_auth(&server.token)
-            .json(&json!({"argv": ["head", "-c", args.exec_bytes.to_string(), "/dev/zero"]}));
+            .json(&json!({"argv": ["sh", "-c", command]}));
         calls.push(tokio::spawn(async move {
             let response = request.send().await?;
             let status = response.status().as_u16();

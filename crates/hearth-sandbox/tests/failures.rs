@@ -244,7 +244,16 @@ async fn garble_channel(sandbox: &Sandbox, writes: u32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_in_the_channel_once_is_survived_by_a_reconnect() {
     let t = TestHome::new();
-    let sandbox = t.small().await;
+    // Only a privileged sandbox's root can take the agent's descriptor
+    // (tests/isolation.rs shows the others cannot); the host must still
+    // survive what it does with it.
+    let sandbox = t
+        .sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await;
     garble_channel(&sandbox, 1).await;
     let (reconnects, end) = common::wait_until(
         Duration::from_secs(120),
@@ -265,7 +274,16 @@ async fn garbage_in_the_channel_once_is_survived_by_a_reconnect() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_that_keeps_garbling_its_channel_is_ended() {
     let t = TestHome::new();
-    let sandbox = t.small().await;
+    // Only a privileged sandbox's root can take the agent's descriptor
+    // (tests/isolation.rs shows the others cannot); the host must still
+    // survive what it does with it.
+    let sandbox = t
+        .sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await;
     garble_channel(&sandbox, 0).await;
     let end = tokio::time::timeout(Duration::from_secs(180), sandbox.wait())
         .await
