@@ -312,3 +312,43 @@ async fn a_privileged_sandbox_gives_full_root() {
     sandbox.destroy().await;
     t.assert_clean().await;
 }
+
+/// The VMM itself is confined: QEMU's seccomp filter is in force in the
+/// running process (`Seccomp: 2`, filter mode) and it lives in a network
+/// namespace of its own with no interface but loopback and no route.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vmm_runs_under_its_seccomp_filter_in_an_empty_network_namespace() {
+    let t = TestHome::new();
+    assert!(t.driver.jail().seccomp(), "{:?}", t.driver.jail());
+    assert!(t.driver.jail().network_namespace(), "{:?}", t.driver.jail());
+    let sandbox = t.small().await;
+    let pid = sandbox.vmm_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let seccomp = status
+        .lines()
+        .find(|l| l.starts_with("Seccomp:"))
+        .unwrap_or_default();
+    assert_eq!(seccomp.split_whitespace().nth(1), Some("2"), "{seccomp}");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "QEMU shares the host's network namespace"
+    );
+    // /proc/PID/net shows the process's own namespace: only loopback, and
+    // no route anywhere.
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, ["lo"], "{dev}");
+    let routes = std::fs::read_to_string(format!("/proc/{pid}/net/route")).unwrap();
+    assert_eq!(routes.lines().skip(1).count(), 0, "no routes: {routes}");
+    // And the VM works under it.
+    assert_eq!(sh(&sandbox, "echo ok").await.stdout_text(), "ok\n");
+    sandbox.destroy().await;
+    t.assert_clean().await;
+}

@@ -136,13 +136,19 @@ fn move_aside(path: &Path, why: &str, now_ms: u64) -> Result<PathBuf> {
     let aside = PathBuf::from(aside);
     for suffix in ["-wal", "-shm"] {
         let from = sidecar(path, suffix);
-        if from.exists() {
-            let to = sidecar(&aside, suffix);
-            std::fs::rename(&from, &to).map_err(ServerError::io(format!(
-                "moving {} aside to {}",
-                from.display(),
-                to.display()
-            )))?;
+        let to = sidecar(&aside, suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            // Not there, or SQLite removed it as the failed open's last
+            // connection closed: nothing to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ServerError::io(format!(
+                    "moving {} aside to {}",
+                    from.display(),
+                    to.display()
+                ))(e))
+            }
         }
     }
     std::fs::rename(path, &aside).map_err(ServerError::io(format!(

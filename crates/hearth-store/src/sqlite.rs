@@ -127,7 +127,12 @@ impl SqliteBackend {
             .connect_with(options.clone())
             .await
             .map_err(open_err)?;
-        check_integrity(&writer, &display).await?;
+        if let Err(e) = check_integrity(&writer, &display).await {
+            // Closed before the caller may move the file aside: SQLite's
+            // last connection removes the write-ahead log by its name.
+            writer.close().await;
+            return Err(e);
+        }
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await

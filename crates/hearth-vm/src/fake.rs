@@ -189,12 +189,13 @@ impl FakeDriver {
                 format!("opening {}", console_path.display()),
             ))?))
             .stderr(Stdio::from(console));
-        let mut child = spawn_owned(command, None)
-            .await
-            .map_err(|source| VmError::Spawn {
-                binary: self.unshare.display().to_string(),
-                source,
-            })?;
+        let mut child =
+            spawn_owned(command, None, false)
+                .await
+                .map_err(|source| VmError::Spawn {
+                    binary: self.unshare.display().to_string(),
+                    source,
+                })?;
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());

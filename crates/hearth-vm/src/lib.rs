@@ -11,6 +11,7 @@ pub mod console;
 pub mod driver;
 pub mod error;
 pub mod fake;
+pub mod jail;
 pub mod procfs;
 pub mod qemu;
 pub mod qmp;

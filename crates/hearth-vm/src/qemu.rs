@@ -21,6 +21,7 @@ use crate::accel::Accel;
 use crate::console;
 use crate::driver::{BoxFuture, Checkpoint, Driver, GuestStream, Vm, VmExit, VmSpec};
 use crate::error::{Result, VmError};
+use crate::jail::Jail;
 use crate::qmp::Qmp;
 use crate::scratch::{self, ScratchDisk};
 use crate::spawn::spawn_owned;
@@ -41,16 +42,25 @@ pub const BASE_KERNEL_ARGS: &str = "console=ttyS0 quiet panic=-1 reboot=t";
 #[derive(Debug, Clone)]
 pub struct QemuDriver {
     binary: PathBuf,
+    jail: Jail,
 }
 
 impl QemuDriver {
     /// Use `qemu-system-x86_64` from `PATH`.
     pub fn locate() -> Result<Self> {
-        find_on_path(QEMU_BINARY)
-            .map(|binary| Self { binary })
-            .ok_or_else(|| VmError::VmmMissing {
-                binary: QEMU_BINARY.into(),
-            })
+        let binary = find_on_path(QEMU_BINARY).ok_or_else(|| VmError::VmmMissing {
+            binary: QEMU_BINARY.into(),
+        })?;
+        let jail = Jail::detect(&binary);
+        for line in jail.report() {
+            tracing::debug!("VMM jail: {line}");
+        }
+        Ok(Self { binary, jail })
+    }
+
+    /// How each VMM is confined on this host.
+    pub fn jail(&self) -> &Jail {
+        &self.jail
     }
 
     /// Path of the QEMU binary in use.
@@ -91,12 +101,15 @@ impl QemuDriver {
         let listener_fd = listener.as_raw_fd();
 
         let mut command = tokio::process::Command::new(&self.binary);
+        if self.jail.seccomp() {
+            command.args(["-sandbox", crate::jail::SECCOMP_OPTION]);
+        }
         command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
-        let mut child = spawn_owned(command, Some(listener_fd))
+        let mut child = spawn_owned(command, Some(listener_fd), self.jail.network_namespace())
             .await
             .map_err(|source| VmError::Spawn {
                 binary: self.binary.display().to_string(),
@@ -327,11 +340,18 @@ pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String>
         "virtio-blk-device,drive=root,serial=hearth-root".into(),
         "-drive".into(),
         format!(
-            "file={},format={},if=none,id=scratch,cache=unsafe,discard=unmap",
+            "file={},format={},if=none,id=scratch,cache=unsafe,discard={}",
             scratch.display(),
             match spec.scratch {
                 ScratchDisk::Ephemeral => "raw",
                 ScratchDisk::Layered { .. } => "qcow2",
+            },
+            // A fresh layer is allocated in full so that a guest fills only
+            // its own disk: the guest's TRIM must not give blocks back. A
+            // durable layer is qcow2 and shrinks by them.
+            match spec.scratch {
+                ScratchDisk::Ephemeral => "ignore",
+                ScratchDisk::Layered { .. } => "unmap",
             }
         ),
         "-device".into(),

@@ -47,15 +47,16 @@ fn launcher() -> mpsc::Sender<Request> {
 /// Spawn `command` as a child that is SIGKILLed when this process dies, in
 /// its own process group (a Ctrl-C at the terminal reaches Hearth, which
 /// tears VMs down in order, not the VMM directly), with `inherit_fd` passed
-/// through exec.
+/// through exec, and in a new, empty network namespace when `new_netns`.
 pub async fn spawn_owned(
     mut command: Command,
     inherit_fd: Option<RawFd>,
+    new_netns: bool,
 ) -> std::io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, kill, setpgid, fcntl); it
-    // touches no locks or allocations.
+    // async-signal-safe functions (prctl, getppid, kill, setpgid, fcntl,
+    // unshare); it touches no locks or allocations.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(
@@ -79,6 +80,9 @@ pub async fn spawn_owned(
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if new_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

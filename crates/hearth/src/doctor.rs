@@ -23,6 +23,9 @@ pub async fn run(home: &HearthHome, args: DoctorArgs) -> Result<i32> {
                 .version()
                 .unwrap_or_else(|e| format!("version unknown: {e}"));
             println!("qemu: {} ({version})", driver.binary().display());
+            for line in driver.jail().report() {
+                println!("vmm jail: {line}");
+            }
         }
         Err(e) => {
             ok = false;
