@@ -74,37 +74,37 @@ async fn run(args: &Args, scratch: &Path, images: &Path) -> Result<()> {
         } else {
             format!("--buffer-budget {budget}")
         };
-        let home = scratch.join(format!("execs-{budget}"));
-        let server = ServeProcess::start(
-            &args.hearth,
-            &home,
-            images,
-            &["--buffer-budget".into(), budget.into()],
-        )?;
-        let (ok, busy, took) = collected_output(&server, args).await?;
-        println!(
-            "  {label:>24}: collected output: peak {:.0} MiB (after: {:.0} MiB), {ok} answered, {busy} refused 503, {:.1} s",
-            peak_rss_mib(server.child.id()),
-            rss_mib(server.child.id()),
-            took.as_secs_f64()
-        );
-        drop(server);
-        let home = scratch.join(format!("uploads-{budget}"));
-        let server = ServeProcess::start(
-            &args.hearth,
-            &home,
-            images,
-            &["--buffer-budget".into(), budget.into()],
-        )?;
-        let (ok, busy, took) = uploads(&server, args).await?;
-        println!(
-            "  {label:>24}: uploads:          peak {:.0} MiB (after: {:.0} MiB), {ok} written, {busy} refused 503, {:.1} s",
-            peak_rss_mib(server.child.id()),
-            rss_mib(server.child.id()),
-            took.as_secs_f64()
-        );
+        for load in [Load::Execs, Load::Uploads] {
+            // A fresh server per load: its peak RSS is that load's.
+            let home = scratch.join(format!("{load:?}-{budget}"));
+            let server = ServeProcess::start(
+                &args.hearth,
+                &home,
+                images,
+                &["--buffer-budget".into(), budget.into()],
+            )?;
+            let (ok, busy, took) = match load {
+                Load::Execs => collected_output(&server, args).await?,
+                Load::Uploads => uploads(&server, args).await?,
+            };
+            println!(
+                "  {label:>24}: {load:?}: peak {:.0} MiB (after: {:.0} MiB), {ok} answered, {busy} refused 503, {:.1} s",
+                peak_rss_mib(server.child.id()),
+                rss_mib(server.child.id()),
+                took.as_secs_f64()
+            );
+        }
     }
     Ok(())
+}
+
+/// What a measured server is put through.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    /// Concurrent collected execs.
+    Execs,
+    /// Concurrent uploads.
+    Uploads,
 }
 
 async fn sandbox(server: &ServeProcess) -> Result<String> {

@@ -44,13 +44,7 @@ async fn invalid_options_are_refused_before_anything_starts() {
 async fn a_guest_kernel_panic_is_reported_with_the_console() {
     let t = TestHome::new();
     // Only a privileged sandbox may write /proc/sysrq-trigger.
-    let sandbox = t
-        .sandbox(SandboxOptions {
-            memory: "256M".parse().unwrap(),
-            privileged: true,
-            ..SandboxOptions::default()
-        })
-        .await;
+    let sandbox = t.small_privileged().await;
     let run = sandbox
         .run(
             ExecOptions::new(["sh", "-c", "echo c > /proc/sysrq-trigger"]),
@@ -107,13 +101,7 @@ libc.ptrace(PTRACE_DETACH, 1, None, None)
 async fn a_guest_agent_crash_is_reported() {
     let t = TestHome::new();
     // Only a privileged sandbox's execs may trace the agent.
-    let sandbox = t
-        .sandbox(SandboxOptions {
-            memory: "256M".parse().unwrap(),
-            privileged: true,
-            ..SandboxOptions::default()
-        })
-        .await;
+    let sandbox = t.small_privileged().await;
     let _ = sandbox
         .run(ExecOptions::new(["python3", "-c", CRASH_PID1]), None)
         .await;
@@ -247,13 +235,7 @@ async fn garbage_in_the_channel_once_is_survived_by_a_reconnect() {
     // Only a privileged sandbox's root can take the agent's descriptor
     // (tests/isolation.rs shows the others cannot); the host must still
     // survive what it does with it.
-    let sandbox = t
-        .sandbox(SandboxOptions {
-            memory: "256M".parse().unwrap(),
-            privileged: true,
-            ..SandboxOptions::default()
-        })
-        .await;
+    let sandbox = t.small_privileged().await;
     garble_channel(&sandbox, 1).await;
     let (reconnects, end) = common::wait_until(
         Duration::from_secs(120),
@@ -277,13 +259,7 @@ async fn a_guest_that_keeps_garbling_its_channel_is_ended() {
     // Only a privileged sandbox's root can take the agent's descriptor
     // (tests/isolation.rs shows the others cannot); the host must still
     // survive what it does with it.
-    let sandbox = t
-        .sandbox(SandboxOptions {
-            memory: "256M".parse().unwrap(),
-            privileged: true,
-            ..SandboxOptions::default()
-        })
-        .await;
+    let sandbox = t.small_privileged().await;
     garble_channel(&sandbox, 0).await;
     let end = tokio::time::timeout(Duration::from_secs(180), sandbox.wait())
         .await

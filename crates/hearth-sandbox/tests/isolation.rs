@@ -3,7 +3,7 @@
 mod common;
 
 use common::{sh, TestHome};
-use hearth_sandbox::{ExecOptions, SandboxOptions};
+use hearth_sandbox::ExecOptions;
 use sha2::{Digest, Sha256};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,13 +259,7 @@ async fn package_installs_work_as_root_in_a_confined_exec() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_privileged_sandbox_gives_full_root() {
     let t = TestHome::new();
-    let sandbox = t
-        .sandbox(SandboxOptions {
-            memory: "256M".parse().unwrap(),
-            privileged: true,
-            ..SandboxOptions::default()
-        })
-        .await;
+    let sandbox = t.small_privileged().await;
     assert!(!sandbox.info().guest.workload_isolation);
 
     let text = sh(

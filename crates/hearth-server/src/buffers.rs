@@ -136,6 +136,17 @@ impl BufferLease {
     }
 }
 
+/// 503 when the server's buffer budget has no room for a request.
+pub(crate) fn no_room(what: &str, budget: ByteSize) -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "server_busy",
+        format!(
+            "{what}: the server already holds as much collected output and upload data as its buffer budget allows ({budget}, --buffer-budget); retry shortly"
+        ),
+    )
+}
+
 /// An answer's body that holds `T` (room in the budget, a request
 /// counted in flight) until it is sent or dropped.
 pub(crate) struct HoldingBody<T> {

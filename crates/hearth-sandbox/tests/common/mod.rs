@@ -58,6 +58,16 @@ impl TestHome {
         .await
     }
 
+    /// [`Self::small`] with `privileged: true`: its execs get full root.
+    pub async fn small_privileged(&self) -> Sandbox {
+        self.sandbox(SandboxOptions {
+            memory: "256M".parse().unwrap(),
+            privileged: true,
+            ..SandboxOptions::default()
+        })
+        .await
+    }
+
     /// Files left in the sandboxes directory (should be none after destroy).
     pub fn leftovers(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.home.sandboxes_dir())

@@ -131,24 +131,13 @@ fn lookup(state: &AppState, id: &str, exec_id: &str) -> Result<Arc<ExecEntry>, A
     })
 }
 
-/// 503 when the server's buffer budget has no room for a request.
-pub(crate) fn no_room(what: &str, budget: hearth_proto::ByteSize) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_busy",
-        format!(
-            "{what}: the server already holds as much collected output and upload data as its buffer budget allows ({budget}, --buffer-budget); retry shortly"
-        ),
-    )
-}
-
 /// The refusal of a collected exec the server has no room for (it is
 /// killed).
 async fn no_room_to_collect(sub: &Subscription, lease: &BufferLease) -> ApiError {
     sub.entry()
         .kill("the server had no room to collect its output")
         .await;
-    no_room(
+    crate::buffers::no_room(
         "the command's output could not be collected, so it was killed; stream its output instead (leave out wait=true)",
         lease.budget(),
     )
@@ -242,7 +231,7 @@ async fn collect(
             }
             ExecItem::Exit(report) => {
                 let no_room_to_answer = |lease: &BufferLease| {
-                    no_room(
+                    crate::buffers::no_room(
                         "the command ended but the server had no room to write its output into the answer; run it again with its output streamed (leave out wait=true)",
                         lease.budget(),
                     )

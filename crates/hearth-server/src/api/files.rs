@@ -75,7 +75,7 @@ pub async fn write_file(
     // window.
     let mut lease = state.buffers.lease();
     if !lease.grow(UPLOAD_BUFFER, crate::buffers::ROOM_WAIT).await {
-        return Err(super::exec::no_room(
+        return Err(crate::buffers::no_room(
             "the upload was not started",
             lease.budget(),
         ));
