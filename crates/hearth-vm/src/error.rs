@@ -46,6 +46,14 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// The VMM's host cgroup could not be set up or removed.
+    #[error("VMM cgroup {path}: {message}; set HEARTH_VMM_JAIL=off to run VMMs without the jail")]
+    Cgroup {
+        /// The cgroup directory or file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// Connecting to the guest channel failed.
     #[error("could not connect to the guest channel {path}: {source}")]
     Channel {

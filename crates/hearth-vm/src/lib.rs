@@ -7,6 +7,7 @@
 //! filesystem paths in its [`VmSpec`]; the `hearth-image` crate builds them.
 
 pub mod accel;
+pub mod cgroup;
 pub mod console;
 pub mod driver;
 pub mod error;
