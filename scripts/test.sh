@@ -92,6 +92,13 @@ if [ -n "$left_files" ]; then
   echo "test: FAILED: sandbox files left behind by the tests" >&2
   failed=1
 fi
+# Each jailed QEMU has a cgroup of its own, removed once QEMU is reaped.
+left_cgroups=$(find /sys/fs/cgroup -mindepth 3 -maxdepth 9 -type d -path '*/hearth/vmm/*' -newer "$marker" 2>/dev/null || true)
+if [ -n "$left_cgroups" ]; then
+  echo "$left_cgroups" >&2
+  echo "test: FAILED: VMM cgroups left behind by the tests" >&2
+  failed=1
+fi
 left_dbs=$(runuser -u postgres -- psql -qtA -c "SELECT datname FROM pg_database WHERE datname LIKE 'hearth\_t\_%'" 2>/dev/null || true)
 if [ -n "$left_dbs" ]; then
   echo "$left_dbs" >&2

@@ -307,28 +307,141 @@ async fn a_privileged_sandbox_gives_full_root() {
     t.assert_clean().await;
 }
 
-/// The VMM itself is confined: QEMU's seccomp filter is in force in the
-/// running process (`Seccomp: 2`, filter mode) and it lives in a network
-/// namespace of its own with no interface but loopback and no route.
+/// The VMM itself is jailed: QEMU's seccomp filter is in force in the
+/// running process (`Seccomp: 2`, filter mode); it runs as a uid of its
+/// own with no capabilities; it lives in network, mount and PID namespaces
+/// of its own (no interface but loopback and no route; a root holding only
+/// its own files; it is PID 1); and its cgroup bounds its memory, threads
+/// and CPU.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_vmm_runs_under_its_seccomp_filter_in_an_empty_network_namespace() {
+async fn the_vmm_runs_jailed() {
     let t = TestHome::new();
-    assert!(t.driver.jail().seccomp(), "{:?}", t.driver.jail());
-    assert!(t.driver.jail().network_namespace(), "{:?}", t.driver.jail());
+    let jail = t.driver.jail();
+    assert!(jail.seccomp(), "{jail:?}");
+    assert!(jail.network_namespace(), "{jail:?}");
+    assert!(jail.confined(), "{jail:?}");
+    assert!(jail.cgroup.is_ok(), "{jail:?}");
     let sandbox = t.small().await;
     let pid = sandbox.vmm_pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let seccomp = status
-        .lines()
-        .find(|l| l.starts_with("Seccomp:"))
-        .unwrap_or_default();
-    assert_eq!(seccomp.split_whitespace().nth(1), Some("2"), "{seccomp}");
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-    assert_ne!(
-        ns(&pid.to_string()),
-        ns("self"),
-        "QEMU shares the host's network namespace"
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(field("Seccomp:"), ["2"], "{status}");
+    let uids = field("Uid:");
+    assert_eq!(uids.len(), 4, "{status}");
+    let uid: u32 = uids[0].parse().unwrap();
+    assert!(uid >= hearth_vm::jail::DEFAULT_UID_BASE, "{status}");
+    assert!(uids.iter().all(|u| *u == uids[0]), "{status}");
+    assert!(field("Gid:").iter().all(|g| *g == uids[0]), "{status}");
+    assert_eq!(field("Groups:"), Vec::<&str>::new(), "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+    assert_eq!(field("CapPrm:"), ["0000000000000000"], "{status}");
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+    // QEMU is PID 1 of its own PID namespace.
+    assert_eq!(field("NSpid:").last().copied(), Some("1"), "{status}");
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["net", "mnt", "pid"] {
+        assert_ne!(
+            ns(&pid.to_string(), kind),
+            ns("self", kind),
+            "QEMU shares the host's {kind} namespace"
+        );
+    }
+    // Its root holds only what it needs: no /etc, no /root, no /home, no
+    // /proc; nothing of the Hearth home but its own two files; QEMU's
+    // binary and firmware are there.
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let home_top = t
+        .home
+        .root()
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    let mut expected = vec![
+        "dev".to_string(),
+        "lib".into(),
+        "lib64".into(),
+        "usr".into(),
+    ];
+    for dir in [&home_top, "root"] {
+        // The home and the images live under these here (the images
+        // under /root/.local in CI).
+        if !expected.contains(&dir.to_string()) && top.contains(&dir.to_string()) {
+            expected.push(dir.to_string());
+        }
+    }
+    expected.sort();
+    assert_eq!(top, expected, "the VMM's root holds more than it needs");
+    for absent in ["etc", "proc", "sys", "home", "tmp/.X11-unix", "etc/shadow"] {
+        assert!(
+            !root.join(absent).exists(),
+            "/{absent} is visible to the VMM"
+        );
+    }
+    let home_in_jail = root.join(t.home.root().strip_prefix("/").unwrap());
+    assert!(
+        !home_in_jail.join("hearth.db").exists(),
+        "the store is visible to the VMM"
     );
+    let state_dir = t.home.sandboxes_dir().join(sandbox.id());
+    let state_in_jail = root.join(state_dir.strip_prefix("/").unwrap());
+    let mut own: Vec<String> = std::fs::read_dir(&state_in_jail)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    own.sort();
+    assert_eq!(own, ["console.log", "scratch.ext4"]);
+    let dev: Vec<String> = std::fs::read_dir(root.join("dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        dev.len() <= 3 && dev.contains(&"urandom".to_string()),
+        "{dev:?}"
+    );
+    assert!(root.join("usr/bin/qemu-system-x86_64").is_file());
+    // Its own cgroup, with limits on QEMU itself.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let name = sandbox.id();
+    for controller in ["memory", "pids", "cpu"] {
+        let line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap_or_else(|| panic!("no {controller} line in {cgroups}"));
+        assert!(
+            line.ends_with(&format!("/hearth/vmm/{name}")),
+            "{controller}: {line}"
+        );
+        if controller == "memory" {
+            // This host mounts each v1 controller at /sys/fs/cgroup/NAME.
+            let path = line.splitn(3, ':').nth(2).unwrap();
+            let limit = std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"
+            ))
+            .unwrap();
+            // 256 MiB of guest plus QEMU's own allowance under TCG.
+            assert_eq!(limit.trim(), ((256u64 + 1280) << 20).to_string());
+        }
+    }
     // /proc/PID/net shows the process's own namespace: only loopback, and
     // no route anywhere.
     let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();

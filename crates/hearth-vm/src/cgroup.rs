@@ -162,6 +162,30 @@ impl CgroupLayout {
         }
     }
 
+    /// Remove VM cgroups that nothing runs in and that are older than
+    /// `min_age`: what servers that died left behind. Safe while other
+    /// servers share this instance: a live VM's cgroup is never empty once
+    /// its VMM started, and one younger than `min_age` may be about to be
+    /// joined. (A VMM dies with its watcher and the watcher with its
+    /// server, so a dead server's cgroups are empty.)
+    pub fn sweep_abandoned(&self, min_age: Duration) {
+        let parents: Vec<PathBuf> = self.parents.iter().map(|p| p.dir.clone()).collect();
+        self.sweep_stale(|name| {
+            parents.iter().any(|parent| {
+                let dir = parent.join(name);
+                let busy = fs::read_to_string(dir.join("cgroup.procs"))
+                    .map(|procs| !procs.trim().is_empty())
+                    .unwrap_or(false);
+                let young = fs::metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < min_age);
+                busy || young
+            })
+        });
+    }
+
     /// Remove this instance's parent directories, at shutdown once every VM
     /// cgroup under them is gone. The shared `hearth` directory above stays;
     /// other servers may use it.

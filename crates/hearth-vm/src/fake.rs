@@ -36,7 +36,7 @@ use crate::console;
 use crate::driver::{BoxFuture, Driver, GuestStream, Vm, VmExit, VmSpec};
 use crate::error::{Result, VmError};
 use crate::qemu::find_on_path;
-use crate::spawn::spawn_owned;
+use crate::spawn::{spawn_owned, Confine};
 
 /// Environment variable naming the guest agent binary the fake driver runs.
 pub const FAKE_AGENT_ENV: &str = "HEARTH_FAKE_AGENT";
@@ -189,13 +189,13 @@ impl FakeDriver {
                 format!("opening {}", console_path.display()),
             ))?))
             .stderr(Stdio::from(console));
-        let mut child =
-            spawn_owned(command, None, false)
-                .await
-                .map_err(|source| VmError::Spawn {
-                    binary: self.unshare.display().to_string(),
-                    source,
-                })?;
+        let mut child = spawn_owned(command, &[], Confine::default())
+            .await
+            .map_err(|source| VmError::Spawn {
+                binary: self.unshare.display().to_string(),
+                source,
+            })?
+            .child;
         let pid = child.id();
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());

@@ -18,13 +18,14 @@ use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
 
 use crate::accel::Accel;
+use crate::cgroup::VmmCgroup;
 use crate::console;
 use crate::driver::{BoxFuture, Checkpoint, Driver, GuestStream, Vm, VmExit, VmSpec};
 use crate::error::{Result, VmError};
 use crate::jail::Jail;
 use crate::qmp::Qmp;
 use crate::scratch::{self, ScratchDisk};
-use crate::spawn::spawn_owned;
+use crate::spawn::{spawn_owned, Confine, Spawned};
 
 /// Binary name of the x86-64 system emulator.
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -85,20 +86,25 @@ impl QemuDriver {
     }
 
     async fn boot(&self, spec: VmSpec) -> Result<QemuVm> {
-        // Files, mkfs and the socket are blocking work: off the runtime.
+        // Files, mkfs, the sockets and the jail's plan are blocking work:
+        // off the runtime.
         let Prepared {
             listener,
+            qmp_listener,
             stderr,
             stderr_path,
             socket_path,
             args,
+            mounts,
+            cgroup,
         } = {
-            let spec = spec.clone();
-            tokio::task::spawn_blocking(move || prepare(&spec))
+            let (spec, jail) = (spec.clone(), self.jail.clone());
+            tokio::task::spawn_blocking(move || prepare(&spec, &jail))
                 .await
                 .map_err(|e| VmError::InvalidSpec(format!("VM preparation task failed: {e}")))??
         };
         let listener_fd = listener.as_raw_fd();
+        let qmp_fd = qmp_listener.as_raw_fd();
 
         let mut command = tokio::process::Command::new(&self.binary);
         if self.jail.seccomp() {
@@ -109,16 +115,36 @@ impl QemuDriver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
-        let mut child = spawn_owned(command, Some(listener_fd), self.jail.network_namespace())
-            .await
-            .map_err(|source| VmError::Spawn {
-                binary: self.binary.display().to_string(),
-                source,
-            })?;
-        // QEMU holds its own copy of the listening socket now.
+        let confine = Confine {
+            new_netns: self.jail.network_namespace(),
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(|c| c.procs_files().to_vec())
+                .unwrap_or_default(),
+            mounts: mounts.map(Arc::new),
+        };
+        let spawned = match spawn_owned(command, &[listener_fd, qmp_fd], confine).await {
+            Ok(spawned) => spawned,
+            Err(source) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+                }
+                return Err(VmError::Spawn {
+                    binary: self.binary.display().to_string(),
+                    source,
+                });
+            }
+        };
+        // QEMU holds its own copies of the listening sockets now.
         drop(listener);
-        let pid = child.id();
-        tracing::debug!(vm = %spec.name, pid, accel = %spec.accel, "qemu started");
+        drop(qmp_listener);
+        let Spawned {
+            mut child,
+            pid,
+            pidfd,
+            uid,
+        } = spawned;
+        tracing::debug!(vm = %spec.name, pid, ?uid, accel = %spec.accel, "qemu started");
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
@@ -129,11 +155,24 @@ impl QemuDriver {
             let status = tokio::select! {
                 status = child.wait() => status.ok(),
                 _ = kill_signal.notified() => {
-                    let _ = child.start_kill();
+                    match &pidfd {
+                        // Kill QEMU itself: its watcher exits once it has
+                        // reaped it, so the wait below sees QEMU gone.
+                        Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
+                        None => {
+                            let _ = child.start_kill();
+                        }
+                    }
                     child.wait().await.ok()
                 }
             };
+            drop(pidfd);
             let tails = tokio::task::spawn_blocking(move || {
+                if let Some(cgroup) = cgroup {
+                    if let Err(error) = cgroup.remove() {
+                        tracing::warn!(%error, "removing a VMM's cgroup");
+                    }
+                }
                 (
                     // Enough lines that a panic message followed by a long
                     // call trace and register dump is still in view.
@@ -160,7 +199,8 @@ impl QemuDriver {
             console_log: spec.console_log(),
             qmp_path: spec.state_dir.join(QMP_SOCKET),
             spec,
-            pid: Mutex::new(pid),
+            pid: Mutex::new(Some(pid)),
+            owner: uid,
             socket_path,
             exit: exit_rx,
             kill,
@@ -187,18 +227,24 @@ impl Driver for QemuDriver {
 struct Prepared {
     /// The guest channel's listening socket, for QEMU to inherit.
     listener: std::os::unix::net::UnixListener,
+    /// The machine protocol's listening socket, for QEMU to inherit.
+    qmp_listener: std::os::unix::net::UnixListener,
     /// QEMU's stderr.
     stderr: std::fs::File,
     stderr_path: PathBuf,
     socket_path: PathBuf,
-    /// QEMU's command line, naming the listener's fd.
+    /// QEMU's command line, naming the listeners' fds.
     args: Vec<String>,
+    /// The jail's mounts and user, when QEMU is confined.
+    mounts: Option<crate::jail::MountPlan>,
+    /// QEMU's own cgroup, when it gets one.
+    cgroup: Option<VmmCgroup>,
 }
 
 /// The blocking part of a launch: check the spec, create the state
-/// directory and the writable layer, bind the guest socket, open the VMM's
-/// log, and build the command line.
-fn prepare(spec: &VmSpec) -> Result<Prepared> {
+/// directory and the writable layer, bind the sockets, open the VMM's
+/// log, plan its jail and cgroup, and build the command line.
+fn prepare(spec: &VmSpec, jail: &Jail) -> Result<Prepared> {
     validate(spec)?;
     std::fs::create_dir_all(&spec.state_dir).map_err(VmError::io(format!(
         "creating {}",
@@ -238,20 +284,44 @@ fn prepare(spec: &VmSpec) -> Result<Prepared> {
             socket_path.display()
         )));
     }
-    let _ = std::fs::remove_file(&socket_path);
-    let listener = std::os::unix::net::UnixListener::bind(&socket_path)
-        .map_err(VmError::io(format!("binding {}", socket_path.display())))?;
+    let bind = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        std::os::unix::net::UnixListener::bind(path)
+            .map_err(VmError::io(format!("binding {}", path.display())))
+    };
+    let listener = bind(&socket_path)?;
+    let qmp_listener = bind(&qmp_path)?;
 
     let stderr_path = spec.state_dir.join("qemu.log");
     let stderr = std::fs::File::create(&stderr_path)
         .map_err(VmError::io(format!("creating {}", stderr_path.display())))?;
-    let args = qemu_args(spec, &scratch_path, listener.as_raw_fd());
+    let args = qemu_args(
+        spec,
+        &scratch_path,
+        listener.as_raw_fd(),
+        qmp_listener.as_raw_fd(),
+    );
+    let mounts = match &jail.confinement {
+        Ok(confinement) => Some(confinement.plan(spec, &scratch_path)?),
+        Err(_) => None,
+    };
+    let cgroup = match &jail.cgroup {
+        Ok(layout) => Some(VmmCgroup::create(
+            layout,
+            &spec.name,
+            &crate::jail::vmm_limits(spec),
+        )?),
+        Err(_) => None,
+    };
     Ok(Prepared {
         listener,
+        qmp_listener,
         stderr,
         stderr_path,
         socket_path,
         args,
+        mounts,
+        cgroup,
     })
 }
 
@@ -287,8 +357,9 @@ fn validate(spec: &VmSpec) -> Result<()> {
 }
 
 /// QEMU's command line for `spec`, with the guest channel served on the
-/// inherited listening socket `listener_fd`.
-pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String> {
+/// inherited listening socket `listener_fd` and the machine protocol on
+/// `qmp_fd` (inherited too, so a jailed QEMU needs no writable directory).
+pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32, qmp_fd: i32) -> Vec<String> {
     let mut append = BASE_KERNEL_ARGS.to_string();
     if spec.accel == Accel::Tcg {
         // Under TCG the guest finds no PIT/HPET to calibrate its TSC against
@@ -366,11 +437,10 @@ pub fn qemu_args(spec: &VmSpec, scratch: &Path, listener_fd: i32) -> Vec<String>
             hearth_proto::GUEST_PORT_NAME
         ),
         // The machine protocol, for checkpoints of the writable layer.
-        "-qmp".into(),
-        format!(
-            "unix:{},server=on,wait=off",
-            spec.state_dir.join(QMP_SOCKET).display()
-        ),
+        "-chardev".into(),
+        format!("socket,id=qmp,fd={qmp_fd},server=on,wait=off"),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
         "-object".into(),
         "rng-random,id=rng,filename=/dev/urandom".into(),
         "-device".into(),
@@ -413,6 +483,8 @@ pub fn find_on_path(binary: &str) -> Option<PathBuf> {
 pub struct QemuVm {
     spec: VmSpec,
     pid: Mutex<Option<u32>>,
+    /// The jailed QEMU's uid and gid: new layers are handed to it.
+    owner: Option<u32>,
     socket_path: PathBuf,
     qmp_path: PathBuf,
     console_log: PathBuf,
@@ -468,9 +540,19 @@ impl QemuVm {
         let top = layers.top.clone().expect("a layered disk has a top");
         {
             let (dir, next, top) = (dir.clone(), next.to_string(), top.clone());
-            tokio::task::spawn_blocking(move || scratch::create_overlay(&dir, &next, &top))
-                .await
-                .map_err(|e| VmError::Unsupported(format!("the layer task failed: {e}")))??;
+            let owner = self.owner;
+            tokio::task::spawn_blocking(move || {
+                scratch::create_overlay(&dir, &next, &top)?;
+                if let Some(uid) = owner {
+                    let path = dir.join(&next);
+                    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(VmError::io(
+                        format!("handing {} to the VMM", path.display()),
+                    ))?;
+                }
+                Ok::<_, VmError>(())
+            })
+            .await
+            .map_err(|e| VmError::Unsupported(format!("the layer task failed: {e}")))??;
         }
         let snapshot = serde_json::json!({
             "device": "scratch",
@@ -556,6 +638,22 @@ impl Vm for QemuVm {
     }
 }
 
+/// Send `signal` to the process behind `pidfd`.
+#[allow(unsafe_code)]
+fn signal_pidfd(pidfd: &std::os::fd::OwnedFd, signal: libc::c_int) {
+    // SAFETY: pidfd_send_signal takes an open pidfd (borrowed for the call),
+    // a signal number and null info; it touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+    }
+}
+
 impl Drop for QemuVm {
     fn drop(&mut self) {
         self.kill.notify_one();
@@ -584,7 +682,7 @@ mod tests {
 
     #[test]
     fn command_line_has_read_only_base_and_inherited_channel() {
-        let args = qemu_args(&spec(Accel::Tcg), Path::new("/state/scratch.ext4"), 7).join(" ");
+        let args = qemu_args(&spec(Accel::Tcg), Path::new("/state/scratch.ext4"), 7, 8).join(" ");
         assert!(
             args.contains("file=/img/rootfs.ext4,format=raw,if=none,id=root,readonly=on"),
             "{args}"
@@ -597,7 +695,11 @@ mod tests {
         assert!(args.contains("tcg,thread=multi"), "{args}");
         assert!(args.contains("tsc_early_khz="), "{args}");
         assert!(args.contains("hearth.debug=1"), "{args}");
-        let kvm = qemu_args(&spec(Accel::Kvm), Path::new("/s"), 7).join(" ");
+        assert!(
+            args.contains("socket,id=qmp,fd=8,server=on,wait=off"),
+            "{args}"
+        );
+        let kvm = qemu_args(&spec(Accel::Kvm), Path::new("/s"), 7, 8).join(" ");
         assert!(
             kvm.contains("-accel kvm -cpu host") && !kvm.contains("tsc_early_khz"),
             "{kvm}"
