@@ -456,6 +456,10 @@ async fn the_vmm_runs_jailed() {
     assert_eq!(routes.lines().skip(1).count(), 0, "no routes: {routes}");
     // And the VM works under it.
     assert_eq!(sh(&sandbox, "echo ok").await.stdout_text(), "ok\n");
+    let name = name.to_string();
     sandbox.destroy().await;
     t.assert_clean().await;
+    // Its cgroup goes with it.
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/pids/hearth/vmm").join(&name);
+    assert!(!cgroup.exists(), "{} outlived the VM", cgroup.display());
 }

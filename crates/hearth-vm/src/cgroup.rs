@@ -176,11 +176,16 @@ impl CgroupLayout {
                 let busy = fs::read_to_string(dir.join("cgroup.procs"))
                     .map(|procs| !procs.trim().is_empty())
                     .unwrap_or(false);
-                let young = fs::metadata(&dir)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_none_or(|age| age < min_age);
+                // Missing here (another hierarchy may still have it): not
+                // a reason to keep it; an unreadable age is.
+                let young = match fs::metadata(&dir) {
+                    Err(_) => false,
+                    Ok(meta) => meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_none_or(|age| age < min_age),
+                };
                 busy || young
             })
         });
@@ -315,6 +320,64 @@ impl VmmCgroup {
         }
         self.dirs.clear();
         Ok(())
+    }
+}
+
+/// What a VMM's watcher needs to remove the VM's cgroup itself once it
+/// has reaped the VMM, even when the server is gone: the `cgroup.procs`
+/// files of the server's own cgroups (`<own>/hearth/<instance>/<name>` is
+/// each directory, so `<own>` is three levels up), to step out into, and
+/// the directories. Prepared before the fork, used by
+/// [`leave_and_remove`] between fork and exit.
+#[derive(Debug, Clone, Default)]
+pub struct ExitPlan {
+    /// Where the watcher moves itself first.
+    pub leave: Vec<CString>,
+    /// The VM's cgroup directories.
+    pub dirs: Vec<CString>,
+}
+
+impl VmmCgroup {
+    /// See [`ExitPlan`].
+    pub fn exit_plan(&self) -> ExitPlan {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).ok();
+        ExitPlan {
+            leave: self
+                .dirs
+                .iter()
+                .filter_map(|d| d.ancestors().nth(3))
+                .filter_map(|own| c(&own.join("cgroup.procs")))
+                .collect(),
+            dirs: self.dirs.iter().filter_map(|d| c(d)).collect(),
+        }
+    }
+}
+
+/// Move the calling process out of the VM's cgroup and remove it, retrying
+/// for up to a second while the kernel finishes with a just-reaped
+/// member. Async-signal-safe (open, write, rmdir, nanosleep): a watcher
+/// calls it after fork.
+#[allow(unsafe_code)]
+pub fn leave_and_remove(plan: &ExitPlan) {
+    let _ = join_current(&plan.leave);
+    for dir in &plan.dirs {
+        for _ in 0..100 {
+            // SAFETY: rmdir on a NUL-terminated path that outlives the call.
+            if unsafe { libc::rmdir(dir.as_ptr()) } == 0 {
+                break;
+            }
+            // SAFETY: errno is thread-local; reading it has no preconditions.
+            if unsafe { *libc::__errno_location() } != libc::EBUSY {
+                break;
+            }
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            // SAFETY: nanosleep reads the timespec on our stack; the
+            // remainder pointer may be null.
+            unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        }
     }
 }
 

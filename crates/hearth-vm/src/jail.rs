@@ -647,6 +647,91 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_shows_each_file_at_its_host_path_and_refuses_unreadable_images() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        for name in ["vmlinuz", "initramfs", "rootfs"] {
+            std::fs::write(images.join(name), b"x").unwrap();
+        }
+        let state = dir.path().join("sandboxes/sb-1");
+        std::fs::create_dir_all(&state).unwrap();
+        let scratch = state.join("scratch.ext4");
+        std::fs::write(&scratch, b"").unwrap();
+        let spec = VmSpec {
+            name: "sb-1".into(),
+            state_dir: state.clone(),
+            kernel: images.join("vmlinuz"),
+            initramfs: images.join("initramfs"),
+            rootfs: images.join("rootfs"),
+            disk_bytes: 1 << 30,
+            vcpus: 1,
+            memory_mib: 256,
+            accel: Accel::Tcg,
+            kernel_args: Vec::new(),
+            scratch: crate::ScratchDisk::Ephemeral,
+        };
+        let confinement = Confinement {
+            vmm_files: vec!["/usr/bin/qemu-system-x86_64".into(), "/lib64/ld.so".into()],
+            vmm_dirs: vec!["/usr/share/qemu".into()],
+            uid_base: DEFAULT_UID_BASE,
+        };
+        let plan = confinement.plan(&spec, &scratch).unwrap();
+        let root = state.join("jail");
+        assert_eq!(plan.root.to_str().unwrap(), root.to_str().unwrap());
+        let target = |host: &Path| under(&root, host).to_string_lossy().into_owned();
+        let bind = |host: &Path| {
+            plan.binds
+                .iter()
+                .find(|b| b.target.to_str().unwrap() == target(host))
+                .unwrap_or_else(|| panic!("{} is not shown: {plan:?}", host.display()))
+        };
+        let rootfs = bind(&spec.rootfs);
+        assert_ne!(rootfs.flags & libc::MS_RDONLY, 0);
+        assert_ne!(rootfs.flags & libc::MS_NOEXEC, 0);
+        let qemu = bind(Path::new("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(qemu.flags & libc::MS_NOEXEC, 0, "QEMU must be executable");
+        assert!(bind(Path::new("/usr/share/qemu")).directory);
+        assert_eq!(bind(&scratch).flags & libc::MS_RDONLY, 0);
+        assert_eq!(bind(&spec.console_log()).flags & libc::MS_RDONLY, 0);
+        bind(Path::new("/dev/urandom"));
+        assert!(!plan
+            .binds
+            .iter()
+            .any(|b| b.target.to_str().unwrap() == target(Path::new("/dev/kvm"))));
+        // Only the VM's own two files change hands; the console log was
+        // made private to it.
+        let owned: Vec<&str> = plan.owned.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(
+            owned,
+            [
+                spec.console_log().to_str().unwrap(),
+                scratch.to_str().unwrap()
+            ]
+        );
+        let mode = std::fs::metadata(spec.console_log())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Every directory is made before anything inside it.
+        let dirs: Vec<&str> = plan.dirs.iter().map(|c| c.to_str().unwrap()).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            let parent = Path::new(d).parent().unwrap().to_str().unwrap();
+            assert!(
+                parent == root.to_str().unwrap() || dirs[..i].contains(&parent),
+                "{d} before its parent: {dirs:?}"
+            );
+        }
+        // An image only root can read is refused up front, naming the fix.
+        std::fs::set_permissions(&spec.rootfs, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = confinement.plan(&spec, &scratch).unwrap_err().to_string();
+        assert!(error.contains("not readable by the jailed VMM"), "{error}");
+        assert!(error.contains("chmod o+r"), "{error}");
+    }
+
+    #[test]
     fn this_hosts_qemu_takes_the_whole_jail() {
         // The suite runs as root with Debian's QEMU, built with libseccomp.
         let Some(qemu) = crate::qemu::find_on_path(crate::qemu::QEMU_BINARY) else {

@@ -122,6 +122,7 @@ impl QemuDriver {
                 .map(|c| c.procs_files().to_vec())
                 .unwrap_or_default(),
             mounts: mounts.map(Arc::new),
+            cgroup_exit: cgroup.as_ref().map(|c| c.exit_plan()).unwrap_or_default(),
         };
         let spawned = match spawn_owned(command, &[listener_fd, qmp_fd], confine).await {
             Ok(spawned) => spawned,
@@ -151,13 +152,16 @@ impl QemuDriver {
         let kill_signal = kill.clone();
         let console_path = spec.console_log();
         let name = spec.name.clone();
+        // Dropped with this task (a runtime shutting down), it kills QEMU.
+        let vmm = KillOnDrop(pidfd);
         tokio::spawn(async move {
             let status = tokio::select! {
                 status = child.wait() => status.ok(),
                 _ = kill_signal.notified() => {
-                    match &pidfd {
+                    match &vmm.0 {
                         // Kill QEMU itself: its watcher exits once it has
-                        // reaped it, so the wait below sees QEMU gone.
+                        // reaped it and removed its cgroup, so the wait
+                        // below sees QEMU gone.
                         Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
                         None => {
                             let _ = child.start_kill();
@@ -166,7 +170,7 @@ impl QemuDriver {
                     child.wait().await.ok()
                 }
             };
-            drop(pidfd);
+            drop(vmm);
             let tails = tokio::task::spawn_blocking(move || {
                 if let Some(cgroup) = cgroup {
                     if let Err(error) = cgroup.remove() {
@@ -635,6 +639,18 @@ impl Vm for QemuVm {
 
     fn checkpoint<'a>(&'a self, next: &'a str) -> BoxFuture<'a, Result<Checkpoint>> {
         Box::pin(self.checkpoint_layers(next))
+    }
+}
+
+/// A jailed QEMU's pidfd: dropping it kills QEMU, whose watcher then
+/// cleans up after it.
+struct KillOnDrop(Option<std::os::fd::OwnedFd>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pidfd) = &self.0 {
+            signal_pidfd(pidfd, libc::SIGKILL);
+        }
     }
 }
 

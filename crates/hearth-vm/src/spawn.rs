@@ -37,6 +37,8 @@ pub(crate) struct Confine {
     pub cgroup_procs: Vec<std::ffi::CString>,
     /// Its own user, mount and PID namespaces.
     pub mounts: Option<Arc<MountPlan>>,
+    /// How the watcher removes the cgroup after the VMM.
+    pub cgroup_exit: crate::cgroup::ExitPlan,
 }
 
 /// A started VMM.
@@ -64,6 +66,21 @@ struct Request {
 }
 
 static LAUNCHER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+
+/// A pipe whose write end only this process holds (watchers close their
+/// copies): when this process ends, however it ends, watchers see its read
+/// end hang up, kill their VMM and clean up after it. (A parent-death
+/// signal would kill the watcher before it could clean up.)
+static ALIVE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+
+fn alive_fd() -> std::io::Result<RawFd> {
+    if let Some((read, _)) = ALIVE.get() {
+        return Ok(read.as_raw_fd());
+    }
+    let (read, write) = std::io::pipe()?;
+    let pair = (OwnedFd::from(read), OwnedFd::from(write));
+    Ok(ALIVE.get_or_init(|| pair).0.as_raw_fd())
+}
 
 fn launcher() -> mpsc::Sender<Request> {
     LAUNCHER
@@ -120,6 +137,11 @@ pub(crate) async fn spawn_owned(
         None => None,
     };
     let report_fd = report.as_ref().map(|(_, w)| w.as_raw_fd()).unwrap_or(-1);
+    let alive = match &confine.mounts {
+        Some(_) => alive_fd()?,
+        None => -1,
+    };
+    let cgroup_exit = confine.cgroup_exit;
     let inherit: Vec<RawFd> = inherit_fds.to_vec();
     let mounts = confine.mounts.clone();
     let child_mounts = confine.mounts;
@@ -159,7 +181,7 @@ pub(crate) async fn spawn_owned(
                 return Err(e);
             }
             match &child_mounts {
-                Some(plan) => watch_jailed(plan, new_netns, report_fd),
+                Some(plan) => watch_jailed(plan, &cgroup_exit, new_netns, report_fd, alive),
                 None => {
                     if new_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -169,7 +191,9 @@ pub(crate) async fn spawn_owned(
             }
         });
     }
-    command.kill_on_drop(true);
+    // A jailed VMM is killed through its pidfd, so that its watcher lives
+    // to remove its cgroup; a watcher dropped unreaped is killed by that.
+    command.kill_on_drop(mounts.is_none());
     let (reply, answer) = tokio::sync::oneshot::channel();
     launcher()
         .send(Request {
@@ -255,12 +279,23 @@ fn report(report_fd: RawFd, words: [u32; 3]) {
 }
 
 /// The watcher's part: hand the files over, clone the VMM into its
-/// namespaces, report its PID, and wait for it. Returns only in the VMM
-/// (to go on to exec) or on a failure before the clone.
-fn watch_jailed(plan: &MountPlan, new_netns: bool, report_fd: RawFd) -> std::io::Result<()> {
+/// namespaces, report its PID, wait for it, remove its cgroup, and exit as
+/// it exited. Returns only in the VMM (to go on to exec) or on a failure
+/// before the clone. `alive` hangs up when the server is gone: then the
+/// watcher kills the VMM first.
+fn watch_jailed(
+    plan: &MountPlan,
+    cgroup_exit: &crate::cgroup::ExitPlan,
+    new_netns: bool,
+    report_fd: RawFd,
+    alive: RawFd,
+) -> std::io::Result<()> {
     // SAFETY: every call below is a raw syscall or async-signal-safe libc
     // function on memory prepared before the fork.
     unsafe {
+        // Not killed outright with the server (see ALIVE): it kills its VMM
+        // and cleans up instead.
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
         let uid = plan.uid_base + libc::getpid() as u32;
         for (i, path) in plan.owned.iter().enumerate() {
             if libc::chown(path.as_ptr(), uid, uid) != 0 {
@@ -319,24 +354,52 @@ fn watch_jailed(plan: &MountPlan, new_netns: bool, report_fd: RawFd) -> std::io:
             // (The read end closes on exec.)
             return Ok(());
         }
+        let pid = pid as libc::pid_t;
         report(report_fd, [REPORT_PID, pid as u32, 0]);
-        // Keep only the life pipe's write end: the spawner's exec-error
-        // pipe must see its end when the VMM execs.
-        let keep = life[1] as libc::c_uint;
-        if keep > 0 {
-            libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+        // The VMM cannot be reaped by anyone else, so its PID is stable.
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+        // Keep only what the watch needs: the spawner's exec-error pipe
+        // must see its end when the VMM execs, and the server's own end of
+        // `alive` must be the last.
+        let mut keep = [life[1], alive, pidfd];
+        close_all_except(&mut keep);
+        let mut fds = [
+            libc::pollfd {
+                fd: alive,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            let n = libc::poll(fds.as_mut_ptr(), if pidfd >= 0 { 2 } else { 1 }, -1);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            if fds[1].revents != 0 {
+                break;
+            }
+            if n < 0 || fds[0].revents != 0 {
+                // The server is gone.
+                libc::kill(pid, libc::SIGKILL);
+                break;
+            }
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0u32);
         let mut status = 0;
         loop {
-            let r = libc::waitpid(pid as libc::pid_t, &mut status, 0);
-            if r == pid as libc::pid_t {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
                 break;
             }
             if r < 0 && *libc::__errno_location() != libc::EINTR {
                 libc::_exit(127);
             }
         }
+        crate::cgroup::leave_and_remove(cgroup_exit);
         if libc::WIFSIGNALED(status) {
             let signal = libc::WTERMSIG(status);
             libc::signal(signal, libc::SIG_DFL);
@@ -349,6 +412,22 @@ fn watch_jailed(plan: &MountPlan, new_netns: bool, report_fd: RawFd) -> std::io:
         }
         libc::_exit(libc::WEXITSTATUS(status));
     }
+}
+
+/// Close every fd but those in `keep` (negative entries ignored).
+fn close_all_except(keep: &mut [RawFd; 3]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 0;
+    for &fd in keep.iter().filter(|fd| **fd >= 0) {
+        let fd = fd as libc::c_uint;
+        if fd > next {
+            // SAFETY: close_range on fds this process owns; no memory.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0u32) };
+        }
+        next = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0u32) };
 }
 
 /// The VMM's part, as PID 1 of its new namespaces: build the root from the

@@ -305,6 +305,14 @@ fn after_a_sigkill_the_next_command_reaps_the_orphan() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(env.live_vmms().is_empty(), "the VM outlived its owner");
+    // Its watcher saw its owner go, killed it and removed its cgroup (this
+    // host mounts the v1 pids controller at /sys/fs/cgroup/pids).
+    let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let cgroup = std::path::Path::new("/sys/fs/cgroup/pids/hearth/vmm").join(&id);
+    while cgroup.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!cgroup.exists(), "the VMM's cgroup outlived it");
     assert!(dir.exists(), "state should remain until gc");
     let out = env.run(&["gc"]);
     assert!(out.status.success());
