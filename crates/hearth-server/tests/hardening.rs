@@ -379,6 +379,9 @@ async fn a_flood_of_idle_connections_leaves_health_and_token_holders_served() {
     let h = Harness::with(|o| o.http.max_connections = CAP).await;
     let addr: std::net::SocketAddr = h.url.trim_start_matches("http://").parse().unwrap();
     let before = open_fds();
+    // The server runs in this process: its RSS is ours (the flood's client
+    // half adds a few hundred bytes per connection).
+    let baseline = rss_mib();
     // The attack: thousands of connections that never send a byte (as many
     // as this process may open, with room to spare).
     let flood = 3000.min(open_file_limit().saturating_sub(before + CAP + 200) / 2);
@@ -417,14 +420,40 @@ async fn a_flood_of_idle_connections_leaves_health_and_token_holders_served() {
             .unwrap();
         assert_eq!(listed.status(), StatusCode::OK);
     }
-    // Closing the flood leaves nothing behind on the server.
+    // Memory stays bounded during the flood (the server keeps at most CAP
+    // connections' buffers; before the cap, 20,000 idle connections left
+    // it at 663 MB)...
+    let during = rss_mib();
+    assert!(
+        during < baseline + 48,
+        "RSS {during} MiB during the flood against {baseline} MiB before"
+    );
+    // ...and closing the flood leaves nothing behind on the server.
     drop(idle);
     assert!(
         eventually(|| open_fds() <= before + 8).await,
         "{} descriptors left after the flood closed",
         open_fds().saturating_sub(before)
     );
+    let after = rss_mib();
+    eprintln!("flood RSS: {baseline} MiB before, {during} MiB during, {after} MiB after");
+    assert!(
+        after < baseline + 48,
+        "RSS {after} MiB after the flood against {baseline} MiB before"
+    );
     h.shutdown().await;
+}
+
+/// This process's resident set, MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
