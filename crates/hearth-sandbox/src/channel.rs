@@ -10,8 +10,9 @@
 //! channel handshake ([`hearth_proto::handshake`], which skips the stale
 //! bytes), and the agent serves the new connection with its state intact
 //! (clock, hostname and limits from the boot's hello, running processes),
-//! so no new hello is sent. Calls in flight at the break fail; later calls
-//! use the new connection.
+//! so no new hello is sent. Calls in flight at the break fail; calls made
+//! while the keeper reconnects wait for the new connection
+//! ([`ClientSlot::live`]); later calls use it.
 //!
 //! Two bounds keep a hostile guest from making the host spin: reconnecting
 //! must succeed within [`RECONNECT_WITHIN`], and at most
@@ -52,15 +53,22 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The sandbox's current connection to its guest agent, replaced by the
 /// keeper after a reconnect. Handing out a clone is cheap (a few reference
-/// counts) and the lock is held only for that.
+/// counts) and the lock is held only for that. A call that finds the
+/// connection broken waits for the keeper's next one instead of failing.
 pub(crate) struct ClientSlot {
     client: Mutex<GuestClient>,
+    /// Bumped when the keeper replaces the connection or gives up.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The keeper stopped: no new connection will come.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl ClientSlot {
     pub(crate) fn new(client: GuestClient) -> Self {
         Self {
             client: Mutex::new(client),
+            changes: tokio::sync::watch::channel(0).0,
+            settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -69,8 +77,39 @@ impl ClientSlot {
         self.client.lock().clone()
     }
 
+    /// A connection to use: the current one if it is open; if it broke,
+    /// the keeper's next one, waited for up to [`RECONNECT_WITHIN`]. (If
+    /// none comes, the broken one: the call fails as before, and the
+    /// sandbox's end, if any, says why.)
+    pub(crate) async fn live(&self) -> GuestClient {
+        let deadline = Instant::now() + RECONNECT_WITHIN;
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let client = self.get();
+            if client.is_open() || self.settled.load(Ordering::SeqCst) {
+                return client;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return client;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return client,
+            }
+        }
+    }
+
     fn replace(&self, client: GuestClient) {
         *self.client.lock() = client;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The keeper stops: callers waiting for a connection stop waiting.
+    fn settle(&self) {
+        self.settled.store(true, Ordering::SeqCst);
+        self.changes.send_modify(|n| *n += 1);
     }
 }
 
@@ -171,6 +210,11 @@ async fn reconnect(vm: &dyn Vm) -> Result<GuestClient> {
 /// sandbox ends (or is ending), so it holds the VM no longer than the
 /// monitor does.
 pub(crate) async fn keep_channel(vm: Arc<dyn Vm>, shared: Arc<Shared>, slot: Arc<ClientSlot>) {
+    keep(vm, shared, &slot).await;
+    slot.settle();
+}
+
+async fn keep(vm: Arc<dyn Vm>, shared: Arc<Shared>, slot: &ClientSlot) {
     let mut budget = ReconnectBudget::new(MAX_RECONNECTS, RECONNECT_WINDOW);
     let mut end_rx = shared.end.subscribe();
     loop {

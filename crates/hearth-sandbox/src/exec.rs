@@ -168,7 +168,7 @@ impl Execution {
 
     /// Kill the command (its whole process tree).
     pub async fn kill(&self) -> Result<()> {
-        self.sandbox.client().kill(&self.id).await
+        self.sandbox.client().await.kill(&self.id).await
     }
 
     /// Read events to the end, collecting output (at most `limit` bytes of
@@ -228,7 +228,7 @@ impl Sandbox {
             timeout_ms: options.timeout.map(|t| t.as_millis() as u64),
             stdin: options.stdin,
         };
-        let (stdin, stream) = match self.client().exec(&request).await {
+        let (stdin, stream) = match self.client().await.exec(&request).await {
             Ok(ok) => ok,
             Err(error) => return Err(self.explain(error).await),
         };

@@ -72,7 +72,7 @@ impl Sandbox {
             max_bytes: None,
             timeout_ms: None,
         };
-        match self.client().write_file_stream(&query, chunks).await {
+        match self.client().await.write_file_stream(&query, chunks).await {
             Ok(result) => Ok(result),
             Err(error) => Err(self.explain(error).await),
         }
@@ -80,7 +80,7 @@ impl Sandbox {
 
     /// Open `path` for a streamed read.
     pub async fn read_file(&self, path: &str) -> Result<FileReader> {
-        match self.client().read_file(path).await {
+        match self.client().await.read_file(path).await {
             Ok(reader) => Ok(reader),
             Err(error) => Err(self.explain(error).await),
         }
@@ -102,7 +102,7 @@ impl Sandbox {
             max_bytes,
             timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
         };
-        match self.client().read_file_within(&query).await {
+        match self.client().await.read_file_within(&query).await {
             Ok(reader) => Ok(reader),
             Err(error) => Err(self.explain(error).await),
         }
@@ -119,27 +119,27 @@ impl Sandbox {
 
     /// Metadata of `path`.
     pub async fn stat(&self, path: &str) -> Result<FileStat> {
-        self.client().stat(path).await
+        self.client().await.stat(path).await
     }
 
     /// Entries of the directory `path`.
     pub async fn list(&self, path: &str) -> Result<Vec<FileStat>> {
-        self.client().list(path).await
+        self.client().await.list(path).await
     }
 
     /// Remove `path`; with `recursive`, a whole tree.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
-        self.client().remove(path, recursive).await
+        self.client().await.remove(path, recursive).await
     }
 
     /// Create the directory `path`; with `parents`, like `mkdir -p`.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<()> {
-        self.client().mkdir(path, parents).await
+        self.client().await.mkdir(path, parents).await
     }
 
     /// Resource usage of the sandbox.
     pub async fn usage(&self) -> Result<Usage> {
-        match self.client().usage().await {
+        match self.client().await.usage().await {
             Ok(usage) => Ok(usage),
             Err(error) => Err(self.explain(error).await),
         }
@@ -150,7 +150,7 @@ impl Sandbox {
     /// writes go on in a new layer named `next`. A layer unchanged since
     /// the last checkpoint is not frozen again.
     pub async fn checkpoint(&self, next: &str) -> Result<hearth_vm::Checkpoint> {
-        if let Err(error) = self.client().sync().await {
+        if let Err(error) = self.client().await.sync().await {
             return Err(self.explain(error).await);
         }
         Ok(self.vm().checkpoint(next).await?)

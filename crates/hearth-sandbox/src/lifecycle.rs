@@ -388,10 +388,16 @@ impl Sandbox {
         self.inner.vm.as_ref()
     }
 
-    /// The current connection to the guest agent (a cheap clone: after a
-    /// channel break the keeper swaps in a new one).
-    pub(crate) fn client(&self) -> GuestClient {
-        self.inner.client.get()
+    /// A connection to the guest agent (a cheap clone): the current one,
+    /// or after a channel break the one the keeper swaps in.
+    pub(crate) async fn client(&self) -> GuestClient {
+        self.inner.client.live().await
+    }
+
+    /// Whether the host channel to the guest agent is open now (it is not
+    /// for a moment after a break, while the host reconnects).
+    pub fn channel_open(&self) -> bool {
+        self.inner.client.get().is_open()
     }
 
     /// How often the host reconnected to the guest agent after its channel
@@ -446,7 +452,7 @@ impl Sandbox {
             EndReason::Exited,
             "shut down on request",
         );
-        if self.client().shutdown().await.is_ok() {
+        if self.client().await.shutdown().await.is_ok() {
             if let Ok(end) = tokio::time::timeout(grace, self.wait()).await {
                 return end;
             }

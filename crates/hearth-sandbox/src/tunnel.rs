@@ -273,7 +273,12 @@ impl Sandbox {
     /// host over plain HTTP/1.1 at [`Tunnel::address`]. See
     /// [`GuestClient::open_tunnel`].
     pub async fn open_tunnel(&self, listen: &str, max_request_body: u64) -> Result<Tunnel> {
-        match self.client().open_tunnel(listen, max_request_body).await {
+        match self
+            .client()
+            .await
+            .open_tunnel(listen, max_request_body)
+            .await
+        {
             Ok(tunnel) => Ok(tunnel),
             Err(error) => Err(self.explain(error).await),
         }

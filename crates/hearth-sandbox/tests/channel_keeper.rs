@@ -159,3 +159,44 @@ async fn a_channel_that_cannot_be_reopened_ends_the_sandbox() {
     assert!(end.message.contains("refused by the test"), "{end}");
     assert_eq!(f.sandbox.channel_reconnects(), 0);
 }
+
+/// A call made while the host reconnects waits for the new connection
+/// instead of failing "guest connection lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_made_while_the_channel_reconnects_waits_for_it() {
+    let f = Fake::new().await;
+    assert_eq!(f.echo("before").await.unwrap(), "before\n");
+    // Hold the reconnect back: its first attempt is refused, the next comes
+    // 500 ms later.
+    f.driver
+        .faults()
+        .refuse_connect
+        .store(true, Ordering::SeqCst);
+    assert!(f.driver.break_channel(f.sandbox.id()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while f.sandbox.channel_open() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the break is never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sandbox = f.sandbox.clone();
+    let call = tokio::spawn(async move {
+        sandbox
+            .run(ExecOptions::new(["echo", "during"]), None)
+            .await
+            .map(|out| out.stdout_text())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!call.is_finished(), "{:?}", call.await);
+    f.driver
+        .faults()
+        .refuse_connect
+        .store(false, Ordering::SeqCst);
+    assert_eq!(call.await.unwrap().unwrap(), "during\n");
+    assert_eq!(f.sandbox.channel_reconnects(), 1);
+    let end = f.sandbox.destroy().await;
+    assert_eq!(end.reason, EndReason::Destroyed, "{end}");
+    f.wait_ended().await;
+}
