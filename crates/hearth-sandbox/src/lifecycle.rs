@@ -318,6 +318,15 @@ impl Sandbox {
                 });
             }
         };
+        if !options.privileged && !guest.workload_isolation {
+            // An agent from before workload isolation runs execs with full
+            // root: say so rather than let the sandbox look confined.
+            tracing::warn!(
+                agent_version = %guest.agent_version,
+                "this image's guest agent does not isolate workloads: execs run with full root \
+                 and can reach the agent and its cgroups; rebuild the image with `hearth image build`"
+            );
+        }
         if guest.protocol_version != PROTOCOL_VERSION {
             let message = format!(
                 "guest agent speaks protocol {} but this host speaks {PROTOCOL_VERSION}; rebuild the image with `hearth image build`",
