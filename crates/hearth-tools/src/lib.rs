@@ -18,7 +18,8 @@
 //! (`http_503`, `timeout`, `connect`, `egress_refused`, `invalid_input`,
 //! `too_large`), alongside a [`CallRecord`] of what was sent.
 //!
-//! Modules: [`egress`] (self-contained, reused by the guest network),
+//! Modules: [`egress`] (the address policy from `hearth-net`, shared with
+//! the sandbox network, and its `reqwest` resolver),
 //! [`config`] (the file format), [`registry`] (the tools and argument
 //! checks), [`call`] (one attempt).
 
