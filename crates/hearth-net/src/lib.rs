@@ -12,10 +12,15 @@
 //!
 //! Modules: [`egress`] (the address ranges refused after resolution, shared
 //! with host-side tool calls), [`policy`] (modes, allowlist entries and the
-//! decisions).
+//! decisions), [`hosts`] (resolution on the host, with a test-only hosts
+//! file override), [`connect`] (opening an allowed connection).
 
+pub mod connect;
 pub mod egress;
+pub mod hosts;
 pub mod policy;
 
+pub use connect::{ConnectError, Connector, Opened};
 pub use egress::{EgressPolicy, EgressRefusal};
+pub use hosts::{HostsOverride, Resolver, SystemResolver};
 pub use policy::{AllowEntry, NetworkMode, NetworkPolicy, PolicyError, Refusal, Rule};

@@ -245,7 +245,7 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 /// A host name as compared: lowercase, no trailing dot, each label 1 to 63
 /// of `a-z 0-9 - _` not starting or ending with `-`, 253 bytes at most.
 /// (Names beyond ASCII are written in their `xn--` form.)
-fn normalize_name(name: &str) -> Result<String, String> {
+pub(crate) fn normalize_name(name: &str) -> Result<String, String> {
     let lower = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     if lower.is_empty() {
         return Err("an empty host name".into());
