@@ -86,6 +86,7 @@ impl QemuDriver {
     }
 
     async fn boot(&self, spec: VmSpec) -> Result<QemuVm> {
+        let started = std::time::Instant::now();
         // Files, mkfs, the sockets and the jail's plan are blocking work:
         // off the runtime.
         let Prepared {
@@ -105,6 +106,7 @@ impl QemuDriver {
         };
         let listener_fd = listener.as_raw_fd();
         let qmp_fd = qmp_listener.as_raw_fd();
+        let prepared = started.elapsed();
 
         let mut command = tokio::process::Command::new(&self.binary);
         if self.jail.seccomp() {
@@ -145,7 +147,15 @@ impl QemuDriver {
             pidfd,
             uid,
         } = spawned;
-        tracing::debug!(vm = %spec.name, pid, ?uid, accel = %spec.accel, "qemu started");
+        tracing::debug!(
+            vm = %spec.name,
+            pid,
+            ?uid,
+            accel = %spec.accel,
+            prepare_ms = prepared.as_secs_f64() * 1e3,
+            spawn_ms = (started.elapsed() - prepared).as_secs_f64() * 1e3,
+            "qemu started"
+        );
 
         let (exit_tx, exit_rx) = watch::channel(None);
         let kill = Arc::new(Notify::new());
