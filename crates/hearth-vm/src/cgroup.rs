@@ -248,6 +248,9 @@ impl CgroupLayout {
 pub struct VmmCgroup {
     dirs: Vec<PathBuf>,
     procs_files: Vec<CString>,
+    /// The memory controller's event counts (`memory.oom_control` on v1,
+    /// `memory.events` on v2), which count OOM kills.
+    oom_events: Option<CString>,
 }
 
 impl VmmCgroup {
@@ -266,6 +269,7 @@ impl VmmCgroup {
         let mut cgroup = Self {
             dirs: Vec::new(),
             procs_files: Vec::new(),
+            oom_events: None,
         };
         for parent in &layout.parents {
             let dir = parent.dir.join(name);
@@ -287,6 +291,13 @@ impl VmmCgroup {
                 .map_err(|_| failed("the path holds a NUL byte".into()))?;
             cgroup.dirs.push(dir.clone());
             cgroup.procs_files.push(procs);
+            if parent.controllers.contains(&Controller::Memory) {
+                let events = match parent.version {
+                    CgroupVersion::V1 => "memory.oom_control",
+                    CgroupVersion::V2 => "memory.events",
+                };
+                cgroup.oom_events = CString::new(dir.join(events).as_os_str().as_bytes()).ok();
+            }
             for controller in &parent.controllers {
                 for (file, value, required) in settings(*controller, parent.version, limits) {
                     write_setting(&dir.join(file), &value, required)?;
@@ -335,6 +346,8 @@ pub struct ExitPlan {
     pub leave: Vec<CString>,
     /// The VM's cgroup directories.
     pub dirs: Vec<CString>,
+    /// Where the memory controller counts OOM kills (see [`oom_kills`]).
+    pub oom_events: Option<CString>,
 }
 
 impl VmmCgroup {
@@ -349,8 +362,56 @@ impl VmmCgroup {
                 .filter_map(|own| c(&own.join("cgroup.procs")))
                 .collect(),
             dirs: self.dirs.iter().filter_map(|d| c(d)).collect(),
+            oom_events: self.oom_events.clone(),
         }
     }
+}
+
+/// How many processes the cgroup's memory limit killed, from its event
+/// counts (the `oom_kill N` line of `memory.oom_control` or
+/// `memory.events`); `None` when unreadable. Async-signal-safe (open,
+/// read, close, no allocation): a watcher calls it after its VMM died.
+#[allow(unsafe_code)]
+pub fn oom_kills(events: &std::ffi::CStr) -> Option<u64> {
+    let mut buf = [0u8; 1024];
+    // SAFETY: open/read/close on a NUL-terminated path and a stack buffer
+    // of the length passed.
+    let len = unsafe {
+        let fd = libc::open(events.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        len
+    };
+    let text = buf.get(..usize::try_from(len).ok()?)?;
+    parse_oom_kills(text)
+}
+
+/// The number after `oom_kill ` at the start of a line of `text`.
+fn parse_oom_kills(text: &[u8]) -> Option<u64> {
+    let key = b"oom_kill ";
+    let mut at = 0;
+    while at < text.len() {
+        let line_end = text[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| at + i);
+        let line = &text[at..line_end];
+        if let Some(digits) = line.strip_prefix(key) {
+            let mut n: u64 = 0;
+            for &d in digits {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            }
+            return Some(n);
+        }
+        at = line_end + 1;
+    }
+    None
 }
 
 /// Move the calling process out of the VM's cgroup and remove it, retrying

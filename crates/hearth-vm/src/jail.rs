@@ -45,6 +45,10 @@ pub const SECCOMP_OPTION: &str =
 /// costs or to rule it out when debugging; `hearth doctor` says so.
 pub const JAIL_ENV: &str = "HEARTH_VMM_JAIL";
 
+/// Environment variable that sets the memory a VMM's cgroup allows QEMU
+/// beyond guest RAM, in MiB (default: 1280 under TCG, 384 under KVM).
+pub const MEMORY_OVERHEAD_ENV: &str = "HEARTH_VMM_MEMORY_OVERHEAD_MIB";
+
 /// Environment variable that moves the jailed VMMs' uid range (default
 /// [`DEFAULT_UID_BASE`]).
 pub const UID_BASE_ENV: &str = "HEARTH_VMM_UID_BASE";
@@ -76,6 +80,9 @@ pub struct Jail {
     pub confinement: std::result::Result<Arc<Confinement>, String>,
     /// A cgroup of its own; `Err` says why not.
     pub cgroup: std::result::Result<Arc<CgroupLayout>, String>,
+    /// Memory allowed to QEMU beyond guest RAM, MiB, when set by
+    /// [`MEMORY_OVERHEAD_ENV`] (else [`vmm_limits`]'s default).
+    pub memory_overhead_mib: Option<u64>,
 }
 
 /// What a jailed VMM is given of the host, and who it runs as.
@@ -98,6 +105,7 @@ impl Jail {
             network_namespace: Err(why.to_string()),
             confinement: Err(why.to_string()),
             cgroup: Err(why.to_string()),
+            memory_overhead_mib: None,
         }
     }
 
@@ -113,14 +121,24 @@ impl Jail {
         if let Some(jail) = detected.lock().get(binary) {
             return jail.clone();
         }
+        let overhead = match std::env::var(MEMORY_OVERHEAD_ENV) {
+            Ok(text) => text
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("{MEMORY_OVERHEAD_ENV}={text} is not a whole number of MiB")),
+            Err(_) => Ok(None),
+        };
         let jail = Self {
             seccomp: seccomp_supported(binary),
             network_namespace: network_namespace_allowed(),
             confinement: Confinement::detect(binary).map(Arc::new),
-            cgroup: CgroupLayout::detect(CGROUP_INSTANCE).map(|layout| {
-                layout.sweep_abandoned(std::time::Duration::from_secs(60));
-                Arc::new(layout)
+            cgroup: overhead.clone().and_then(|_| {
+                CgroupLayout::detect(CGROUP_INSTANCE).map(|layout| {
+                    layout.sweep_abandoned(std::time::Duration::from_secs(60));
+                    Arc::new(layout)
+                })
             }),
+            memory_overhead_mib: overhead.unwrap_or(None),
         };
         detected.lock().insert(binary.to_path_buf(), jail.clone());
         jail
@@ -373,14 +391,15 @@ impl Confinement {
 }
 
 /// The limits on the QEMU process of a VM with `spec`: its guest memory
-/// plus what QEMU itself needs (under TCG up to 1 GiB of translated code),
-/// a thread count well above QEMU's (vCPUs, its I/O pool of 64, helpers),
-/// and one CPU per vCPU plus one for its I/O.
-pub fn vmm_limits(spec: &VmSpec) -> CgroupLimits {
-    let overhead_mib = match spec.accel {
+/// plus what QEMU itself needs (`overhead_mib`, by default under TCG up to
+/// 1 GiB of translated code and more), a thread count well above QEMU's
+/// (vCPUs, its I/O pool of 64, helpers), and one CPU per vCPU plus one for
+/// its I/O.
+pub fn vmm_limits(spec: &VmSpec, overhead_mib: Option<u64>) -> CgroupLimits {
+    let overhead_mib = overhead_mib.unwrap_or(match spec.accel {
         Accel::Tcg => 1280,
         Accel::Kvm => 384,
-    };
+    });
     CgroupLimits {
         memory_bytes: (spec.memory_mib + overhead_mib) << 20,
         pids: 128 + u64::from(spec.vcpus),
@@ -640,7 +659,8 @@ mod tests {
             kernel_args: Vec::new(),
             scratch: crate::ScratchDisk::Ephemeral,
         };
-        let limits = vmm_limits(&spec);
+        let limits = vmm_limits(&spec, None);
+        assert_eq!(vmm_limits(&spec, Some(16)).memory_bytes, (512 + 16) << 20);
         assert_eq!(limits.memory_bytes, (512 + 1280) << 20);
         assert_eq!(limits.pids, 130);
         assert_eq!(limits.cpu_quota_us, 300_000);

@@ -162,6 +162,9 @@ impl QemuDriver {
         let kill_signal = kill.clone();
         let console_path = spec.console_log();
         let name = spec.name.clone();
+        let guest_mib = spec.memory_mib;
+        let memory_limit_mib =
+            crate::jail::vmm_limits(&spec, self.jail.memory_overhead_mib).memory_bytes >> 20;
         // Dropped with this task (a runtime shutting down), it kills QEMU.
         let vmm = KillOnDrop(pidfd);
         tokio::spawn(async move {
@@ -195,7 +198,23 @@ impl QemuDriver {
                 )
             })
             .await;
-            let (console_tail, vmm_stderr_tail) = tails.unwrap_or_default();
+            let (console_tail, mut vmm_stderr_tail) = tails.unwrap_or_default();
+            let status = match status {
+                // The watcher's word for "QEMU was killed by its cgroup's
+                // memory limit": say so, as the SIGKILL it was.
+                Some(s) if s.code() == Some(crate::spawn::VMM_OOM_EXIT) => {
+                    vmm_stderr_tail.push(format!(
+                        "killed by the host: QEMU went over this VM's memory limit of {memory_limit_mib} MiB \
+                         (the guest's {guest_mib} MiB plus {} MiB for QEMU itself; {} sets that allowance)",
+                        memory_limit_mib.saturating_sub(guest_mib),
+                        crate::jail::MEMORY_OVERHEAD_ENV,
+                    ));
+                    Some(std::os::unix::process::ExitStatusExt::from_raw(
+                        libc::SIGKILL,
+                    ))
+                }
+                other => other,
+            };
             let exit = VmExit {
                 status,
                 console_tail,
@@ -323,7 +342,7 @@ fn prepare(spec: &VmSpec, jail: &Jail) -> Result<Prepared> {
         Ok(layout) => Some(VmmCgroup::create(
             layout,
             &spec.name,
-            &crate::jail::vmm_limits(spec),
+            &crate::jail::vmm_limits(spec, jail.memory_overhead_mib),
         )?),
         Err(_) => None,
     };

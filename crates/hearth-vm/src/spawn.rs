@@ -118,6 +118,10 @@ fn launcher() -> mpsc::Sender<Request> {
         .clone()
 }
 
+/// The watcher's exit code when its VMM was killed for going over its
+/// cgroup's memory limit (QEMU itself exits 0 or 1).
+pub(crate) const VMM_OOM_EXIT: i32 = 199;
+
 /// Report tags written by the watcher and the jailing child.
 const REPORT_PID: u32 = 1;
 const REPORT_FAILED: u32 = 2;
@@ -399,7 +403,18 @@ fn watch_jailed(
                 libc::_exit(127);
             }
         }
+        // Killed by its cgroup's memory limit? (Read before the cgroup goes.)
+        let oom_killed = libc::WIFSIGNALED(status)
+            && libc::WTERMSIG(status) == libc::SIGKILL
+            && cgroup_exit
+                .oom_events
+                .as_deref()
+                .and_then(crate::cgroup::oom_kills)
+                .is_some_and(|n| n > 0);
         crate::cgroup::leave_and_remove(cgroup_exit);
+        if oom_killed {
+            libc::_exit(VMM_OOM_EXIT);
+        }
         if libc::WIFSIGNALED(status) {
             let signal = libc::WTERMSIG(status);
             libc::signal(signal, libc::SIG_DFL);

@@ -280,3 +280,48 @@ fn v2_without_a_controller_names_it() {
     let why = prepare_v2(own.path(), &Controller::ALL, &parent).unwrap_err();
     assert!(why.starts_with("no pids controller"), "{why}");
 }
+
+#[test]
+fn oom_kill_counts_are_read_from_either_format() {
+    let v1 = b"oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+    assert_eq!(parse_oom_kills(v1), Some(3));
+    let v2 = b"low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+    assert_eq!(parse_oom_kills(v2), Some(1));
+    assert_eq!(parse_oom_kills(b"oom_kill_disable 0\n"), None);
+    assert_eq!(parse_oom_kills(b"oom_kill x\n"), None);
+    assert_eq!(parse_oom_kills(b""), None);
+}
+
+/// A process over its cgroup's memory limit is killed, and the count the
+/// watcher reads says so.
+#[test]
+#[allow(unsafe_code)]
+fn a_process_over_the_memory_limit_is_killed_and_counted() {
+    let layout = layout("oom");
+    let limits = CgroupLimits {
+        memory_bytes: 32 << 20,
+        ..LIMITS
+    };
+    let cgroup = VmmCgroup::create(&layout, "hog", &limits).unwrap();
+    let plan = cgroup.exit_plan();
+    let events = plan
+        .oom_events
+        .clone()
+        .expect("this host has a memory controller");
+    assert_eq!(oom_kills(&events), Some(0));
+    let procs = cgroup.procs_files().to_vec();
+    let mut command = Command::new("python3");
+    // Writes every page of 128 MiB, four times the limit.
+    command.args(["-c", "b = bytearray(b'x' * (128 << 20)); print(len(b))"]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: join_current is async-signal-safe (open, write and close on
+    // paths made before the fork).
+    unsafe {
+        command.pre_exec(move || join_current(&procs));
+    }
+    let status = command.status().expect("python3 runs");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert!(oom_kills(&events).is_some_and(|n| n >= 1));
+    cgroup.remove().unwrap();
+    layout.remove().unwrap();
+}
