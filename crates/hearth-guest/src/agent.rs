@@ -83,6 +83,8 @@ pub struct AgentState {
     pub isolation: Option<Isolation>,
     /// Set by the hello: execs get full root, no confinement.
     pub privileged: AtomicBool,
+    /// The egress proxy, while the host keeps its control stream open.
+    egress: std::sync::Mutex<Option<Arc<crate::egress::Egress>>>,
     shutdown: watch::Sender<bool>,
     /// Connections being served.
     connections: watch::Sender<usize>,
@@ -140,6 +142,7 @@ impl Agent {
             boot_ms: OnceLock::new(),
             isolation,
             privileged: AtomicBool::new(false),
+            egress: std::sync::Mutex::new(None),
             shutdown,
             connections: watch::channel(0).0,
         });
@@ -205,6 +208,18 @@ impl Drop for OpenConnection {
 }
 
 impl AgentState {
+    /// The egress proxy, if running.
+    pub fn egress(&self) -> Option<Arc<crate::egress::Egress>> {
+        self.egress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_egress(&self, egress: Option<Arc<crate::egress::Egress>>) {
+        *self.egress.lock().unwrap_or_else(|e| e.into_inner()) = egress;
+    }
+
     /// How the next exec is confined: `None` in a privileged sandbox or
     /// when the agent does not confine execs.
     pub fn exec_isolation(&self) -> Option<&Isolation> {

@@ -355,7 +355,13 @@ async fn start(
         .map(ExecCgroup::open_procs)
         .transpose()
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let request = request.clone();
+    let mut request = request.clone();
+    if let Some(egress) = state.egress() {
+        // The network goes through the proxy; the request's own settings win.
+        for (key, value) in crate::egress::proxy_env(egress.address()) {
+            request.env.entry(key).or_insert(value);
+        }
+    }
     let reaper = state.reaper.clone();
     let isolation = state.exec_isolation().cloned();
     tokio::task::spawn_blocking(move || {

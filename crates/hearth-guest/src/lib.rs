@@ -19,6 +19,7 @@ pub mod body;
 pub mod capacity;
 pub mod cgroup;
 pub mod channel;
+pub mod egress;
 pub mod error;
 pub mod exec;
 pub mod files;

@@ -20,7 +20,7 @@ use crate::agent::{Agent, AgentState};
 use crate::body::{self, ResponseBody};
 use crate::capacity::RequestKind;
 use crate::error::{GuestError, Result};
-use crate::{exec, files, tunnel, usage};
+use crate::{egress, exec, files, tunnel, usage};
 
 /// HTTP/2 stream receive window: enough for fast transfers, small enough to
 /// bound what one stream can buffer.
@@ -129,7 +129,7 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
     let method = parts.method;
     let kind = match (&method, path.as_str()) {
         (&Method::POST, routes::EXEC) => Some(RequestKind::Exec),
-        (&Method::POST, routes::TUNNEL) => Some(RequestKind::Tunnel),
+        (&Method::POST, routes::TUNNEL | routes::EGRESS) => Some(RequestKind::Tunnel),
         (&Method::POST, routes::HELLO | routes::SYNC) | (&Method::GET, routes::USAGE) => {
             Some(RequestKind::Control)
         }
@@ -154,6 +154,10 @@ async fn route(state: Arc<AgentState>, request: Request<Incoming>) -> Response<R
     let result: Result<Response<ResponseBody>> = match (&method, path.as_str()) {
         (&Method::POST, routes::EXEC) => return exec::handle(state, request_body, slot),
         (&Method::POST, routes::TUNNEL) => tunnel::open(state, request_body, slot).await,
+        (&Method::POST, routes::EGRESS) => egress::open(state, request_body, slot).await,
+        // Bounded by the proxy: only a connection waiting for the host
+        // gets one.
+        (&Method::POST, routes::EGRESS_CONN) => egress::conn(state, query, request_body).await,
         (&Method::POST, routes::HELLO) => hello(state, request_body).await,
         (&Method::POST, routes::EXEC_KILL) => {
             match json_body::<hearth_proto::KillRequest>(request_body, "kill request").await {

@@ -46,6 +46,18 @@ pub enum FrameKind {
     /// Either direction: a piece of a tunnelled message's body, see
     /// [`crate::tunnel::body_frame`].
     TunnelBody = 13,
+    /// Host → guest, first frame of `POST /v1/egress`: JSON
+    /// [`crate::EgressStart`].
+    EgressStart = 14,
+    /// Guest → host, first frame of an egress control stream: JSON
+    /// [`crate::EgressReady`].
+    EgressReady = 15,
+    /// Guest → host: a program asked the proxy for a connection; JSON
+    /// [`crate::EgressOpen`].
+    EgressOpen = 16,
+    /// Host → guest: that connection is refused (or failed); JSON
+    /// [`crate::EgressRefused`].
+    EgressRefused = 17,
 }
 
 impl FrameKind {
@@ -65,6 +77,10 @@ impl FrameKind {
             11 => Self::TunnelRequest,
             12 => Self::TunnelResponse,
             13 => Self::TunnelBody,
+            14 => Self::EgressStart,
+            15 => Self::EgressReady,
+            16 => Self::EgressOpen,
+            17 => Self::EgressRefused,
             _ => return None,
         })
     }

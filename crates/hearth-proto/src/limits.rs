@@ -99,3 +99,10 @@ pub const FILE_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Longest an upload may go without receiving a byte before the guest
 /// abandons it (`timed_out`, the old file left as it was).
 pub const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Egress connections a guest may have waiting for the host's verdict at
+/// once; the proxy answers `503` past it.
+pub const MAX_EGRESS_PENDING: usize = 64;
+
+/// Longest destination host name in an `EgressOpen` (DNS's limit).
+pub const MAX_EGRESS_HOST: usize = 253;

@@ -245,6 +245,43 @@ pub struct TunnelReady {
     pub address: String,
 }
 
+/// Host → guest, first frame of `POST /v1/egress`: serve the egress proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStart {
+    /// Loopback address the proxy listens on (`127.0.0.1:3128` in a VM;
+    /// `127.0.0.1:0` picks a free port). Anything but loopback is refused.
+    pub listen: String,
+}
+
+/// Guest → host, first frame of the egress control stream: the proxy
+/// listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressReady {
+    /// The address bound.
+    pub address: String,
+}
+
+/// Guest → host: a program asked for a connection to `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressOpen {
+    /// Guest-chosen id, unique within the control stream.
+    pub id: u64,
+    /// The destination as the program named it (a name or an address).
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+}
+
+/// Host → guest: the connection `id` is not opened, and why (shown to the
+/// program in the proxy's `403` answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRefused {
+    /// The [`EgressOpen::id`] refused.
+    pub id: u64,
+    /// Why: the policy's refusal, or why the destination was unreachable.
+    pub reason: String,
+}
+
 /// Guest → host: the head of one local HTTP request. Its body follows as
 /// `TunnelBody` frames carrying `id`, `body_len` bytes in all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,20 @@ pub const SHUTDOWN: &str = "/v1/shutdown";
 /// [`crate::tunnel`]).
 pub const TUNNEL: &str = "/v1/tunnel";
 
+/// `POST`: the egress control stream. The host opens it when a sandbox may
+/// reach the network; the guest serves an HTTP proxy on a loopback address
+/// and sends each connection a program asks for up the response body as an
+/// `EgressOpen` frame; the host answers a refusal down the request body
+/// (`EgressRefused`), or opens [`EGRESS_CONN`] for it. Closing the stream
+/// closes the proxy. See `docs/egress-protocol.md`.
+pub const EGRESS: &str = "/v1/egress";
+
+/// `POST ?id=N`: one allowed egress connection. The request body carries
+/// the bytes from the destination to the program, the response body the
+/// bytes from the program to the destination, raw (no frames): HTTP/2
+/// gives each connection its own flow control.
+pub const EGRESS_CONN: &str = "/v1/egress/conn";
+
 /// Header carrying the HTTP status's [`crate::ErrorCode`] redundantly, so a
 /// client can classify an error without parsing the body.
 pub const ERROR_CODE_HEADER: &str = "hearth-error-code";

@@ -18,6 +18,8 @@ fn examples() -> serde_json::Value {
             FrameKind::Exit as u8, FrameKind::Error as u8,
             FrameKind::TunnelOpen as u8, FrameKind::TunnelReady as u8, FrameKind::TunnelRequest as u8,
             FrameKind::TunnelResponse as u8, FrameKind::TunnelBody as u8,
+            FrameKind::EgressStart as u8, FrameKind::EgressReady as u8, FrameKind::EgressOpen as u8,
+            FrameKind::EgressRefused as u8,
         ],
         "frame_bytes": Frame::new(FrameKind::Stdout, &b"hi"[..]).encode().to_vec(),
         "hello": Hello { protocol_version: 1, unix_time_ms: 1, hostname: "h".into(), pids_max: 2, agent_reserve_mib: 3, privileged: true },
@@ -45,7 +47,11 @@ fn examples() -> serde_json::Value {
         "tunnel_request_head": TunnelRequestHead { id: 1, method: "POST".into(), path: "/v1/runs/r1/steps?x=1".into(), content_type: Some("application/json".into()), body_len: 2 },
         "tunnel_response_head": TunnelResponseHead { id: 1, status: 200, content_type: None, body_len: 0 },
         "tunnel_body_frame_bytes": tunnel::body_frame(258, b"hi").encode().to_vec(),
-        "routes": [routes::HELLO, routes::EXEC, routes::EXEC_KILL, routes::FILES, routes::FILES_STAT, routes::FILES_LIST, routes::FILES_MKDIR, routes::USAGE, routes::SHUTDOWN, routes::TUNNEL],
+        "egress_start": EgressStart { listen: "127.0.0.1:3128".into() },
+        "egress_ready": EgressReady { address: "127.0.0.1:3128".into() },
+        "egress_open": EgressOpen { id: 1, host: "pypi.org".into(), port: 443 },
+        "egress_refused": EgressRefused { id: 1, reason: "pypi.org port 443 is not on the allowlist".into() },
+        "routes": [routes::HELLO, routes::EXEC, routes::EXEC_KILL, routes::FILES, routes::FILES_STAT, routes::FILES_LIST, routes::FILES_MKDIR, routes::USAGE, routes::SHUTDOWN, routes::TUNNEL, routes::EGRESS, routes::EGRESS_CONN],
     })
 }
 

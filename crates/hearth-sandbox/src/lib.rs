@@ -16,6 +16,7 @@
 
 pub mod channel;
 pub mod client;
+pub mod egress;
 pub mod end;
 pub mod error;
 pub mod exec;
@@ -28,6 +29,7 @@ pub mod registry;
 pub mod tunnel;
 
 pub use client::{ExecEvent, FileReader, StdinWriter};
+pub use egress::{AuditSink, Egress, EgressAudit};
 pub use end::{EndReason, SandboxEnd};
 pub use error::{Result, SandboxError};
 pub use exec::{ExecOptions, ExecOutput, Execution};
