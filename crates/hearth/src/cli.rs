@@ -572,6 +572,22 @@ pub struct RunArgs {
     /// the guest agent or its cgroups.
     #[arg(long)]
     pub privileged: bool,
+    /// Network: none (the default), open (any public destination), or
+    /// allow:ENTRY,... (names, *.wildcards, CIDRs, each with an optional
+    /// :PORT), e.g. allow:pypi.org,*.pythonhosted.org:443. Programs reach
+    /// it through the proxy their HTTP_PROXY/HTTPS_PROXY name; loopback,
+    /// private, link-local and metadata addresses stay refused unless
+    /// --egress-allow-cidr opens them.
+    #[arg(long, default_value = "none", value_name = "MODE", value_parser = parse_net)]
+    pub net: hearth_net::NetworkPolicy,
+    /// Let the sandbox reach this address range, which is refused by
+    /// default (loopback, private, link-local, metadata) (repeatable).
+    #[arg(long = "egress-allow-cidr", value_name = "CIDR")]
+    pub egress_allow_cidr: Vec<String>,
+    /// For tests and local development: resolve names from this file
+    /// (/etc/hosts format) before asking the host's resolver.
+    #[arg(long, value_name = "FILE")]
+    pub egress_hosts: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -579,6 +595,11 @@ pub struct RunArgs {
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
     s.parse::<ByteSize>().map_err(|e| e.to_string())
+}
+
+fn parse_net(s: &str) -> Result<hearth_net::NetworkPolicy, String> {
+    s.parse()
+        .map_err(|e: hearth_net::PolicyError| e.to_string())
 }
 
 fn parse_accel(s: &str) -> Result<AccelPreference, String> {

@@ -7,6 +7,7 @@ mod cli;
 mod doctor;
 mod exit;
 mod image_cmd;
+mod net;
 mod remote;
 mod run;
 mod runs_cmd;

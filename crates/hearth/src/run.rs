@@ -40,6 +40,31 @@ impl Interrupts {
     }
 }
 
+/// Where the guest's proxy listens.
+const GUEST_PROXY: &str = "127.0.0.1:3128";
+
+/// The audit record of one connection, in the log: refusals as warnings.
+fn log_egress(record: hearth_sandbox::EgressAudit) {
+    let destination = format!("{}:{}", record.host, record.port);
+    if record.allowed {
+        tracing::info!(
+            %destination,
+            addr = ?record.addr,
+            rule = record.rule.as_deref().unwrap_or_default(),
+            bytes_up = record.bytes_up,
+            bytes_down = record.bytes_down,
+            duration_ms = record.duration_ms,
+            "egress"
+        );
+    } else {
+        tracing::warn!(
+            %destination,
+            reason = record.reason.as_deref().unwrap_or_default(),
+            "egress refused"
+        );
+    }
+}
+
 /// Create the sandbox, run the command, destroy the sandbox; the command's
 /// exit code is the result.
 pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
@@ -55,6 +80,14 @@ pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
         ..SandboxOptions::default()
     };
     options.validate()?;
+    let network = match args.net.mode() {
+        hearth_net::NetworkMode::None => None,
+        _ => Some(hearth_net::Connector::new(
+            args.net.clone(),
+            std::sync::Arc::new(crate::net::egress_policy(&args.egress_allow_cidr)?),
+            crate::net::resolver(args.egress_hosts.as_deref())?,
+        )),
+    };
     let driver = QemuDriver::locate()?;
 
     let create = Sandbox::create(home, &driver, options);
@@ -68,6 +101,20 @@ pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
         }
     };
 
+    // Held while the command runs: dropping it closes the guest's proxy.
+    let _egress = match network {
+        Some(connector) => match sandbox
+            .start_egress(GUEST_PROXY, connector, std::sync::Arc::new(log_egress))
+            .await
+        {
+            Ok(egress) => Some(egress),
+            Err(error) => {
+                sandbox.destroy().await;
+                return Err(error.into());
+            }
+        },
+        None => None,
+    };
     let forward_stdin = !args.no_stdin && !std::io::stdin().is_terminal();
     let exec = ExecOptions {
         argv: args.command,

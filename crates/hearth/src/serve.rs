@@ -83,18 +83,7 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.token_file = args.token_file;
     options.runs.hold = args.run_hold;
     options.reset_store = args.reset;
-    let mut allow = Vec::new();
-    for cidr in &args.egress_allow_cidr {
-        let net: ipnet::IpNet = cidr
-            .parse()
-            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "--egress-allow-cidr {cidr:?} is not a CIDR (e.g. 10.1.0.0/16) or an address"
-                )
-            })?;
-        allow.push(net);
-    }
+    let allow = crate::net::egress_policy(&args.egress_allow_cidr)?.allow_cidrs;
     let registry = match &args.tools {
         Some(path) => ToolRegistry::load(path)?,
         None => ToolRegistry::default(),
