@@ -18,8 +18,8 @@
 //!
 //! So nothing leaves the VM but through the host, which decides.
 //!
-//! Bounds: [`MAX_EGRESS_PENDING`] connections waiting for the host (`503`
-//! past it), [`VERDICT_TIMEOUT`] for the host's answer, host names up to
+//! Bounds: [`MAX_EGRESS_PENDING`] connections waiting for the host (`403`
+//! "try again" past it), [`VERDICT_TIMEOUT`] for the host's answer, host names up to
 //! [`MAX_EGRESS_HOST`] bytes, hyper's default header limits.
 
 use std::collections::HashMap;
