@@ -557,6 +557,10 @@ mod tests {
         assert!(p.check_destination("pythonhosted.org", 443).is_err());
         assert!(p.check_destination("evilpythonhosted.org", 443).is_err());
         assert!(p.check_destination("files.pythonhosted.org", 80).is_err());
+        // A name of digits only is an address, and no name entry covers it.
+        assert!(policy("allow:*.5.8")
+            .check_destination("8.5.5.8", 443)
+            .is_err());
         let refused = p.check_destination("example.com", 443).unwrap_err();
         assert_eq!(
             refused.to_string(),
@@ -639,8 +643,10 @@ mod tests {
             .contains("mode none"));
     }
 
+    /// A label starting with a letter: a name of digit-only labels, such as
+    /// `8.5.5.8`, is an address, and is checked as one.
     fn label() -> impl Strategy<Value = String> {
-        "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"
+        "[a-z]([a-z0-9-]{0,10}[a-z0-9])?"
     }
 
     fn name() -> impl Strategy<Value = String> {
