@@ -188,7 +188,13 @@ pub async fn open(
     slot: Option<Slot>,
 ) -> Result<Response<ResponseBody>> {
     let mut decoder = FrameDecoder::default();
-    let start: EgressStart = read_first(&mut request_body, &mut decoder).await?;
+    let start: EgressStart = crate::tunnel::read_first_frame(
+        &mut request_body,
+        &mut decoder,
+        FrameKind::EgressStart,
+        "egress stream",
+    )
+    .await?;
     let listen: SocketAddr = start.listen.parse().map_err(|_| {
         GuestError::InvalidArgument(format!(
             "egress listen address {:?} is not a socket address",
@@ -265,41 +271,6 @@ pub async fn conn(
         to_host,
     });
     Ok(body::streamed(response, "application/octet-stream"))
-}
-
-/// Read the first frame of the control stream's request body.
-async fn read_first<T: serde::de::DeserializeOwned>(
-    body: &mut Incoming,
-    decoder: &mut FrameDecoder,
-) -> Result<T> {
-    loop {
-        if let Some(frame) = decoder
-            .next_frame()
-            .map_err(|e| GuestError::InvalidArgument(format!("egress stream: {e}")))?
-        {
-            if frame.kind != FrameKind::EgressStart {
-                return Err(GuestError::InvalidArgument(format!(
-                    "the first frame of an egress stream must be EgressStart, got {:?}",
-                    frame.kind
-                )));
-            }
-            return frame
-                .parse_json()
-                .map_err(|e| GuestError::InvalidArgument(format!("egress stream: {e}")));
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    decoder.push(&data);
-                }
-            }
-            _ => {
-                return Err(GuestError::InvalidArgument(
-                    "the egress stream ended before its EgressStart frame".into(),
-                ))
-            }
-        }
-    }
 }
 
 /// Deliver the host's refusals until the control stream ends; returns why.

@@ -211,26 +211,38 @@ pub fn parse_listen(open: &TunnelOpen) -> Result<SocketAddr> {
     Ok(address)
 }
 
-fn frame_error(error: FrameError) -> GuestError {
+fn body_frame_error(stream: &str, error: FrameError) -> GuestError {
     match error {
         FrameError::TooLarge { .. } => {
-            GuestError::TooLarge(format!("tunnel request body: {error}"))
+            GuestError::TooLarge(format!("{stream} request body: {error}"))
         }
-        other => GuestError::InvalidArgument(format!("tunnel request body: {other}")),
+        other => GuestError::InvalidArgument(format!("{stream} request body: {other}")),
     }
 }
 
 /// Read request body frames until the first one, which must be `TunnelOpen`.
 async fn read_open(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<TunnelOpen> {
+    read_first_frame(body, decoder, FrameKind::TunnelOpen, "tunnel").await
+}
+
+/// Read the request body of a long-lived `stream` (a tunnel, the egress
+/// stream) until its first frame, which must be of `kind`, and parse it.
+pub(crate) async fn read_first_frame<T: serde::de::DeserializeOwned>(
+    body: &mut Incoming,
+    decoder: &mut FrameDecoder,
+    kind: FrameKind,
+    stream: &str,
+) -> Result<T> {
+    let error = |e| body_frame_error(stream, e);
     loop {
-        if let Some(frame) = decoder.next_frame().map_err(frame_error)? {
-            if frame.kind != FrameKind::TunnelOpen {
+        if let Some(frame) = decoder.next_frame().map_err(error)? {
+            if frame.kind != kind {
                 return Err(GuestError::InvalidArgument(format!(
-                    "the first frame of a tunnel must be TunnelOpen, got {:?}",
+                    "the first frame of a {stream} must be {kind:?}, got {:?}",
                     frame.kind
                 )));
             }
-            return frame.parse_json().map_err(frame_error);
+            return frame.parse_json().map_err(error);
         }
         match body.frame().await {
             Some(Ok(frame)) => {
@@ -240,13 +252,13 @@ async fn read_open(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<Tu
             }
             Some(Err(e)) => {
                 return Err(GuestError::InvalidArgument(format!(
-                    "tunnel request body failed before the TunnelOpen frame: {e}"
+                    "{stream} request body failed before the {kind:?} frame: {e}"
                 )))
             }
             None => {
-                return Err(GuestError::InvalidArgument(
-                    "tunnel request body ended before the TunnelOpen frame".into(),
-                ))
+                return Err(GuestError::InvalidArgument(format!(
+                    "{stream} request body ended before the {kind:?} frame"
+                )))
             }
         }
     }

@@ -134,7 +134,13 @@ impl GuestClient {
             })?;
             let mut body = response.into_body();
             let mut decoder = FrameDecoder::default();
-            let ready: EgressReady = read_first(&mut body, &mut decoder).await?;
+            let ready: EgressReady = crate::tunnel::read_first_frame(
+                &mut body,
+                &mut decoder,
+                FrameKind::EgressReady,
+                "egress",
+            )
+            .await?;
             let address: SocketAddr = ready.address.parse().map_err(|_| {
                 SandboxError::Protocol(format!(
                     "egress: the guest reported {:?} as its address",
@@ -151,31 +157,6 @@ impl GuestClient {
         });
         tracing::debug!(%address, "egress proxy open");
         Ok(Egress { address, reader })
-    }
-}
-
-/// Read the first frame of the control stream's response body.
-async fn read_first(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<EgressReady> {
-    let protocol = |message: String| SandboxError::Protocol(format!("egress: {message}"));
-    loop {
-        if let Some(frame) = decoder.next_frame().map_err(|e| protocol(e.to_string()))? {
-            if frame.kind != FrameKind::EgressReady {
-                return Err(protocol(format!(
-                    "the first frame must be EgressReady, got {:?}",
-                    frame.kind
-                )));
-            }
-            return frame.parse_json().map_err(|e| protocol(e.to_string()));
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    decoder.push(&data);
-                }
-            }
-            Some(Err(e)) => return Err(protocol(format!("the stream broke: {e}"))),
-            None => return Err(protocol("the stream ended before EgressReady".into())),
-        }
     }
 }
 

@@ -287,12 +287,23 @@ impl Sandbox {
 
 /// Read the response body until the first frame, which must be `TunnelReady`.
 async fn read_ready(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<TunnelReady> {
-    let protocol = |message: String| SandboxError::Protocol(format!("tunnel: {message}"));
+    read_first_frame(body, decoder, FrameKind::TunnelReady, "tunnel").await
+}
+
+/// Read the response body of a long-lived `stream` (a tunnel, the egress
+/// stream) until its first frame, which must be of `kind`, and parse it.
+pub(crate) async fn read_first_frame<T: serde::de::DeserializeOwned>(
+    body: &mut Incoming,
+    decoder: &mut FrameDecoder,
+    kind: FrameKind,
+    stream: &str,
+) -> Result<T> {
+    let protocol = |message: String| SandboxError::Protocol(format!("{stream}: {message}"));
     loop {
         if let Some(frame) = decoder.next_frame().map_err(|e| protocol(e.to_string()))? {
-            if frame.kind != FrameKind::TunnelReady {
+            if frame.kind != kind {
                 return Err(protocol(format!(
-                    "the first frame must be TunnelReady, got {:?}",
+                    "the first frame must be {kind:?}, got {:?}",
                     frame.kind
                 )));
             }
@@ -305,7 +316,7 @@ async fn read_ready(body: &mut Incoming, decoder: &mut FrameDecoder) -> Result<T
                 }
             }
             Some(Err(e)) => return Err(protocol(format!("stream broke: {e}"))),
-            None => return Err(protocol("stream ended before TunnelReady".into())),
+            None => return Err(protocol(format!("stream ended before {kind:?}"))),
         }
     }
 }
