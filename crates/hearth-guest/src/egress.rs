@@ -136,6 +136,9 @@ impl Egress {
                 id,
                 host: host.to_string(),
                 port,
+                via: hearth_proto::EgressVia::Proxy,
+                transport: hearth_proto::EgressTransport::Tcp,
+                exec: None,
             },
         )
         .encode();

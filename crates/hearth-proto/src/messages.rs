@@ -251,6 +251,11 @@ pub struct EgressStart {
     /// Loopback address the proxy listens on (`127.0.0.1:3128` in a VM;
     /// `127.0.0.1:0` picks a free port). Anything but loopback is refused.
     pub listen: String,
+    /// Also route programs that ignore the proxy variables: the agent
+    /// serves a network device and a DNS stub, and asks the host for each
+    /// connection the same way (`EgressOpen` with `via: transparent`).
+    #[serde(default)]
+    pub transparent: bool,
 }
 
 /// Guest → host, first frame of the egress control stream: the proxy
@@ -270,6 +275,53 @@ pub struct EgressOpen {
     pub host: String,
     /// The destination port.
     pub port: u16,
+    /// How the program reached the agent.
+    #[serde(default, skip_serializing_if = "EgressVia::is_proxy")]
+    pub via: EgressVia,
+    /// `udp` for a datagram the transparent path does not carry: the host
+    /// only audits and refuses it.
+    #[serde(default, skip_serializing_if = "EgressTransport::is_tcp")]
+    pub transport: EgressTransport,
+    /// The exec whose process opened the connection, where the agent could
+    /// tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<String>,
+}
+
+/// How a program's connection reached the guest agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressVia {
+    /// Through the HTTP proxy (`CONNECT` or an absolute-form request).
+    #[default]
+    Proxy,
+    /// Through the guest's network device, without the proxy.
+    Transparent,
+}
+
+impl EgressVia {
+    /// Whether this is the default, [`EgressVia::Proxy`].
+    pub fn is_proxy(&self) -> bool {
+        *self == Self::Proxy
+    }
+}
+
+/// The transport a program asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressTransport {
+    /// A TCP stream.
+    #[default]
+    Tcp,
+    /// A UDP datagram (other than DNS, which the agent answers itself).
+    Udp,
+}
+
+impl EgressTransport {
+    /// Whether this is the default, [`EgressTransport::Tcp`].
+    pub fn is_tcp(&self) -> bool {
+        *self == Self::Tcp
+    }
 }
 
 /// Host → guest: the connection `id` is not opened, and why (shown to the

@@ -115,6 +115,7 @@ impl GuestClient {
         let (down, rx) = mpsc::channel::<Bytes>(16);
         let start = EgressStart {
             listen: listen.to_owned(),
+            transparent: false,
         };
         down.try_send(Frame::json(FrameKind::EgressStart, &start).encode())
             .expect("fresh channel has room");
