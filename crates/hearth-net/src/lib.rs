@@ -13,14 +13,19 @@
 //! Modules: [`egress`] (the address ranges refused after resolution, shared
 //! with host-side tool calls), [`policy`] (modes, allowlist entries and the
 //! decisions), [`hosts`] (resolution on the host, with a test-only hosts
-//! file override), [`connect`] (opening an allowed connection).
+//! file override), [`connect`] (opening an allowed connection), [`sni`]
+//! (the server name in a TLS ClientHello, checked against the connection's
+//! name), [`limits`] (rate, byte cap and connection count).
 
 pub mod connect;
 pub mod egress;
 pub mod hosts;
+pub mod limits;
 pub mod policy;
+pub mod sni;
 
 pub use connect::{ConnectError, Connector, Opened};
 pub use egress::{EgressPolicy, EgressRefusal};
 pub use hosts::{HostsOverride, Resolver, SystemResolver};
+pub use limits::{NetworkLimits, RateBucket};
 pub use policy::{AllowEntry, NetworkMode, NetworkPolicy, PolicyError, Refusal, Rule};
