@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = serde_json::from_slice::<CreateSandboxRequest>(data) {
-        let _ = create_spec(request);
+        let _ = create_spec(request, Default::default());
     }
     if let Ok(body) = serde_json::from_slice::<ExecRequestBody>(data) {
         let _ = exec_spec(body);

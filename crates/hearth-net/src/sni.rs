@@ -107,6 +107,48 @@ pub fn client_hello(bytes: &[u8]) -> Hello {
     Hello::ClientHello { server_name: None }
 }
 
+/// What the host does with the first bytes a program sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerNameCheck {
+    /// Hold them and wait for more.
+    NeedMore,
+    /// Let them (and the rest of the connection) through.
+    Pass,
+    /// End the connection before anything reaches the destination, and
+    /// why.
+    Refuse(String),
+}
+
+/// Check the first bytes a program sent on a connection opened for `host`:
+/// a TLS ClientHello must name `host` (or no name at all). A connection
+/// opened for an address (allowed by an address entry, or in `open` mode)
+/// may carry any name: there is no name to hold it to.
+pub fn check_server_name(held: &[u8], host: &str) -> ServerNameCheck {
+    match client_hello(held) {
+        Hello::NeedMore => ServerNameCheck::NeedMore,
+        Hello::NotTls | Hello::ClientHello { server_name: None } => ServerNameCheck::Pass,
+        Hello::ClientHello {
+            server_name: Some(name),
+        } => {
+            let bare = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let expected = bare.strip_suffix('.').unwrap_or(bare).to_ascii_lowercase();
+            if bare.parse::<std::net::IpAddr>().is_ok() || name == expected {
+                ServerNameCheck::Pass
+            } else {
+                ServerNameCheck::Refuse(format!(
+                    "the TLS server name {name:?} is not {expected:?}, the name the connection was opened for"
+                ))
+            }
+        }
+        Hello::Malformed(why) => {
+            ServerNameCheck::Refuse(format!("the TLS handshake could not be checked: {why}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +156,7 @@ mod tests {
 
     /// A minimal TLS 1.2 ClientHello record asking for `name` (none: no SNI
     /// extension).
-    pub(crate) fn hello_for(name: Option<&str>) -> Vec<u8> {
+    fn hello_for(name: Option<&str>) -> Vec<u8> {
         let mut extensions = Vec::new();
         if let Some(name) = name {
             let name = name.as_bytes();
@@ -177,6 +219,40 @@ mod tests {
         assert!(matches!(
             client_hello(&[HANDSHAKE, 3, 1, 0xff, 0xff]),
             Hello::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn a_hello_must_name_the_connections_host() {
+        let hello = hello_for(Some("svc.test"));
+        assert_eq!(
+            check_server_name(&hello, "SVC.test."),
+            ServerNameCheck::Pass
+        );
+        assert_eq!(
+            check_server_name(&hello, "127.0.0.1"),
+            ServerNameCheck::Pass
+        );
+        assert_eq!(check_server_name(&hello, "[::1]"), ServerNameCheck::Pass);
+        assert!(matches!(
+            check_server_name(&hello, "other.test"),
+            ServerNameCheck::Refuse(why) if why.contains("\"svc.test\"") && why.contains("\"other.test\"")
+        ));
+        assert_eq!(
+            check_server_name(&hello[..9], "other.test"),
+            ServerNameCheck::NeedMore
+        );
+        assert_eq!(
+            check_server_name(&hello_for(None), "other.test"),
+            ServerNameCheck::Pass
+        );
+        assert_eq!(
+            check_server_name(b"GET / HTTP/1.1\r\n", "other.test"),
+            ServerNameCheck::Pass
+        );
+        assert!(matches!(
+            check_server_name(&[0x16, 3, 1, 0xff, 0xff], "svc.test"),
+            ServerNameCheck::Refuse(_)
         ));
     }
 

@@ -5,7 +5,8 @@
 //! half and `hearth_proto::routes::EGRESS` for the protocol.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,12 +14,16 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use hearth_net::{ConnectError, Connector};
+use hearth_net::sni::{self, ServerNameCheck};
+use hearth_net::{ConnectError, Connector, NetworkLimits, RateBucket};
 use hearth_proto::{
-    routes, EgressOpen, EgressReady, EgressRefused, EgressStart, Frame, FrameDecoder, FrameKind,
+    routes, EgressOpen, EgressReady, EgressRefused, EgressStart, EgressTransport, EgressVia, Frame,
+    FrameDecoder, FrameKind,
 };
 
 use crate::client::{check_status, frame_body, uri, with_timeout, GuestClient, CALL_TIMEOUT};
@@ -32,20 +37,55 @@ pub struct EgressAudit {
     pub host: String,
     /// The destination port.
     pub port: u16,
+    /// How the program reached the agent.
+    pub via: EgressVia,
+    /// TCP, or a UDP datagram (always refused).
+    pub transport: EgressTransport,
+    /// The exec whose process opened it, where the guest could tell.
+    pub exec: Option<String>,
     /// The address connected to, when it was.
     pub addr: Option<SocketAddr>,
     /// Whether the connection was opened.
     pub allowed: bool,
     /// The entry (or mode) that allowed it.
     pub rule: Option<String>,
-    /// Why it was refused, or why it could not be opened.
+    /// Why it was refused, or why it could not be opened, or why a limit
+    /// or check ended it.
     pub reason: Option<String>,
+    /// What ended an opened connection early: `max_bytes` (the byte cap),
+    /// `sni` (a TLS server name other than the destination's), or none
+    /// when either side closed it.
+    pub ended_by: Option<String>,
     /// Bytes from the program to the destination.
     pub bytes_up: u64,
     /// Bytes from the destination to the program.
     pub bytes_down: u64,
     /// From the request to the end of the connection, milliseconds.
     pub duration_ms: u64,
+}
+
+/// How a sandbox's network is served.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// Loopback address in the guest for the proxy (`127.0.0.1:3128`;
+    /// `127.0.0.1:0` picks a port).
+    pub listen: String,
+    /// Also route programs that ignore the proxy variables (a network
+    /// device and DNS stub in the guest), where the guest can.
+    pub transparent: bool,
+    /// Rate, byte cap and connection count.
+    pub limits: NetworkLimits,
+}
+
+impl EgressConfig {
+    /// The proxy on `listen` with the transparent path, under `limits`.
+    pub fn new(listen: &str, limits: NetworkLimits) -> Self {
+        Self {
+            listen: listen.to_owned(),
+            transparent: true,
+            limits,
+        }
+    }
 }
 
 /// Where audit records go (the server writes them to the sandbox's event
@@ -61,6 +101,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A sandbox's running network. Dropping it closes the guest's proxy.
 pub struct Egress {
     address: SocketAddr,
+    transparent: bool,
     reader: JoinHandle<()>,
 }
 
@@ -68,6 +109,7 @@ impl std::fmt::Debug for Egress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Egress")
             .field("address", &self.address)
+            .field("transparent", &self.transparent)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +118,12 @@ impl Egress {
     /// The proxy's address inside the guest.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Whether the guest also routes programs that ignore the proxy
+    /// variables (an older agent serves the proxy only).
+    pub fn transparent(&self) -> bool {
+        self.transparent
     }
 }
 
@@ -86,21 +134,84 @@ impl Drop for Egress {
 }
 
 impl Sandbox {
-    /// Give this sandbox the network `connector` allows: the guest serves
-    /// its proxy on `listen` (a loopback address; `127.0.0.1:0` picks a
-    /// port) and its execs get the proxy variables. Every connection
-    /// attempt goes to `audit`.
+    /// Give this sandbox the network `connector` allows, served as
+    /// `config` says: execs get the proxy variables, and, with the
+    /// transparent path, other programs are routed the same way. Every
+    /// connection attempt goes to `audit`.
     pub async fn start_egress(
         &self,
-        listen: &str,
+        config: EgressConfig,
         connector: Connector,
         audit: AuditSink,
     ) -> Result<Egress> {
         let client = self.client().await;
-        match client.open_egress(listen, connector, audit).await {
+        match client.open_egress(config, connector, audit).await {
             Ok(egress) => Ok(egress),
             Err(error) => Err(self.explain(error).await),
         }
+    }
+}
+
+/// What one sandbox's connections share: their limits and what they used.
+struct Budget {
+    limits: NetworkLimits,
+    connections: Arc<Semaphore>,
+    rate: Option<Mutex<RateBucket>>,
+    used: AtomicU64,
+}
+
+impl Budget {
+    fn new(limits: NetworkLimits) -> Self {
+        Self {
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            rate: limits
+                .rate
+                .map(|rate| Mutex::new(RateBucket::new(rate, Instant::now()))),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the byte cap is spent.
+    fn spent(&self) -> bool {
+        self.limits
+            .max_bytes
+            .is_some_and(|cap| self.used.load(Ordering::Relaxed) >= cap)
+    }
+
+    /// Let `chunk` pass, or as much of it as the byte cap leaves (an empty
+    /// answer when the cap is spent), after waiting for the rate.
+    async fn pass(&self, chunk: Bytes) -> Bytes {
+        let mut chunk = chunk;
+        if let Some(cap) = self.limits.max_bytes {
+            let len = chunk.len() as u64;
+            let before = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    Some(used.saturating_add(len).min(cap))
+                })
+                .expect("the update always gives a value");
+            chunk.truncate(cap.saturating_sub(before).min(len) as usize);
+        } else {
+            self.used.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(rate) = &self.rate {
+            let wait = rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .charge(chunk.len() as u64, Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        chunk
+    }
+
+    fn cap_reason(&self) -> String {
+        format!(
+            "the sandbox used its egress byte cap ({} bytes)",
+            self.limits.max_bytes.unwrap_or_default()
+        )
     }
 }
 
@@ -108,14 +219,14 @@ impl GuestClient {
     /// See [`Sandbox::start_egress`].
     pub async fn open_egress(
         &self,
-        listen: &str,
+        config: EgressConfig,
         connector: Connector,
         audit: AuditSink,
     ) -> Result<Egress> {
         let (down, rx) = mpsc::channel::<Bytes>(16);
         let start = EgressStart {
-            listen: listen.to_owned(),
-            transparent: false,
+            listen: config.listen.clone(),
+            transparent: config.transparent,
         };
         down.try_send(Frame::json(FrameKind::EgressStart, &start).encode())
             .expect("fresh channel has room");
@@ -152,24 +263,39 @@ impl GuestClient {
         })
         .await?;
         let client = self.clone();
+        let budget = Arc::new(Budget::new(config.limits));
         let reader = tokio::spawn(async move {
-            let reason = read_opens(body, decoder, &client, &connector, &down, &audit).await;
+            let shared = Shared {
+                client,
+                connector,
+                down,
+                audit,
+                budget,
+            };
+            let reason = read_opens(body, decoder, &shared).await;
             tracing::debug!(%address, %reason, "egress closed");
         });
         tracing::debug!(%address, "egress proxy open");
-        Ok(Egress { address, reader })
+        Ok(Egress {
+            address,
+            transparent: config.transparent,
+            reader,
+        })
     }
 }
 
+/// What every connection of one sandbox's network uses.
+#[derive(Clone)]
+struct Shared {
+    client: GuestClient,
+    connector: Connector,
+    down: mpsc::Sender<Bytes>,
+    audit: AuditSink,
+    budget: Arc<Budget>,
+}
+
 /// Serve the guest's connection requests until the control stream ends.
-async fn read_opens(
-    mut body: Incoming,
-    mut decoder: FrameDecoder,
-    client: &GuestClient,
-    connector: &Connector,
-    down: &mpsc::Sender<Bytes>,
-    audit: &AuditSink,
-) -> String {
+async fn read_opens(mut body: Incoming, mut decoder: FrameDecoder, shared: &Shared) -> String {
     loop {
         loop {
             match decoder.next_frame() {
@@ -178,13 +304,7 @@ async fn read_opens(
                         Ok(open) => open,
                         Err(e) => return format!("the guest broke the egress protocol: {e}"),
                     };
-                    tokio::spawn(serve_open(
-                        open,
-                        client.clone(),
-                        connector.clone(),
-                        down.clone(),
-                        audit.clone(),
-                    ));
+                    tokio::spawn(serve_open(open, shared.clone()));
                 }
                 Ok(Some(frame)) => {
                     return format!("unexpected {:?} frame on the egress stream", frame.kind)
@@ -206,106 +326,222 @@ async fn read_opens(
 }
 
 /// Decide, connect and pipe one connection; audit it.
-async fn serve_open(
-    open: EgressOpen,
-    client: GuestClient,
-    connector: Connector,
-    down: mpsc::Sender<Bytes>,
-    audit: AuditSink,
-) {
+async fn serve_open(open: EgressOpen, shared: Shared) {
     let started = Instant::now();
     let mut record = EgressAudit {
         host: open.host.clone(),
         port: open.port,
+        via: open.via,
+        transport: open.transport,
+        exec: open.exec.clone(),
         addr: None,
         allowed: false,
         rule: None,
         reason: None,
+        ended_by: None,
         bytes_up: 0,
         bytes_down: 0,
         duration_ms: 0,
     };
-    let refuse = |reason: String| {
-        Frame::json(
-            FrameKind::EgressRefused,
-            &EgressRefused {
-                id: open.id,
-                reason,
-            },
+    if open.transport == EgressTransport::Udp {
+        return refuse(
+            &shared,
+            open.id,
+            record,
+            started,
+            "UDP other than DNS is not carried; use TCP".into(),
         )
-        .encode()
+        .await;
+    }
+    let Ok(_slot) = shared.budget.connections.clone().try_acquire_owned() else {
+        let limit = shared.budget.limits.max_connections;
+        return refuse(
+            &shared,
+            open.id,
+            record,
+            started,
+            format!("the sandbox has {limit} connections open, its limit; close one first"),
+        )
+        .await;
     };
-    let opened = match connector.open(&open.host, open.port).await {
+    if shared.budget.spent() {
+        let reason = shared.budget.cap_reason();
+        record.ended_by = Some("max_bytes".into());
+        return refuse(&shared, open.id, record, started, reason).await;
+    }
+    let opened = match shared.connector.open(&open.host, open.port).await {
         Ok(opened) => opened,
         Err(error) => {
             let reason = match &error {
                 ConnectError::Refused(refusal) => refusal.to_string(),
                 ConnectError::Unreachable(why) => why.clone(),
             };
-            let _ = down.send(refuse(reason.clone())).await;
-            record.reason = Some(reason);
-            record.duration_ms = started.elapsed().as_millis() as u64;
-            audit(record);
-            return;
+            return refuse(&shared, open.id, record, started, reason).await;
         }
     };
     record.addr = Some(opened.addr);
     record.rule = Some(opened.rule.to_string());
-    let (mut from_dest, mut to_dest) = opened.stream.into_split();
+    let (from_dest, to_dest) = opened.stream.into_split();
     let (tx, rx) = mpsc::channel::<Bytes>(DOWN_CHUNKS);
     let request = Request::builder()
         .method(Method::POST)
         .uri(uri(&format!("{}?id={}", routes::EGRESS_CONN, open.id)))
         .body(frame_body(rx, false))
         .expect("static request parts are valid");
-    let response = match client.send(request).await {
+    let response = match shared.client.send(request).await {
         Ok(response) => check_status(response).await,
         Err(error) => Err(error),
     };
-    let mut up_body = match response {
+    let up_body = match response {
         Ok(response) => response.into_body(),
         Err(error) => {
             let reason = format!("the guest did not take the connection: {error}");
-            let _ = down.send(refuse(reason.clone())).await;
-            record.reason = Some(reason);
-            record.duration_ms = started.elapsed().as_millis() as u64;
-            audit(record);
-            return;
+            return refuse(&shared, open.id, record, started, reason).await;
         }
     };
     record.allowed = true;
-    let down_bytes = async move {
-        let mut total = 0u64;
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            match from_dest.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    total += n as u64;
-                    if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+    let budget = &shared.budget;
+    // Whichever direction ends first for a limit or a check says why, and
+    // ends the other too.
+    let ended: Mutex<Option<(&'static str, String)>> = Mutex::new(None);
+    let stop = CancellationToken::new();
+    let end = |by: &'static str, why: String| {
+        ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert((by, why));
+        stop.cancel();
+    };
+    let down_bytes = pipe_down(from_dest, tx, budget, &end, &stop);
+    let up_bytes = pipe_up(up_body, to_dest, budget, &open.host, &end, &stop);
+    let (down_total, up_total) = tokio::join!(down_bytes, up_bytes);
+    if let Some((by, why)) = ended.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        if by == "sni" {
+            // Nothing reached the destination: this is a refusal.
+            record.allowed = false;
+        }
+        record.ended_by = Some(by.into());
+        record.reason = Some(why);
+    }
+    record.bytes_down = down_total;
+    record.bytes_up = up_total;
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    (shared.audit)(record);
+}
+
+/// Refuse connection `id` with `reason`, and audit it.
+async fn refuse(
+    shared: &Shared,
+    id: u64,
+    mut record: EgressAudit,
+    started: Instant,
+    reason: String,
+) {
+    let frame = Frame::json(
+        FrameKind::EgressRefused,
+        &EgressRefused {
+            id,
+            reason: reason.clone(),
+        },
+    )
+    .encode();
+    let _ = shared.down.send(frame).await;
+    record.reason = Some(reason);
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    (shared.audit)(record);
+}
+
+/// The destination's bytes to the program, under the budget, until either
+/// side ends or `stop`; the bytes passed.
+async fn pipe_down(
+    mut from_dest: OwnedReadHalf,
+    tx: mpsc::Sender<Bytes>,
+    budget: &Budget,
+    end: &impl Fn(&'static str, String),
+    stop: &CancellationToken,
+) -> u64 {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let read = tokio::select! {
+            read = from_dest.read(&mut buf) => read,
+            _ = stop.cancelled() => break,
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = tokio::select! {
+            chunk = budget.pass(Bytes::copy_from_slice(&buf[..n])) => chunk,
+            _ = stop.cancelled() => break,
+        };
+        let cut = chunk.len() < n;
+        total += chunk.len() as u64;
+        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+            break;
+        }
+        if cut {
+            end("max_bytes", budget.cap_reason());
+            break;
+        }
+    }
+    total
+}
+
+/// The program's bytes to the destination, under the budget, once its TLS
+/// server name (if it speaks TLS) matches `host`, until either side ends
+/// or `stop`; the bytes passed.
+async fn pipe_up(
+    mut up_body: Incoming,
+    mut to_dest: OwnedWriteHalf,
+    budget: &Budget,
+    host: &str,
+    end: &impl Fn(&'static str, String),
+    stop: &CancellationToken,
+) -> u64 {
+    let mut total = 0u64;
+    // The first bytes are held until they show whether this is TLS and
+    // for which name.
+    let mut head = Some(Vec::new());
+    loop {
+        let frame = tokio::select! {
+            frame = up_body.frame() => frame,
+            _ = stop.cancelled() => break,
+        };
+        let Some(Ok(frame)) = frame else {
+            break;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let data = match head.as_mut() {
+            None => data,
+            Some(held) => {
+                held.extend_from_slice(&data);
+                match sni::check_server_name(held, host) {
+                    ServerNameCheck::NeedMore => continue,
+                    ServerNameCheck::Pass => Bytes::from(head.take().unwrap_or_default()),
+                    ServerNameCheck::Refuse(why) => {
+                        end("sni", why);
                         break;
                     }
                 }
             }
+        };
+        let n = data.len();
+        let chunk = tokio::select! {
+            chunk = budget.pass(data) => chunk,
+            _ = stop.cancelled() => break,
+        };
+        total += chunk.len() as u64;
+        if to_dest.write_all(&chunk).await.is_err() {
+            break;
         }
-        total
-    };
-    let up_bytes = async move {
-        let mut total = 0u64;
-        while let Some(Ok(frame)) = up_body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                total += data.len() as u64;
-                if to_dest.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
+        if chunk.len() < n {
+            end("max_bytes", budget.cap_reason());
+            break;
         }
-        let _ = to_dest.shutdown().await;
-        total
-    };
-    let (down_total, up_total) = tokio::join!(down_bytes, up_bytes);
-    record.bytes_down = down_total;
-    record.bytes_up = up_total;
-    record.duration_ms = started.elapsed().as_millis() as u64;
-    audit(record);
+    }
+    let _ = to_dest.shutdown().await;
+    total
 }

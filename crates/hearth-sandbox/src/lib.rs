@@ -29,7 +29,7 @@ pub mod registry;
 pub mod tunnel;
 
 pub use client::{ExecEvent, FileReader, StdinWriter};
-pub use egress::{AuditSink, Egress, EgressAudit};
+pub use egress::{AuditSink, Egress, EgressAudit, EgressConfig};
 pub use end::{EndReason, SandboxEnd};
 pub use error::{Result, SandboxError};
 pub use exec::{ExecOptions, ExecOutput, Execution};

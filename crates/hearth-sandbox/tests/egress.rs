@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_net::{Connector, EgressPolicy, HostsOverride, NetworkPolicy, SystemResolver};
-use hearth_sandbox::{EgressAudit, ExecOptions, HearthHome, Sandbox, SandboxOptions};
+use hearth_net::{
+    Connector, EgressPolicy, HostsOverride, NetworkLimits, NetworkPolicy, SystemResolver,
+};
+use hearth_sandbox::{EgressAudit, EgressConfig, ExecOptions, HearthHome, Sandbox, SandboxOptions};
 use hearth_vm::fake::FakeDriver;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +52,10 @@ struct Setup {
 }
 
 async fn setup(policy: &str) -> Setup {
+    setup_with(policy, NetworkLimits::default()).await
+}
+
+async fn setup_with(policy: &str, limits: NetworkLimits) -> Setup {
     let dir = tempfile::Builder::new()
         .prefix("hh")
         .tempdir_in("/tmp")
@@ -74,7 +80,12 @@ async fn setup(policy: &str) -> Setup {
     let sink = audit.clone();
     let egress = sandbox
         .start_egress(
-            "127.0.0.1:0",
+            // The fake driver's agent runs on this host: no transparent
+            // path, which would route the host itself.
+            EgressConfig {
+                transparent: false,
+                ..EgressConfig::new("127.0.0.1:0", limits)
+            },
             connector,
             Arc::new(move |record| sink.lock().push(record)),
         )
@@ -150,4 +161,198 @@ async fn allowed_names_are_reached_through_the_proxy_and_others_are_refused() {
         assert_eq!(a.bytes_up + a.bytes_down, 0);
     }
     s.sandbox.destroy().await;
+}
+
+/// A server on 127.0.0.1 that answers every connection with `size` bytes
+/// once it has read a request head, then closes.
+async fn bulk_server(size: usize) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&vec![b'x'; size]).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A server on 127.0.0.1 that keeps every byte it is sent, and holds each
+/// connection open until its client closes it.
+async fn recording_server() -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let keep = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                    keep.lock().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+/// Through the proxy named in the environment: CONNECT to svc.test:PORT,
+/// then a TLS handshake asking for SERVER_NAME; prints what happened.
+const TLS_PROBE: &str = r#"
+import os, socket, ssl, sys
+port, name = int(sys.argv[1]), sys.argv[2]
+proxy = os.environ["HTTPS_PROXY"].removeprefix("http://").rstrip("/")
+host, pport = proxy.rsplit(":", 1)
+s = socket.create_connection((host, int(pport)), timeout=20)
+s.sendall(f"CONNECT svc.test:{port} HTTP/1.1\r\nHost: svc.test:{port}\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+print(head.split(b"\r\n")[0].decode())
+s.settimeout(2)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+try:
+    ctx.wrap_socket(s, server_hostname=name).do_handshake()
+    print("handshake done")
+except Exception as e:
+    print("handshake failed:", type(e).__name__)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_for_another_name_never_reaches_the_destination() {
+    let (port, received) = recording_server().await;
+    let s = setup(&format!("allow:svc.test:{port}")).await;
+
+    // Asking for the name the connection was opened for: the hello goes
+    // through (the destination does not speak TLS, so the handshake then
+    // fails, which is not the point).
+    let probe = format!("python3 -c '{TLS_PROBE}' {port} svc.test");
+    let (code, out, err) = sh(&s.sandbox, &probe).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = std::mem::take(&mut *received.lock());
+    assert_eq!(
+        got.first(),
+        Some(&0x16),
+        "the ClientHello reached the server"
+    );
+
+    // Asking for another: ended before a byte reaches the destination.
+    let probe = format!("python3 -c '{TLS_PROBE}' {port} other.test");
+    let (code, out, err) = sh(&s.sandbox, &probe).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("handshake failed"), "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        received.lock().is_empty(),
+        "nothing reached the destination"
+    );
+
+    let audit = wait_for_audit(&s, 2).await;
+    let refused = audit.iter().find(|a| !a.allowed).expect("a refusal");
+    assert_eq!(refused.ended_by.as_deref(), Some("sni"), "{refused:?}");
+    let reason = refused.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("\"other.test\"") && reason.contains("\"svc.test\""),
+        "{reason}"
+    );
+    assert_eq!(refused.bytes_up, 0, "{refused:?}");
+    s.sandbox.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_cap_ends_the_connection_that_crosses_it_and_refuses_the_next() {
+    let port = bulk_server(1 << 20).await;
+    let limits = NetworkLimits {
+        max_bytes: Some(100_000),
+        ..NetworkLimits::default()
+    };
+    let s = setup_with(&format!("allow:svc.test:{port}"), limits).await;
+
+    let (_, out, _) = sh(
+        &s.sandbox,
+        &format!("curl -s -p http://svc.test:{port}/ | wc -c"),
+    )
+    .await;
+    let got: u64 = out.trim().parse().unwrap();
+    assert!(got < 100_000, "the program got {got} bytes past the cap");
+    let (code, _, err) = sh(&s.sandbox, &format!("curl -sS -p http://svc.test:{port}/")).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("403"), "{err}");
+
+    let audit = wait_for_audit(&s, 2).await;
+    assert_eq!(
+        audit[0].ended_by.as_deref(),
+        Some("max_bytes"),
+        "{audit:#?}"
+    );
+    assert!(audit[0].allowed);
+    assert_eq!(
+        audit[0].bytes_up + audit[0].bytes_down,
+        100_000,
+        "{audit:#?}"
+    );
+    assert!(!audit[1].allowed);
+    assert!(
+        audit[1].reason.as_deref().unwrap().contains("byte cap"),
+        "{audit:#?}"
+    );
+    s.sandbox.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_until_one_closes() {
+    let (port, _) = recording_server().await;
+    let limits = NetworkLimits {
+        max_connections: 1,
+        ..NetworkLimits::default()
+    };
+    let s = setup_with(&format!("allow:svc.test:{port}"), limits).await;
+    // One connection held open for two seconds, a second asked for while
+    // it is, and a third after it closed.
+    let script = format!(
+        "curl -s -p -m 2 http://svc.test:{port}/ & sleep 1; \
+         curl -sS -p http://svc.test:{port}/ 2>&1; wait; \
+         curl -s -p -m 1 http://svc.test:{port}/; echo done"
+    );
+    let (_, out, _) = sh(&s.sandbox, &script).await;
+    assert!(out.contains("403"), "{out}");
+    let audit = wait_for_audit(&s, 3).await;
+    let refused: Vec<_> = audit.iter().filter(|a| !a.allowed).collect();
+    assert_eq!(refused.len(), 1, "{audit:#?}");
+    assert!(
+        refused[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("1 connections open"),
+        "{audit:#?}"
+    );
+    s.sandbox.destroy().await;
+}
+
+/// The audit records once `n` have arrived (a connection is audited when
+/// it ends, which may be just after the program saw it end).
+async fn wait_for_audit(s: &Setup, n: usize) -> Vec<EgressAudit> {
+    for _ in 0..100 {
+        let audit = s.audit.lock().clone();
+        if audit.len() >= n {
+            return audit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} audit records: {:#?}", s.audit.lock());
 }

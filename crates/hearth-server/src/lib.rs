@@ -26,6 +26,7 @@ pub mod listener;
 mod live;
 pub mod manager;
 pub mod metrics;
+pub mod network;
 pub mod options;
 pub mod replay;
 pub mod runs;

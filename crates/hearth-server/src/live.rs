@@ -31,6 +31,9 @@ pub struct LiveSandbox {
     pub(crate) ended: watch::Sender<bool>,
     pub(crate) execs: ExecTable,
     pub(crate) reservation: Reservation,
+    /// Its network, when it has one: dropped with the sandbox, which
+    /// closes the guest's proxy and ends the audit writer.
+    pub(crate) egress: Mutex<Option<hearth_sandbox::Egress>>,
 }
 
 impl LiveSandbox {

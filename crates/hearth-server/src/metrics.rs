@@ -39,6 +39,20 @@ pub struct ExitLabel {
     pub reason: String,
 }
 
+/// Label of a sandbox connection attempt's verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabel {
+    /// `allowed` or `refused`.
+    pub verdict: &'static str,
+}
+
+/// Label of a direction of sandbox network bytes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressBytesLabel {
+    /// `up` (program to destination) or `down`.
+    pub direction: &'static str,
+}
+
 /// Exec durations from 5 ms to about 20 minutes.
 fn exec_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 18))
@@ -63,6 +77,11 @@ pub struct Metrics {
     pub boot_seconds: Histogram,
     /// Seconds an exec ran, by how it ended.
     pub exec_seconds: Family<ExitLabel, Histogram>,
+    /// Sandbox connection attempts, by verdict.
+    pub egress_connections: Family<EgressLabel, Counter>,
+    /// Sandbox network bytes, by direction, counted when each connection
+    /// ends.
+    pub egress_bytes: Family<EgressBytesLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,6 +129,24 @@ impl Metrics {
             "Seconds an exec ran, by how it ended",
             exec_seconds.clone(),
         );
+        let egress_connections = Family::<EgressLabel, Counter>::default();
+        registry.register(
+            "egress_connections",
+            "Sandbox network connection attempts, by verdict",
+            egress_connections.clone(),
+        );
+        let egress_bytes = Family::<EgressBytesLabel, Counter>::default();
+        registry.register(
+            "egress_bytes",
+            "Sandbox network bytes, by direction (up: to the destination), counted as each connection ends",
+            egress_bytes.clone(),
+        );
+        for verdict in ["allowed", "refused"] {
+            let _ = egress_connections.get_or_create(&EgressLabel { verdict });
+        }
+        for direction in ["up", "down"] {
+            let _ = egress_bytes.get_or_create(&EgressBytesLabel { direction });
+        }
         for state in SandboxState::ALL {
             let _ = sandboxes.get_or_create(&StateLabel {
                 state: state.as_str().into(),
@@ -124,6 +161,8 @@ impl Metrics {
             admission_refusals,
             boot_seconds,
             exec_seconds,
+            egress_connections,
+            egress_bytes,
         }
     }
 

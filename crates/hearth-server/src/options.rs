@@ -72,6 +72,9 @@ pub struct ServerOptions {
     pub http: HttpLimits,
     /// Serve HTTPS with this certificate and key; plain HTTP without.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Sandboxes' networks: the ranges opened, the resolver, default
+    /// limits.
+    pub network: crate::network::NetworkOptions,
 }
 
 impl ServerOptions {
@@ -97,6 +100,7 @@ impl ServerOptions {
             reset_store: false,
             http: HttpLimits::default(),
             tls: None,
+            network: crate::network::NetworkOptions::default(),
             home,
         }
     }

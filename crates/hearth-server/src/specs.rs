@@ -12,6 +12,8 @@ pub struct CreateSpec {
     pub options: SandboxOptions,
     /// Default environment of its execs.
     pub env: BTreeMap<String, String>,
+    /// What it may reach on the network.
+    pub network: crate::network::NetworkSpec,
 }
 
 /// What an exec asks for.

@@ -688,3 +688,148 @@ async fn a_privileged_sandbox_is_recorded_as_such_in_its_events() {
     }
     h.shutdown().await;
 }
+
+/// An HTTP server on 127.0.0.1 answering every request with `size` bytes,
+/// one connection at a time.
+fn http_server(size: usize) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf);
+            let _ = write!(
+                socket,
+                "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(&vec![b'x'; size]);
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxs_network_is_its_policy_and_every_attempt_is_an_event() {
+    let port = http_server(5000);
+    let hosts = hearth_net::HostsOverride::parse(
+        "127.0.0.1 svc.test blocked.test\n",
+        Arc::new(hearth_net::SystemResolver),
+    )
+    .unwrap();
+    let h = Harness::with(|options| {
+        options.network.egress = Arc::new(hearth_net::EgressPolicy::new(vec!["127.0.0.0/8"
+            .parse()
+            .unwrap()]));
+        options.network.resolver = Arc::new(hosts);
+    })
+    .await;
+
+    // A bad entry is named, and nothing is created.
+    let (status, body) = h
+        .post(
+            "/v1/sandboxes",
+            json!({"network": {"mode": "allowlist", "allow": ["svc.test", "bad*name"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "network.allow", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad*name"),
+        "{body}"
+    );
+
+    let id = h
+        .create(json!({"network": {"mode": "allowlist", "allow": [format!("svc.test:{port}")], "max_bytes": 1_000_000}}))
+        .await;
+    let none = h.create(json!({})).await;
+    let curl = |id: String, name: &'static str| {
+        let h = &h;
+        async move {
+            let (status, out) = h
+                .post(
+                    &format!("/v1/sandboxes/{id}/exec?wait=true"),
+                    json!({"argv": ["sh", "-c", format!("curl -s -o /dev/null -w '%{{http_code}} %{{size_download}}' http://{name}:{port}/")]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{out}");
+            out["stdout"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(curl(id.clone(), "svc.test").await, "200 5000");
+    assert!(curl(id.clone(), "blocked.test").await.starts_with("403 "));
+    // Without a network, execs get no proxy at all: the name does not
+    // resolve in the fake VM's host mode, and nothing is audited.
+    assert!(!curl(none.clone(), "svc.test").await.starts_with("200"));
+
+    let (_, events) = h.get(&format!("/v1/sandboxes/{id}/events")).await;
+    let events = events["events"].as_array().unwrap().clone();
+    let creating = &events[0]["data"];
+    assert_eq!(creating["network"]["mode"], "allowlist", "{creating}");
+    assert_eq!(creating["network"]["max_bytes"], 1_000_000, "{creating}");
+    // A connection is recorded as it ends, just after the exec saw it end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let connections = loop {
+        let (_, events) = h.get(&format!("/v1/sandboxes/{id}/events")).await;
+        let connections: Vec<Value> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "net.connection")
+            .map(|e| e["data"].clone())
+            .collect();
+        if connections.len() >= 2 || Instant::now() > deadline {
+            break connections;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    let allowed = connections.iter().find(|c| c["allowed"] == true).unwrap();
+    assert_eq!(allowed["host"], "svc.test");
+    assert_eq!(allowed["via"], "proxy");
+    assert_eq!(allowed["addr"], format!("127.0.0.1:{port}"));
+    assert!(allowed["bytes_down"].as_u64().unwrap() > 5000, "{allowed}");
+    let refused = connections.iter().find(|c| c["allowed"] == false).unwrap();
+    assert_eq!(refused["host"], "blocked.test");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not on the allowlist"),
+        "{refused}"
+    );
+    let (_, none_events) = h.get(&format!("/v1/sandboxes/{none}/events")).await;
+    assert!(none_events["events"][0]["data"].get("network").is_none());
+
+    let metrics = h
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hearth_egress_connections_total{verdict=\"allowed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hearth_egress_connections_total{verdict=\"refused\"} 1"),
+        "{metrics}"
+    );
+    let down: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hearth_egress_bytes_total{direction=\"down\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(down > 5000, "{metrics}");
+    for id in [id, none] {
+        let (status, _) = h.delete(&format!("/v1/sandboxes/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    h.shutdown().await;
+}

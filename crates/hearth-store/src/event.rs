@@ -122,6 +122,14 @@ pub enum EventPayload {
     /// A directory was created.
     #[serde(rename = "dir.created")]
     DirCreated(DirCreated),
+    /// A program in a sandbox asked for a network connection: allowed and
+    /// carried, or refused, with the bytes each way once it ended.
+    #[serde(rename = "net.connection")]
+    NetConnection(NetConnection),
+    /// Connection records the server could not keep up with writing (a
+    /// flood of attempts): counted, not recorded one by one.
+    #[serde(rename = "net.suppressed")]
+    NetSuppressed(NetSuppressed),
     /// A create was refused: the node was at capacity.
     #[serde(rename = "admission.refused")]
     AdmissionRefused(AdmissionRefused),
@@ -213,6 +221,8 @@ impl EventPayload {
             Self::FileRead(_) => "file.read",
             Self::FileRemoved(_) => "file.removed",
             Self::DirCreated(_) => "dir.created",
+            Self::NetConnection(_) => "net.connection",
+            Self::NetSuppressed(_) => "net.suppressed",
             Self::AdmissionRefused(_) => "admission.refused",
             Self::NodeJoined(_) => "node.joined",
             Self::NodeLeft(_) => "node.left",
@@ -352,6 +362,77 @@ pub struct SandboxCreating {
     /// unconfined.
     #[serde(default)]
     pub privileged: bool,
+    /// What it may reach on the network; missing for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSettings>,
+}
+
+/// A sandbox's network, as it was created with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkSettings {
+    /// `none`, `allowlist` or `open`.
+    pub mode: String,
+    /// The allowlist's entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Most bytes per second, both ways together; null for no limit.
+    pub rate_bytes: Option<u64>,
+    /// Most bytes over the sandbox's life; null for no cap.
+    pub max_bytes: Option<u64>,
+    /// Most connections open at once.
+    pub max_connections: u64,
+}
+
+/// `net.connection`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetConnection {
+    /// The destination as the program named it (a name or an address).
+    pub host: String,
+    /// The destination port.
+    pub port: u16,
+    /// `proxy` (through the HTTP proxy) or `transparent` (a program that
+    /// ignored the proxy variables).
+    pub via: String,
+    /// `tcp`, or `udp` (always refused).
+    pub transport: String,
+    /// The exec whose process opened it, where the guest could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    /// The address connected to, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Whether the connection was opened.
+    pub allowed: bool,
+    /// The allowlist entry (or mode) that allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why it was refused or could not be opened, or why a limit or check
+    /// ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What ended an opened connection early: `max_bytes` (the sandbox's
+    /// byte cap) or `sni` (a TLS server name other than the destination's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    /// Bytes from the program to the destination.
+    pub bytes_up: u64,
+    /// Bytes from the destination to the program.
+    pub bytes_down: u64,
+    /// From the request to the end of the connection, ms.
+    pub duration_ms: u64,
+}
+
+/// `net.suppressed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetSuppressed {
+    /// Allowed connections not recorded one by one since the last of these.
+    pub allowed: u64,
+    /// Refused attempts not recorded one by one since the last of these.
+    pub refused: u64,
+    /// Their bytes from programs to destinations.
+    pub bytes_up: u64,
+    /// Their bytes from destinations to programs.
+    pub bytes_down: u64,
 }
 
 /// `sandbox.running`.

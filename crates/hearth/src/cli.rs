@@ -140,10 +140,18 @@ pub struct ServeArgs {
     /// the built-in `http` tool is always there.
     #[arg(long, env = "HEARTH_TOOLS", value_name = "FILE")]
     pub tools: Option<PathBuf>,
-    /// Let tools reach this address range, which is refused by default
-    /// (loopback, private, link-local, metadata) (repeatable).
+    /// Let sandboxes' networks and tools reach this address range, which
+    /// is refused by default (loopback, private, link-local, metadata)
+    /// (repeatable).
     #[arg(long = "egress-allow-cidr", value_name = "CIDR")]
     pub egress_allow_cidr: Vec<String>,
+    /// For tests and local development: resolve sandboxes' destination
+    /// names from this file (/etc/hosts format) before the host's resolver.
+    #[arg(long, value_name = "FILE")]
+    pub egress_hosts: Option<PathBuf>,
+    /// Defaults for sandboxes whose create sets no limits.
+    #[command(flatten)]
+    pub net_limits: NetLimitArgs,
     /// Certificate authorities (PEM) that https:// tools are trusted
     /// under, beside the system's: for tools behind a private CA.
     #[arg(long, value_name = "FILE")]
@@ -429,6 +437,46 @@ pub struct ServerArgs {
     pub url: Option<String>,
 }
 
+/// A sandbox's network limits (all connections together).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NetLimitArgs {
+    /// Most network bytes per second, both ways together (e.g. 1M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub egress_rate: Option<ByteSize>,
+    /// Most network bytes over the sandbox's life; past it the connection
+    /// that crossed it ends and new ones are refused.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub egress_max_bytes: Option<ByteSize>,
+    /// Most network connections open at once [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub egress_max_connections: Option<u32>,
+}
+
+impl NetLimitArgs {
+    /// The limits, `defaults` where not given.
+    pub fn limits(
+        &self,
+        defaults: hearth_net::NetworkLimits,
+    ) -> Result<hearth_net::NetworkLimits, String> {
+        let mut limits = defaults;
+        if let Some(rate) = self.egress_rate {
+            if rate.bytes() == 0 {
+                return Err(
+                    "--egress-rate 0 would carry nothing; leave it out for no limit".into(),
+                );
+            }
+            limits.rate = Some(rate.bytes());
+        }
+        if let Some(max) = self.egress_max_bytes {
+            limits.max_bytes = Some(max.bytes());
+        }
+        if let Some(max) = self.egress_max_connections {
+            limits.max_connections = max as usize;
+        }
+        Ok(limits)
+    }
+}
+
 /// `hearth sandbox create` options.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -461,6 +509,14 @@ pub struct CreateArgs {
     /// the guest agent or its cgroups.
     #[arg(long)]
     pub privileged: bool,
+    /// Network: none (the default), open (any public destination), or
+    /// allow:ENTRY,... (names, *.wildcards, CIDRs, each with an optional
+    /// :PORT). The server's operator decides which private ranges, if any,
+    /// are reachable (`hearth serve --egress-allow-cidr`).
+    #[arg(long, default_value = "none", value_name = "MODE", value_parser = parse_net)]
+    pub net: hearth_net::NetworkPolicy,
+    #[command(flatten)]
+    pub net_limits: NetLimitArgs,
 }
 
 /// `hearth sandbox ls` options.
@@ -588,6 +644,8 @@ pub struct RunArgs {
     /// (/etc/hosts format) before asking the host's resolver.
     #[arg(long, value_name = "FILE")]
     pub egress_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub net_limits: NetLimitArgs,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,

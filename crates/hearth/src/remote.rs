@@ -126,6 +126,22 @@ async fn create(home: &HearthHome, args: CreateArgs) -> Result<i32> {
         // refuses it instead of creating a confined sandbox.
         body["privileged"] = json!(true);
     }
+    if args.net.mode() != hearth_net::NetworkMode::None {
+        let mut network = json!({
+            "mode": args.net.mode().as_str(),
+            "allow": args.net.entries(),
+        });
+        if let Some(rate) = args.net_limits.egress_rate {
+            network["rate"] = json!(rate.bytes());
+        }
+        if let Some(max) = args.net_limits.egress_max_bytes {
+            network["max_bytes"] = json!(max.bytes());
+        }
+        if let Some(max) = args.net_limits.egress_max_connections {
+            network["max_connections"] = json!(max);
+        }
+        body["network"] = network;
+    }
     let sandbox = api
         .json(
             api.request(reqwest::Method::POST, "/v1/sandboxes")
@@ -363,6 +379,24 @@ fn print_event(event: &Value) {
             data["reason"], data["code"], data["duration_ms"]
         ),
         kind if kind.starts_with("file.") || kind == "dir.created" => format!("{}", data["path"]),
+        "net.connection" => {
+            let verdict = if data["allowed"].as_bool() == Some(true) {
+                format!(
+                    "allowed ({}) {} B up, {} B down",
+                    data["rule"].as_str().unwrap_or_default(),
+                    data["bytes_up"],
+                    data["bytes_down"]
+                )
+            } else {
+                format!("refused: {}", data["reason"].as_str().unwrap_or_default())
+            };
+            format!(
+                "{}:{} via {}: {verdict}",
+                data["host"].as_str().unwrap_or_default(),
+                data["port"],
+                data["via"].as_str().unwrap_or_default()
+            )
+        }
         _ => data["message"]
             .as_str()
             .map(str::to_string)

@@ -41,14 +41,20 @@ impl Interrupts {
 }
 
 /// Where the guest's proxy listens.
-const GUEST_PROXY: &str = "127.0.0.1:3128";
+const GUEST_PROXY: &str = hearth_server::network::GUEST_PROXY;
 
 /// The audit record of one connection, in the log: refusals as warnings.
 fn log_egress(record: hearth_sandbox::EgressAudit) {
     let destination = format!("{}:{}", record.host, record.port);
+    let via = match record.via {
+        hearth_proto::EgressVia::Proxy => "proxy",
+        hearth_proto::EgressVia::Transparent => "transparent",
+    };
     if record.allowed {
         tracing::info!(
             %destination,
+            via,
+            ended_by = record.ended_by.as_deref().unwrap_or_default(),
             addr = ?record.addr,
             rule = record.rule.as_deref().unwrap_or_default(),
             bytes_up = record.bytes_up,
@@ -59,6 +65,7 @@ fn log_egress(record: hearth_sandbox::EgressAudit) {
     } else {
         tracing::warn!(
             %destination,
+            via,
             reason = record.reason.as_deref().unwrap_or_default(),
             "egress refused"
         );
@@ -80,6 +87,10 @@ pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
         ..SandboxOptions::default()
     };
     options.validate()?;
+    let limits = args
+        .net_limits
+        .limits(hearth_net::NetworkLimits::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let network = match args.net.mode() {
         hearth_net::NetworkMode::None => None,
         _ => Some(hearth_net::Connector::new(
@@ -104,7 +115,11 @@ pub async fn run(home: &HearthHome, args: RunArgs) -> Result<i32> {
     // Held while the command runs: dropping it closes the guest's proxy.
     let _egress = match network {
         Some(connector) => match sandbox
-            .start_egress(GUEST_PROXY, connector, std::sync::Arc::new(log_egress))
+            .start_egress(
+                hearth_sandbox::EgressConfig::new(GUEST_PROXY, limits),
+                connector,
+                std::sync::Arc::new(log_egress),
+            )
             .await
         {
             Ok(egress) => Some(egress),

@@ -83,7 +83,17 @@ pub async fn run(home: HearthHome, args: ServeArgs) -> Result<i32> {
     options.token_file = args.token_file;
     options.runs.hold = args.run_hold;
     options.reset_store = args.reset;
-    let allow = crate::net::egress_policy(&args.egress_allow_cidr)?.allow_cidrs;
+    let egress = crate::net::egress_policy(&args.egress_allow_cidr)?;
+    let allow = egress.allow_cidrs.clone();
+    options.network = hearth_server::network::NetworkOptions {
+        egress: std::sync::Arc::new(egress),
+        resolver: crate::net::resolver(args.egress_hosts.as_deref())?,
+        limits: args
+            .net_limits
+            .limits(hearth_net::NetworkLimits::default())
+            .map_err(|e| anyhow::anyhow!(e))?,
+        transparent: true,
+    };
     let registry = match &args.tools {
         Some(path) => ToolRegistry::load(path)?,
         None => ToolRegistry::default(),

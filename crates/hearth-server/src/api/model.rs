@@ -120,6 +120,39 @@ pub struct CreateSandboxRequest {
     // the field works unless it was asked for.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// What its programs may reach on the network (default: nothing).
+    /// Recorded in the `sandbox.creating` event; every connection attempt
+    /// is a `net.connection` event.
+    // Not sent when absent, so forwarding a create without a network to a
+    // node that predates the field works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRequest>,
+}
+
+/// A sandbox's network: `none` (the default), `allowlist` with entries, or
+/// `open`. Loopback, private, link-local and metadata addresses stay
+/// refused in every mode unless the operator opened the range.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRequest {
+    /// `none`, `allowlist` or `open`.
+    pub mode: String,
+    /// For `allowlist`: host names (`pypi.org`), wildcards
+    /// (`*.pythonhosted.org`) and CIDRs (`203.0.113.0/24`), each with an
+    /// optional `:PORT`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Most bytes per second, both ways and all connections together
+    /// (`"1M"` or a number); default: the server's (none unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<SizeInput>,
+    /// Most bytes over the sandbox's life; past it the connection that
+    /// crossed it ends and new ones are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<SizeInput>,
+    /// Most connections open at once (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// The limits a sandbox was given.

@@ -45,7 +45,7 @@ pub async fn create_sandbox(
     ApiJson(request): ApiJson<CreateSandboxRequest>,
 ) -> Result<Response, ApiError> {
     // Checked here, so that a bad request is refused by the node it reached.
-    let spec = create_spec(request.clone())?;
+    let spec = create_spec(request.clone(), state.manager.options().network.limits)?;
     let me = state.manager.node().id().to_string();
     if headers.contains_key(FORWARDED_BY) {
         let record = state.manager.create(spec).await?;

@@ -9,15 +9,21 @@ use bytes::Bytes;
 
 use hearth_sandbox::{ExecOptions, SandboxOptions};
 
-use super::model::{CreateSandboxRequest, ExecRequestBody};
+use hearth_net::{NetworkLimits, NetworkPolicy};
+
+use super::model::{CreateSandboxRequest, ExecRequestBody, NetworkRequest};
 use crate::error::ApiError;
 use crate::manager::{CreateSpec, ExecSpec};
+use crate::network::NetworkSpec;
 
 /// Most labels per sandbox.
 const MAX_LABELS: usize = 32;
 
 /// What `POST /v1/sandboxes` asks for, checked field by field.
-pub fn create_spec(request: CreateSandboxRequest) -> Result<CreateSpec, ApiError> {
+pub fn create_spec(
+    request: CreateSandboxRequest,
+    default_limits: NetworkLimits,
+) -> Result<CreateSpec, ApiError> {
     let defaults = SandboxOptions::default();
     let mut options = SandboxOptions {
         image: request.image.unwrap_or(defaults.image.clone()),
@@ -37,6 +43,10 @@ pub fn create_spec(request: CreateSandboxRequest) -> Result<CreateSpec, ApiError
     }
     validate_labels(&options.labels)?;
     let env = env_checked("env", request.env)?;
+    let network = match &request.network {
+        None => NetworkSpec::none(),
+        Some(network) => network_spec(network, default_limits)?,
+    };
     if let Err(e) = options.validate() {
         let message = e.to_string();
         let field = ["image", "vcpus", "memory", "disk", "timeout"]
@@ -45,8 +55,54 @@ pub fn create_spec(request: CreateSandboxRequest) -> Result<CreateSpec, ApiError
             .unwrap_or("body");
         return Err(ApiError::invalid(field, message));
     }
-    Ok(CreateSpec { options, env })
+    Ok(CreateSpec {
+        options,
+        env,
+        network,
+    })
 }
+
+/// What `network` in a create asks for, checked.
+fn network_spec(
+    request: &NetworkRequest,
+    default_limits: NetworkLimits,
+) -> Result<NetworkSpec, ApiError> {
+    let policy = NetworkPolicy::from_parts(&request.mode, &request.allow).map_err(|e| {
+        let field = if request.mode == "allowlist" || !request.allow.is_empty() {
+            "network.allow"
+        } else {
+            "network.mode"
+        };
+        ApiError::invalid(field, format!("{field}: {e}"))
+    })?;
+    let mut limits = default_limits;
+    if let Some(rate) = &request.rate {
+        let rate = rate.parse("network.rate")?.bytes();
+        if rate == 0 {
+            return Err(ApiError::invalid(
+                "network.rate",
+                "network.rate: 0 bytes per second would carry nothing; leave it out for no limit",
+            ));
+        }
+        limits.rate = Some(rate);
+    }
+    if let Some(max_bytes) = &request.max_bytes {
+        limits.max_bytes = Some(max_bytes.parse("network.max_bytes")?.bytes());
+    }
+    if let Some(max) = request.max_connections {
+        if !(1..=MAX_CONNECTIONS).contains(&max) {
+            return Err(ApiError::invalid(
+                "network.max_connections",
+                format!("network.max_connections: {max} is not between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        limits.max_connections = max as usize;
+    }
+    Ok(NetworkSpec { policy, limits })
+}
+
+/// Most connections a sandbox may be allowed at once.
+const MAX_CONNECTIONS: u32 = 4096;
 
 /// What `POST /v1/sandboxes/{id}/exec` asks for, checked field by field.
 pub fn exec_spec(body: ExecRequestBody) -> Result<ExecSpec, ApiError> {
@@ -237,9 +293,12 @@ mod tests {
     #[test]
     fn create_bodies_name_the_bad_field() {
         let field = |json: &str| {
-            create_spec(serde_json::from_str::<CreateSandboxRequest>(json).unwrap())
-                .unwrap_err()
-                .field
+            create_spec(
+                serde_json::from_str::<CreateSandboxRequest>(json).unwrap(),
+                NetworkLimits::default(),
+            )
+            .unwrap_err()
+            .field
         };
         assert_eq!(field(r#"{"vcpus": 0}"#).as_deref(), Some("vcpus"));
         assert_eq!(field(r#"{"memory": "1K"}"#).as_deref(), Some("memory"));
@@ -248,6 +307,7 @@ mod tests {
         assert_eq!(field(r#"{"labels": {"": "x"}}"#).as_deref(), Some("labels"));
         let spec = create_spec(
             serde_json::from_str(r#"{"memory": 268435456, "timeout": "90s"}"#).unwrap(),
+            NetworkLimits::default(),
         )
         .unwrap();
         assert_eq!(spec.options.memory.as_mib(), 256);
@@ -255,5 +315,46 @@ mod tests {
             spec.options.timeout,
             Some(std::time::Duration::from_secs(90))
         );
+    }
+
+    #[test]
+    fn a_network_is_checked_entry_by_entry() {
+        let create = |json: &str| {
+            create_spec(
+                serde_json::from_str::<CreateSandboxRequest>(json).unwrap(),
+                NetworkLimits::default(),
+            )
+        };
+        let error = |json: &str| create(json).unwrap_err();
+        let e = error(r#"{"network": {"mode": "allowlist", "allow": ["ok.test", "*bad*"]}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.allow"));
+        assert!(e.message.contains("*bad*"), "{}", e.message);
+        let e = error(r#"{"network": {"mode": "allowlist", "allow": ["10.0.0.0/33"]}}"#);
+        assert!(e.message.contains("10.0.0.0/33"), "{}", e.message);
+        let e = error(r#"{"network": {"mode": "closed"}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.mode"));
+        assert!(e.message.contains("closed"), "{}", e.message);
+        let e = error(r#"{"network": {"mode": "allowlist", "allow": []}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.allow"));
+        let e = error(r#"{"network": {"mode": "open", "rate": 0}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.rate"));
+        let e = error(r#"{"network": {"mode": "open", "max_connections": 0}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.max_connections"));
+        let e = error(r#"{"network": {"mode": "open", "max_bytes": "lots"}}"#);
+        assert_eq!(e.field.as_deref(), Some("network.max_bytes"));
+
+        let spec = create(
+            r#"{"network": {"mode": "allowlist", "allow": ["pypi.org", "*.pythonhosted.org:443"],
+                "rate": "1M", "max_bytes": 1000, "max_connections": 8}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.network.policy.entries(),
+            vec!["pypi.org".to_string(), "*.pythonhosted.org:443".to_string()]
+        );
+        assert_eq!(spec.network.limits.rate, Some(1 << 20));
+        assert_eq!(spec.network.limits.max_bytes, Some(1000));
+        assert_eq!(spec.network.limits.max_connections, 8);
+        assert!(!create("{}").unwrap().network.enabled());
     }
 }

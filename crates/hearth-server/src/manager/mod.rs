@@ -30,6 +30,7 @@ use crate::execs::{ExecEntry, ExecMeta, ExecTable, PumpContext};
 use crate::ids::IdSource;
 pub use crate::live::LiveSandbox;
 use crate::metrics::{LimitLabel, Metrics, ReasonLabel};
+use crate::network::NetworkSpec;
 use crate::options::ServerOptions;
 pub use crate::specs::{CreateSpec, ExecSpec};
 pub use error::ManagerError;
@@ -272,6 +273,7 @@ impl SandboxManager {
             labels: new.labels.clone(),
             env_keys: spec.env.keys().cloned().collect(),
             privileged: options.privileged,
+            network: spec.network.settings(),
         };
         // Known here before it is recorded: a destroy that finds the record
         // must find the boot to cancel.
@@ -286,6 +288,7 @@ impl SandboxManager {
             ended: watch::channel(false).0,
             execs: ExecTable::default(),
             reservation,
+            egress: Mutex::new(None),
         });
         self.inner.live.lock().insert(id.clone(), live.clone());
         if let Err(error) = self.events().insert_sandbox(&new, &lease, details).await {
@@ -297,12 +300,13 @@ impl SandboxManager {
 
         let (done_tx, done_rx) = oneshot::channel();
         let manager = self.clone();
+        let network = spec.network;
         // A child of the create request, though it outlives it: the trace
         // of a create shows the boot.
         let span = tracing::info_span!("sandbox", id = %id);
         tokio::spawn(
             async move {
-                let result = manager.boot(live, options).await;
+                let result = manager.boot(live, options, network).await;
                 let _ = done_tx.send(result);
             }
             .instrument(span),
@@ -316,7 +320,12 @@ impl SandboxManager {
         }
     }
 
-    async fn boot(&self, live: Arc<LiveSandbox>, options: SandboxOptions) -> Result<()> {
+    async fn boot(
+        &self,
+        live: Arc<LiveSandbox>,
+        options: SandboxOptions,
+        network: NetworkSpec,
+    ) -> Result<()> {
         let accel = self.inner.options.accel;
         let options = SandboxOptions { accel, ..options };
         let timeout = options.timeout;
@@ -380,8 +389,12 @@ impl SandboxManager {
             async move { manager.monitor(monitor_live, sandbox.clone()).await }
                 .instrument(tracing::Span::current()),
         );
+        let recorded = match recorded {
+            Ok(_) if network.enabled() => self.start_network(&live, network).await,
+            other => other.map(|_| ()),
+        };
         match recorded {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(error) => {
                 // Not recorded as running (the store is down, or this node
                 // lost the sandbox): nobody may use it.
@@ -389,13 +402,49 @@ impl SandboxManager {
                     sandbox
                         .terminate(
                             EndReason::BootFailed,
-                            &format!("its start could not be recorded: {error}"),
+                            &format!("it could not be started: {error}"),
                         )
                         .await;
                 }
                 Err(error)
             }
         }
+    }
+
+    /// Give a booted sandbox its network: the guest's proxy (and
+    /// transparent path), deciding with `network` under the operator's
+    /// settings, every attempt audited into its event log.
+    async fn start_network(&self, live: &LiveSandbox, network: NetworkSpec) -> Result<()> {
+        let Some(sandbox) = live.sandbox() else {
+            return Ok(());
+        };
+        let settings = &self.inner.options.network;
+        let connector = hearth_net::Connector::new(
+            network.policy,
+            settings.egress.clone(),
+            settings.resolver.clone(),
+        );
+        let audit = crate::network::audit_sink(
+            &live.id,
+            live.lease.clone(),
+            self.events().clone(),
+            self.inner.parts.metrics.clone(),
+        );
+        // The fake driver's agent runs on this host: a transparent path
+        // would route the host itself.
+        let transparent = settings.transparent && self.driver_name() != "fake";
+        let config = hearth_sandbox::EgressConfig {
+            transparent,
+            ..hearth_sandbox::EgressConfig::new(crate::network::GUEST_PROXY, network.limits)
+        };
+        let egress = sandbox.start_egress(config, connector, audit).await?;
+        if transparent && !egress.transparent() {
+            tracing::warn!(
+                "this image's guest agent routes only programs that use the proxy variables; rebuild the image for the transparent path"
+            );
+        }
+        *live.egress.lock() = Some(egress);
+        Ok(())
     }
 
     /// Record the end of a sandbox whose boot was stopped (by a destroy, or
@@ -527,6 +576,7 @@ impl SandboxManager {
 
     fn forget(&self, live: &LiveSandbox) {
         live.sandbox.lock().take();
+        live.egress.lock().take();
         self.inner.live.lock().remove(&live.id);
         live.ended.send_replace(true);
     }

@@ -211,6 +211,7 @@ async fn try_launch(
     let created = inner
         .manager
         .create(CreateSpec {
+            network: crate::network::NetworkSpec::none(),
             options,
             env: BTreeMap::new(),
         })
@@ -586,6 +587,7 @@ pub(crate) async fn verify(
     let record = inner
         .manager
         .create(CreateSpec {
+            network: crate::network::NetworkSpec::none(),
             options,
             env: BTreeMap::new(),
         })
