@@ -115,7 +115,7 @@ impl GuestClient {
         let (down, rx) = mpsc::channel::<Bytes>(16);
         let start = EgressStart {
             listen: listen.to_owned(),
-            transparent: false,
+            transparent: true,
         };
         down.try_send(Frame::json(FrameKind::EgressStart, &start).encode())
             .expect("fresh channel has room");
@@ -235,6 +235,15 @@ async fn serve_open(
         )
         .encode()
     };
+    if open.transport == hearth_proto::EgressTransport::Udp {
+        // The guest carries no UDP but DNS, which it answers itself: this
+        // is only for the audit.
+        let reason = "UDP is not carried (only DNS, answered in the guest)".to_owned();
+        let _ = down.send(refuse(reason.clone())).await;
+        record.reason = Some(reason);
+        audit(record);
+        return;
+    }
     let opened = match connector.open(&open.host, open.port).await {
         Ok(opened) => opened,
         Err(error) => {
