@@ -110,6 +110,27 @@ u.sendto(b"hello", ("10.0.0.1", 9999))
 print("udp: sent")
 "#;
 
+/// Without a network, as root: the VM's only interface is loopback, and
+/// after trying to route everything out (with `ip` when the image has it)
+/// a raw socket still reaches nothing.
+const NONE_PROBE: &str = r#"
+import os, shutil, socket, subprocess, sys
+port = int(sys.argv[1])
+print("uid:", os.getuid())
+print("interfaces:", ",".join(sorted(name for _, name in socket.if_nameindex())))
+ip = shutil.which("ip")
+if ip:
+    for args in (["link", "set", "lo", "up"], ["route", "add", "default", "dev", "lo"]):
+        subprocess.run([ip] + args, capture_output=True)
+print("tun:", os.path.exists("/sys/class/net/hearth0"))
+for host in ("10.0.0.1", "198.18.1.1", "169.254.169.254"):
+    try:
+        socket.create_connection((host, port), timeout=5)
+        print(f"none-{host}: connected")
+    except Exception as e:
+        print(f"none-{host}: failed: {type(e).__name__}")
+"#;
+
 /// Seconds in a `failed after Ns` line of the transparent probe.
 fn failed_within(stdout: &str, label: &str, error: &str, seconds: f64) {
     let line = stdout
@@ -213,7 +234,18 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     let out = hearth(
         home.path(),
         &[
-            "sandbox", "run", "--memory", "256M", "--", "python3", "-c", PROBE, &port_text,
+            "sandbox",
+            "run",
+            "--memory",
+            "256M",
+            "--",
+            "sh",
+            "-c",
+            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\"",
+            "sh",
+            PROBE,
+            NONE_PROBE,
+            &port_text,
         ],
     );
     let stdout = text(&out.stdout);
@@ -221,6 +253,13 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     assert!(stdout.contains("svc.test: failed"), "{stdout}");
     assert!(stdout.contains("raw: failed"), "{stdout}");
     assert!(!stdout.contains("hello"), "{stdout}");
+    // No device, no route, even for root: no transparent path either.
+    assert!(stdout.contains("uid: 0"), "{stdout}");
+    assert!(stdout.contains("interfaces: lo\n"), "{stdout}");
+    assert!(stdout.contains("tun: False"), "{stdout}");
+    for host in ["10.0.0.1", "198.18.1.1", "169.254.169.254"] {
+        assert!(stdout.contains(&format!("none-{host}: failed")), "{stdout}");
+    }
 
     // Bad settings: one clear error naming the entry, and no VM.
     for (net, needle) in [
