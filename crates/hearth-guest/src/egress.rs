@@ -1,7 +1,7 @@
 //! `POST /v1/egress` and `POST /v1/egress/conn`: the guest's HTTP proxy,
 //! through which programs reach the network the host allows.
 //!
-//! The VM has no network device. When the host lets a sandbox reach the
+//! The VM has no network device that reaches a network. When the host lets a sandbox reach the
 //! network, it opens the egress control stream; the agent then serves an
 //! HTTP proxy on a loopback address (execs get `HTTP_PROXY`,
 //! `HTTPS_PROXY` and their lowercase forms, and `NO_PROXY`). For each
