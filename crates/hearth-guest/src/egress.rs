@@ -1,7 +1,7 @@
 //! `POST /v1/egress` and `POST /v1/egress/conn`: the guest's HTTP proxy,
 //! through which programs reach the network the host allows.
 //!
-//! The VM has no network device. When the host lets a sandbox reach the
+//! The VM has no network device that reaches a network. When the host lets a sandbox reach the
 //! network, it opens the egress control stream; the agent then serves an
 //! HTTP proxy on a loopback address (execs get `HTTP_PROXY`,
 //! `HTTPS_PROXY` and their lowercase forms, and `NO_PROXY`). For each
@@ -18,6 +18,11 @@
 //!
 //! So nothing leaves the VM but through the host, which decides.
 //!
+//! With `EgressStart.transparent`, the agent also serves a network device
+//! for programs that ignore the proxy variables ([`crate::netstack`]): its
+//! connections are asked of the host with the same [`Egress::ask`] (marked
+//! `via: transparent`) and piped with the same [`pipe`].
+//!
 //! Bounds: [`MAX_EGRESS_PENDING`] connections waiting for the host (`403`
 //! "try again" past it), [`VERDICT_TIMEOUT`] for the host's answer, host names up to
 //! [`MAX_EGRESS_HOST`] bytes, hyper's default header limits.
@@ -32,7 +37,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hearth_proto::limits::{MAX_EGRESS_HOST, MAX_EGRESS_PENDING};
 use hearth_proto::{
-    EgressOpen, EgressReady, EgressRefused, EgressStart, Frame, FrameDecoder, FrameKind,
+    EgressOpen, EgressReady, EgressRefused, EgressStart, EgressTransport, EgressVia, Frame,
+    FrameDecoder, FrameKind,
 };
 use http::{header, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -58,7 +64,7 @@ const UP_CHUNKS: usize = 8;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The host's answer for one connection.
-enum Verdict {
+pub(crate) enum Verdict {
     /// Allowed and connected: the destination's bytes, and where the
     /// program's go.
     Open {
@@ -110,9 +116,36 @@ impl Egress {
         self.ended.send_replace(true);
     }
 
-    /// Ask the host for a connection to `host:port` and wait for its
-    /// verdict.
-    async fn ask(&self, host: &str, port: u16) -> Verdict {
+    /// Tell the host about an attempt the agent does not carry (a UDP
+    /// datagram), for its audit, without waiting for an answer: the host
+    /// refuses it, and the refusal of an id nobody waits for is ignored.
+    /// Dropped when the control stream is full.
+    pub(crate) fn notify(&self, host: &str, port: u16, transport: EgressTransport) {
+        if host.is_empty() || host.len() > MAX_EGRESS_HOST {
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::json(
+            FrameKind::EgressOpen,
+            &EgressOpen {
+                id,
+                host: host.to_string(),
+                port,
+                via: EgressVia::Transparent,
+                transport,
+                exec: None,
+            },
+        )
+        .encode();
+        if let Some(up) = self.up.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = up.try_send(Ok(frame));
+        }
+    }
+
+    /// Ask the host for a TCP connection to `host:port` (a name or an
+    /// address) and wait for its verdict. Both ways in use it: the proxy
+    /// and the transparent path (`via`).
+    pub(crate) async fn ask(&self, host: &str, port: u16, via: EgressVia) -> Verdict {
         if host.is_empty() || host.len() > MAX_EGRESS_HOST {
             return Verdict::Refused(format!(
                 "a destination host name must have 1 to {MAX_EGRESS_HOST} bytes"
@@ -136,8 +169,8 @@ impl Egress {
                 id,
                 host: host.to_string(),
                 port,
-                via: hearth_proto::EgressVia::Proxy,
-                transport: hearth_proto::EgressTransport::Tcp,
+                via,
+                transport: EgressTransport::Tcp,
                 exec: None,
             },
         )
@@ -221,10 +254,6 @@ pub async fn open(
         .local_addr()
         .map_err(|e| GuestError::io("read the address of", listen.to_string(), e))?;
     let (tx, response_body) = body::channel(16);
-    let ready = EgressReady {
-        address: address.to_string(),
-    };
-    let _ = tx.try_send(Ok(Frame::json(FrameKind::EgressReady, &ready).encode()));
     let egress = Arc::new(Egress {
         address,
         next_id: AtomicU64::new(1),
@@ -233,6 +262,28 @@ pub async fn open(
         up: Mutex::new(Some(tx.clone())),
         ended: watch::channel(false).0,
     });
+    // The transparent path changes the machine's routes: only as the VM's
+    // PID 1, never in host mode (tests), where the machine is the host.
+    let transparent = match (start.transparent, state.options.pid1) {
+        (true, true) => match crate::netstack::start(egress.clone()) {
+            Ok(transparent) => Some(transparent),
+            Err(e) => {
+                // Fails closed: without the device there is no route.
+                crate::info!("transparent egress is not available: {e}");
+                None
+            }
+        },
+        (true, false) => {
+            crate::debug!("transparent egress: not in host mode");
+            None
+        }
+        (false, _) => None,
+    };
+    let ready = EgressReady {
+        address: address.to_string(),
+        transparent: transparent.is_some(),
+    };
+    let _ = tx.try_send(Ok(Frame::json(FrameKind::EgressReady, &ready).encode()));
     state.set_egress(Some(egress.clone()));
     crate::debug!("egress proxy listening on {address}");
     tokio::spawn(async move {
@@ -244,6 +295,8 @@ pub async fn open(
         };
         acceptor.abort();
         let _ = acceptor.await;
+        // Closes the device: its routes go with it.
+        drop(transparent);
         state.set_egress(None);
         egress.end();
         drop(slot);
@@ -364,7 +417,7 @@ async fn proxy(egress: Arc<Egress>, request: Request<Incoming>) -> Response<Prox
         let Some((host, port)) = authority(request.uri(), None) else {
             return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port".into());
         };
-        return match egress.ask(&host, port).await {
+        return match egress.ask(&host, port, EgressVia::Proxy).await {
             Verdict::Refused(reason) => text(
                 StatusCode::FORBIDDEN,
                 format!("hearth: connection to {host}:{port} refused: {reason}"),
@@ -393,7 +446,7 @@ async fn proxy(egress: Arc<Egress>, request: Request<Incoming>) -> Response<Prox
     let Some((host, port)) = authority(request.uri(), Some(80)) else {
         return text(StatusCode::BAD_REQUEST, "the URL has no host".into());
     };
-    match egress.ask(&host, port).await {
+    match egress.ask(&host, port, EgressVia::Proxy).await {
         Verdict::Refused(reason) => text(
             StatusCode::FORBIDDEN,
             format!("hearth: connection to {host}:{port} refused: {reason}"),
@@ -461,9 +514,29 @@ fn authority(uri: &Uri, default_port: Option<u16>) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
-/// Copy between a program's connection and the host's stream until both
-/// directions end.
-async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
+/// How long a half-close toward the program may wait for the program to
+/// acknowledge what was sent before it.
+const HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Half-close toward the program. The transparent path's TCP stack
+/// (`ipstack` 1.0) sends its FIN only when asked again after the data in
+/// flight was acknowledged, and does not wake the task that asked: so ask
+/// again every 50 ms (a proxy tunnel completes at the first ask).
+async fn half_close<W: AsyncWrite + Unpin>(write: &mut W) {
+    let deadline = tokio::time::Instant::now() + HALF_CLOSE_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::time::timeout(Duration::from_millis(50), write.shutdown())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Copy between a program's connection (a proxy tunnel or a transparent
+/// TCP stream) and the host's stream until both directions end.
+pub(crate) async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     mut from_host: Incoming,
     to_host: BodySender,
@@ -477,7 +550,7 @@ async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
                 }
             }
         }
-        let _ = write.shutdown().await;
+        half_close(&mut write).await;
     };
     let up = async move {
         let mut buf = vec![0u8; READ_CHUNK];

@@ -12,13 +12,16 @@ use super::error::{ImageError, IoContext, Result};
 ///
 /// Debian's cloud kernel builds its virtio drivers as modules: the MMIO transport (microvm
 /// has no PCI), the console (the host↔guest channel), the block device (rootfs), overlayfs
-/// (a writable layer over the read-only rootfs) and the entropy source.
+/// (a writable layer over the read-only rootfs), the entropy source and TUN (the
+/// device of the transparent egress path, created by the agent only when a sandbox has
+/// network).
 pub const REQUIRED_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_console",
     "virtio_blk",
     "overlay",
     "virtio_rng",
+    "tun",
 ];
 
 /// An unpacked kernel package.
@@ -190,6 +193,7 @@ kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/dri
 kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/tun.ko:
 kernel/a.ko: kernel/b.ko
 kernel/b.ko: kernel/c.ko
 kernel/c.ko: kernel/a.ko
@@ -210,6 +214,7 @@ kernel/d.ko: kernel/missing.ko
                 "kernel/drivers/block/virtio_blk.ko",
                 "kernel/fs/overlayfs/overlay.ko",
                 "kernel/drivers/char/hw_random/virtio-rng.ko",
+                "kernel/drivers/net/tun.ko",
             ]
         );
     }

@@ -264,6 +264,12 @@ pub struct EgressStart {
 pub struct EgressReady {
     /// The address bound.
     pub address: String,
+    /// Whether the transparent path is up (asked for with
+    /// [`EgressStart::transparent`], and the guest could create its network
+    /// device). Without it, programs that ignore the proxy variables reach
+    /// nothing.
+    #[serde(default)]
+    pub transparent: bool,
 }
 
 /// Guest → host: a program asked for a connection to `host:port`.

@@ -48,7 +48,7 @@ fn examples() -> serde_json::Value {
         "tunnel_response_head": TunnelResponseHead { id: 1, status: 200, content_type: None, body_len: 0 },
         "tunnel_body_frame_bytes": tunnel::body_frame(258, b"hi").encode().to_vec(),
         "egress_start": EgressStart { listen: "127.0.0.1:3128".into(), transparent: true },
-        "egress_ready": EgressReady { address: "127.0.0.1:3128".into() },
+        "egress_ready": EgressReady { address: "127.0.0.1:3128".into(), transparent: true },
         "egress_open": EgressOpen { id: 1, host: "pypi.org".into(), port: 443, via: EgressVia::Proxy, transport: EgressTransport::Tcp, exec: None },
         "egress_open_transparent": EgressOpen { id: 2, host: "10.0.0.1".into(), port: 53, via: EgressVia::Transparent, transport: EgressTransport::Udp, exec: Some("x1".into()) },
         "egress_refused": EgressRefused { id: 1, reason: "pypi.org port 443 is not on the allowlist".into() },

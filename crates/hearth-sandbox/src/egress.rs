@@ -235,7 +235,7 @@ impl GuestClient {
             .uri(uri(routes::EGRESS))
             .body(frame_body(rx, false))
             .expect("static request parts are valid");
-        let (body, decoder, address) = with_timeout("egress start", CALL_TIMEOUT, async {
+        let (body, decoder, address, transparent) = with_timeout("egress start", CALL_TIMEOUT, async {
             let response = check_status(self.send(request).await?).await.map_err(|e| {
                 match e {
                     SandboxError::Guest { code: hearth_proto::ErrorCode::NotFound, .. } => SandboxError::Protocol(
@@ -259,7 +259,7 @@ impl GuestClient {
                     ready.address
                 ))
             })?;
-            Ok((body, decoder, address))
+            Ok((body, decoder, address, ready.transparent))
         })
         .await?;
         let client = self.clone();
@@ -278,7 +278,7 @@ impl GuestClient {
         tracing::debug!(%address, "egress proxy open");
         Ok(Egress {
             address,
-            transparent: config.transparent,
+            transparent: config.transparent && transparent,
             reader,
         })
     }

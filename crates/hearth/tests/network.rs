@@ -68,6 +68,85 @@ except Exception as e:
     print(f"raw: failed: {e}")
 "#;
 
+/// Without proxy variables (transparent path): raw sockets to `svc.test`,
+/// `blocked.test`, a private and the metadata address, a UDP datagram, an
+/// IPv6 address and the DNS stub's answer; prints what each did and how
+/// long it took.
+const TRANSPARENT_PROBE: &str = r#"
+import os, socket, sys, time
+for key in list(os.environ):
+    if key.lower().endswith("_proxy"):
+        del os.environ[key]
+port = int(sys.argv[1])
+def get(host, p, family=socket.AF_INET):
+    start = time.time()
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect((host, p))
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return "ok " + data.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip()
+    except Exception as e:
+        return f"failed after {time.time() - start:.1f}s: {type(e).__name__}"
+print("resolved:", socket.gethostbyname("svc.test"))
+print("t-svc:", get("svc.test", port))
+print("t-blocked:", get("blocked.test", port))
+print("t-private:", get("10.0.0.1", port))
+print("t-metadata:", get("169.254.169.254", 80))
+print("t-v6:", get("2001:db8::1", port, socket.AF_INET6))
+try:
+    socket.getaddrinfo("svc.test", port, socket.AF_INET6)
+    print("aaaa: answered")
+except socket.gaierror as e:
+    print("aaaa: none")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"hello", ("10.0.0.1", 9999))
+print("udp: sent")
+"#;
+
+/// Without a network, as root: the VM's only interface is loopback, and
+/// after trying to route everything out (with `ip` when the image has it)
+/// a raw socket still reaches nothing.
+const NONE_PROBE: &str = r#"
+import os, shutil, socket, subprocess, sys
+port = int(sys.argv[1])
+print("uid:", os.getuid())
+print("interfaces:", ",".join(sorted(name for _, name in socket.if_nameindex())))
+ip = shutil.which("ip")
+if ip:
+    for args in (["link", "set", "lo", "up"], ["route", "add", "default", "dev", "lo"]):
+        subprocess.run([ip] + args, capture_output=True)
+print("tun:", os.path.exists("/sys/class/net/hearth0"))
+for host in ("10.0.0.1", "198.18.1.1", "169.254.169.254"):
+    try:
+        socket.create_connection((host, port), timeout=5)
+        print(f"none-{host}: connected")
+    except Exception as e:
+        print(f"none-{host}: failed: {type(e).__name__}")
+"#;
+
+/// Seconds in a `failed after Ns` line of the transparent probe.
+fn failed_within(stdout: &str, label: &str, error: &str, seconds: f64) {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in\n{stdout}"));
+    assert!(line.contains(error), "{line}\n{stdout}");
+    let took: f64 = line
+        .split("failed after ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(took < seconds, "{line}: should fail at once, not hang");
+}
+
 #[test]
 fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
     let port = http_server();
@@ -94,9 +173,12 @@ fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
             "--egress-hosts",
             hosts.to_str().unwrap(),
             "--",
-            "python3",
+            "sh",
             "-c",
+            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\"",
+            "sh",
             PROBE,
+            TRANSPARENT_PROBE,
             &port_text,
         ],
     );
@@ -111,11 +193,35 @@ fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
         stdout.contains("blocked.test: failed: HTTP Error 403"),
         "{stdout}"
     );
-    // Programs that ignore the proxy reach nothing: the VM has no network.
+    // 127.0.0.1 in the VM is the VM's own loopback, where nothing listens.
     assert!(stdout.contains("raw: failed"), "{stdout}");
     // The refusal is in the log with its reason.
     assert!(stderr.contains("egress refused"), "{stderr}");
     assert!(stderr.contains("not on the allowlist"), "{stderr}");
+
+    // Transparent: the DNS stub answers with a fake address, and a raw
+    // socket to it is asked of the host by name.
+    assert!(stdout.contains("resolved: 198.1"), "{stdout}");
+    assert!(
+        stdout.contains("t-svc: ok hello from the test"),
+        "{stdout}\n{stderr}"
+    );
+    // Refused names and addresses fail at once ("connection refused").
+    failed_within(&stdout, "t-blocked:", "ConnectionRefusedError", 10.0);
+    failed_within(&stdout, "t-private:", "ConnectionRefusedError", 10.0);
+    failed_within(&stdout, "t-metadata:", "ConnectionRefusedError", 10.0);
+    // No IPv6 route: unreachable at once; AAAA has no answer.
+    failed_within(&stdout, "t-v6:", "OSError", 5.0);
+    assert!(stdout.contains("aaaa: none"), "{stdout}");
+    assert!(stdout.contains("udp: sent"), "{stdout}");
+    // Each refusal is audited, the UDP datagram too.
+    assert!(stderr.contains("blocked.test"), "{stderr}");
+    assert!(stderr.contains("10.0.0.1"), "{stderr}");
+    assert!(stderr.contains("169.254.169.254"), "{stderr}");
+    assert!(
+        stderr.contains("UDP other than DNS is not carried"),
+        "{stderr}"
+    );
     assert!(common::live_vmms(home.path()).is_empty());
 }
 
@@ -131,7 +237,18 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     let out = hearth(
         home.path(),
         &[
-            "sandbox", "run", "--memory", "256M", "--", "python3", "-c", PROBE, &port_text,
+            "sandbox",
+            "run",
+            "--memory",
+            "256M",
+            "--",
+            "sh",
+            "-c",
+            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\"",
+            "sh",
+            PROBE,
+            NONE_PROBE,
+            &port_text,
         ],
     );
     let stdout = text(&out.stdout);
@@ -139,6 +256,13 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     assert!(stdout.contains("svc.test: failed"), "{stdout}");
     assert!(stdout.contains("raw: failed"), "{stdout}");
     assert!(!stdout.contains("hello"), "{stdout}");
+    // No device, no route, even for root: no transparent path either.
+    assert!(stdout.contains("uid: 0"), "{stdout}");
+    assert!(stdout.contains("interfaces: lo\n"), "{stdout}");
+    assert!(stdout.contains("tun: False"), "{stdout}");
+    for host in ["10.0.0.1", "198.18.1.1", "169.254.169.254"] {
+        assert!(stdout.contains(&format!("none-{host}: failed")), "{stdout}");
+    }
 
     // Bad settings: one clear error naming the entry, and no VM.
     for (net, needle) in [
