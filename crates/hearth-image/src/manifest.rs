@@ -18,7 +18,7 @@ use super::error::{IoContext, Result};
 pub const FORMAT_VERSION: u32 = 1;
 /// Version of the rootfs recipe (debootstrap flags, tidying, mkfs options). Bumping it
 /// rebuilds every rootfs on the next build.
-pub const ROOTFS_RECIPE: u32 = 1;
+pub const ROOTFS_RECIPE: u32 = 2;
 /// Version of the initramfs recipe (layout, module list). Bumping it rebuilds initramfs.
 pub const INITRAMFS_RECIPE: u32 = 1;
 
@@ -53,7 +53,8 @@ pub struct Inputs {
     pub suite: String,
     /// Debian mirror the rootfs was bootstrapped from.
     pub mirror: String,
-    /// Packages installed beyond minbase + python3 + ca-certificates (sorted, deduplicated).
+    /// Packages installed beyond minbase and [`crate::rootfs::BASE_PACKAGES`] (sorted,
+    /// deduplicated).
     pub extra_packages: Vec<String>,
     /// Rootfs recipe version, [`ROOTFS_RECIPE`].
     pub rootfs_recipe: u32,

@@ -10,8 +10,9 @@ use std::process::Command;
 use super::command::run;
 use super::error::{IoContext, Result};
 
-/// Packages always installed on top of minbase: Python is the workload, and TLS needs CAs.
-pub const BASE_PACKAGES: &[&str] = &["python3", "ca-certificates"];
+/// Packages always installed on top of minbase: Python is the workload, TLS needs CAs,
+/// and agents install what they need with pip (through the sandbox's network policy).
+pub const BASE_PACKAGES: &[&str] = &["python3", "python3-pip", "ca-certificates"];
 
 /// `hearth_run`, the Python client of the run endpoint that durable programs import. It is
 /// installed into every rootfs so `python3 -c 'import hearth_run'` works in every VM.
@@ -77,6 +78,18 @@ pub fn finalize_tree(dir: &Path) -> Result<()> {
         fs::remove_file(&resolv).ctx(|| format!("removing {}", resolv.display()))?;
     }
     write(&resolv, "")?;
+    // Debian marks its Python "externally managed" (PEP 668) so that pip does not fight
+    // apt; a sandbox is disposable and has no apt workflow to protect, and `pip install`
+    // must just work in it, as it does in other sandboxes.
+    if let Ok(entries) = fs::read_dir(dir.join("usr/lib")) {
+        for entry in entries.flatten() {
+            let marker = entry.path().join("EXTERNALLY-MANAGED");
+            let is_python = entry.file_name().to_string_lossy().starts_with("python3");
+            if is_python && marker.is_file() {
+                fs::remove_file(&marker).ctx(|| format!("removing {}", marker.display()))?;
+            }
+        }
+    }
     let module = dir.join(HEARTH_RUN_PATH);
     if let Some(parent) = module.parent() {
         fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
@@ -222,6 +235,8 @@ mod tests {
         fs::create_dir_all(root.join("var/lib/apt/lists/partial")).unwrap();
         fs::write(root.join("var/cache/apt/archives/x.deb"), b"deb").unwrap();
         fs::write(root.join("var/lib/apt/lists/foo_Packages"), b"p").unwrap();
+        fs::create_dir_all(root.join("usr/lib/python3.11")).unwrap();
+        fs::write(root.join("usr/lib/python3.11/EXTERNALLY-MANAGED"), b"[x]").unwrap();
         std::os::unix::fs::symlink(
             "/run/systemd/resolve/stub-resolv.conf",
             root.join("etc/resolv.conf"),
@@ -239,6 +254,8 @@ mod tests {
             .unwrap()
             .contains("hearth"));
         assert_eq!(fs::read(root.join("etc/resolv.conf")).unwrap(), b"");
+        assert!(!root.join("usr/lib/python3.11/EXTERNALLY-MANAGED").exists());
+        assert!(root.join("usr/lib/python3.11").is_dir());
         let tmp = fs::metadata(root.join("tmp")).unwrap();
         assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
         for d in ["mnt", "root", "run"] {

@@ -28,6 +28,9 @@ import pytest
 from hearth import Hearth, Sandbox
 
 REPO = Path(__file__).resolve().parents[3]
+#: Names the session's server resolves to 127.0.0.1 for sandboxes (see
+#: ``--egress-hosts``): tests never reach anything but this machine.
+TEST_NAMES = ("svc.test", "blocked.test")
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -95,6 +98,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("hearth-home")
     log = home.parent / f"{home.name}-server.log"
     stdout_path = home.parent / f"{home.name}-server.out"
+    # Sandboxes' networks reach only this machine in tests: the test names
+    # below map to 127.0.0.1, which the operator flag opens.
+    hosts = home.parent / f"{home.name}-hosts"
+    hosts.write_text(f"127.0.0.1 {' '.join(TEST_NAMES)}\n")
     env = dict(os.environ, HEARTH_HOME=str(home), HEARTH_IMAGES=_images())
     env.pop("HEARTH_URL", None)
     env.pop("HEARTH_TOKEN", None)
@@ -102,7 +109,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process = subprocess.Popen(
             # A small wait=true output limit, so that the 422 path is cheap
             # to test.
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--max-wait-output", "1M"],
+            [
+                str(binary),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-wait-output",
+                "1M",
+                "--egress-allow-cidr",
+                "127.0.0.1/32",
+                "--egress-hosts",
+                str(hosts),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

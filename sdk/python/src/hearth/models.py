@@ -69,6 +69,67 @@ def _str_map(value: Any) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Network:
+    """What a sandbox's programs may reach, and how much.
+
+    ``mode`` is ``"none"`` (no network, the default), ``"allowlist"`` (only
+    the ``allow`` entries: host names like ``"pypi.org"``, wildcards like
+    ``"*.pythonhosted.org:443"`` and CIDRs, each with an optional port) or
+    ``"open"`` (any public destination). Loopback, private, link-local and
+    cloud metadata addresses stay refused in every mode unless the server's
+    operator opened the range. Every connection attempt is a
+    ``net.connection`` event in the sandbox's log.
+
+    Build one with :meth:`allowlist`, :meth:`open` or :meth:`parse`, or
+    pass the text form (``"allow:pypi.org,*.pythonhosted.org"``) straight
+    to ``create(network=...)``.
+    """
+
+    mode: str = "none"
+    allow: tuple[str, ...] = ()
+    #: Most bytes per second, both ways together (bytes or text like ``"1M"``).
+    rate: int | str | None = None
+    #: Most bytes over the sandbox's life; past it connections end.
+    max_bytes: int | str | None = None
+    #: Most connections open at once (server default 256).
+    max_connections: int | None = None
+
+    @classmethod
+    def allowlist(cls, *entries: str, **limits: Any) -> Network:
+        """Only ``entries``, e.g. ``Network.allowlist("pypi.org", "*.pythonhosted.org")``."""
+        if not entries:
+            raise ValueError("an allowlist needs at least one entry, e.g. 'pypi.org'")
+        return cls(mode="allowlist", allow=tuple(entries), **limits)
+
+    @classmethod
+    def open(cls, **limits: Any) -> Network:
+        """Any public destination."""
+        return cls(mode="open", **limits)
+
+    @classmethod
+    def parse(cls, text: str) -> Network:
+        """The command line's form: ``none``, ``open`` or ``allow:ENTRY,...``."""
+        if text in ("none", "open"):
+            return cls(mode=text)
+        if text.startswith("allow:"):
+            entries = tuple(e.strip() for e in text[len("allow:") :].split(","))
+            return cls(mode="allowlist", allow=entries)
+        raise ValueError(
+            f"network {text!r}: use 'none', 'open' or 'allow:NAME,...' "
+            "(e.g. 'allow:pypi.org,*.pythonhosted.org')"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``network`` object of a create request."""
+        body: dict[str, Any] = {"mode": self.mode, "allow": list(self.allow)}
+        for key in ("rate", "max_bytes", "max_connections"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+
+@dataclass(frozen=True)
 class Limits:
     """The resources a sandbox was given."""
 

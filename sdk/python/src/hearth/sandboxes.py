@@ -20,7 +20,7 @@ from .errors import HearthError
 from .events import EventStream
 from .execs import EXEC_ID_HEADER, ExecStream, Process
 from .files import Files
-from .models import ExecInfo, ExecResult, ExitInfo, SandboxEvent, SandboxInfo
+from .models import ExecInfo, ExecResult, ExitInfo, Network, SandboxEvent, SandboxInfo
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,6 +59,7 @@ class Sandboxes:
         labels: Mapping[str, str] | None = None,
         node: str | None = None,
         privileged: bool = False,
+        network: Network | str | None = None,
     ) -> Sandbox:
         """Create a sandbox and wait until it runs.
 
@@ -78,6 +79,11 @@ class Sandboxes:
                 writable (recorded in the ``sandbox.creating`` event). By
                 default commands run as root but cannot reach the guest agent
                 or its cgroups.
+            network: What its programs may reach (default: nothing): a
+                :class:`Network`, or its text form such as ``"open"`` or
+                ``"allow:pypi.org,*.pythonhosted.org"``. Programs that honour
+                ``HTTP_PROXY`` and those that open plain sockets are both
+                held to it.
 
         Returns a :class:`Sandbox`; use it in a ``with`` block to have it
         destroyed at the end.
@@ -99,6 +105,11 @@ class Sandboxes:
             body["labels"] = dict(labels)
         if privileged:
             body["privileged"] = True
+        if network is not None:
+            if isinstance(network, str):
+                network = Network.parse(network)
+            if network.mode != "none" or network.allow:
+                body["network"] = network.to_json()
         data = self._http.json(
             "POST",
             "/v1/sandboxes",
