@@ -403,6 +403,16 @@ impl Sandbox {
         self.inner.client.live().await
     }
 
+    /// The channel the keeper replaces after a break.
+    pub(crate) fn client_slot(&self) -> Arc<ClientSlot> {
+        self.inner.client.clone()
+    }
+
+    /// Follows the sandbox's end.
+    pub(crate) fn end_watch(&self) -> watch::Receiver<Option<SandboxEnd>> {
+        self.inner.shared.end.subscribe()
+    }
+
     /// Whether the host channel to the guest agent is open now (it is not
     /// for a moment after a break, while the host reconnects).
     pub fn channel_open(&self) -> bool {

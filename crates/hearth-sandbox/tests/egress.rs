@@ -46,6 +46,7 @@ async fn http_server() -> u16 {
 
 struct Setup {
     _dir: tempfile::TempDir,
+    driver: FakeDriver,
     sandbox: Sandbox,
     audit: Arc<Mutex<Vec<EgressAudit>>>,
     _egress: hearth_sandbox::Egress,
@@ -93,6 +94,7 @@ async fn setup_with(policy: &str, limits: NetworkLimits) -> Setup {
         .expect("egress starts");
     Setup {
         _dir: dir,
+        driver,
         sandbox,
         audit,
         _egress: egress,
@@ -355,4 +357,32 @@ async fn wait_for_audit(s: &Setup, n: usize) -> Vec<EgressAudit> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("fewer than {n} audit records: {:#?}", s.audit.lock());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_comes_back_after_the_channel_reconnects() {
+    let port = http_server().await;
+    let s = setup(&format!("allow:svc.test:{port}")).await;
+    let fetch = format!("curl -sS -p http://svc.test:{port}/");
+    let (code, out, err) = sh(&s.sandbox, &fetch).await;
+    assert_eq!((code, out.as_str()), (0, "hello from the test\n"), "{err}");
+
+    assert!(s.driver.break_channel(s.sandbox.id()));
+    // Calls wait for the reconnect; the network is started again on the
+    // new channel soon after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = sh(&s.sandbox, &fetch).await;
+        if code == 0 {
+            assert_eq!(out, "hello from the test\n");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the network did not come back: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.sandbox.channel_reconnects() >= 1);
+    s.sandbox.destroy().await;
 }
