@@ -55,7 +55,9 @@ const MAX_SOCKET_LINES: usize = 65536;
 pub struct ExecRoot {
     /// The exec's id, as the host named it.
     pub id: String,
-    /// Its first process: the leader of its session and process group.
+    /// Its first process: the leader of its session and process group, as
+    /// the agent knows it (in the agent's PID namespace, which need not be
+    /// that of the `/proc` it reads: see [`parse_nspid`]).
     pub pid: i32,
     /// Its cgroup leaf as `/proc/<pid>/cgroup` names it (`/workload/exec-3`),
     /// when the agent uses cgroups.
@@ -106,7 +108,7 @@ impl ExecOwners {
                 remote,
                 &roots,
                 &Limits {
-                    skip_pid: std::process::id(),
+                    skip_pid: own_pid(Path::new("/proc")),
                     max_pids: MAX_PIDS_SCANNED,
                     deadline,
                 },
@@ -127,11 +129,22 @@ impl ExecOwners {
     }
 }
 
+/// The agent's own pid in the `/proc` at `proc` (`/proc/self`), which is
+/// its pid as the system call reports it only when both share a PID
+/// namespace (as PID 1 in the VM they do; the host tests' fake driver runs
+/// the agent in a PID namespace of its own under the host's `/proc`).
+fn own_pid(proc: &Path) -> u32 {
+    fs::read_link(proc.join("self"))
+        .ok()
+        .and_then(|target| target.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 /// What bounds one walk.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// A process not to scan (the agent itself: it holds the proxy's side
-    /// of every connection and many descriptors).
+    /// A process not to scan, as `/proc` names it (the agent itself: it
+    /// holds the proxy's side of every connection and many descriptors).
     pub skip_pid: u32,
     /// Most processes whose descriptors are read.
     pub max_pids: usize,
@@ -257,6 +270,18 @@ pub fn parse_cgroup(text: &str) -> Option<&str> {
     text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
+/// A process's pid in the innermost PID namespace it belongs to, from
+/// `/proc/<pid>/status` (`NSpid: 4242 7`: 4242 where this `/proc` was
+/// mounted, 7 in its own namespace). The pids in `/proc` are those of the
+/// namespace that mounted it, while the agent knows its execs by the pids
+/// its own `fork` returned.
+pub fn parse_nspid(status: &str) -> Option<i32> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?;
+    line.split_whitespace().next_back()?.parse().ok()
+}
+
 /// The inode in a descriptor link's target, `socket:[12345]`.
 pub fn socket_link_inode(target: &str) -> Option<u64> {
     target
@@ -337,7 +362,18 @@ fn exec_of(proc: &Path, pid: i32, roots: &[ExecRoot], limits: &Limits) -> Option
             }
         }
     }
-    let by_pid = |pid: i32| roots.iter().find(|r| r.pid == pid).map(|r| r.id.clone());
+    // `pid` as `/proc` names it, as the agent names it.
+    let agent_pid = |pid: i32| {
+        fs::read_to_string(proc.join(pid.to_string()).join("status"))
+            .ok()
+            .as_deref()
+            .and_then(parse_nspid)
+            .unwrap_or(pid)
+    };
+    let by_pid = |pid: i32| {
+        let pid = agent_pid(pid);
+        roots.iter().find(|r| r.pid == pid).map(|r| r.id.clone())
+    };
     let mut current = pid;
     let mut session = None;
     for _ in 0..MAX_ANCESTORS {
@@ -458,6 +494,12 @@ mod tests {
         assert_eq!(socket_link_inode("socket:[123]"), Some(123));
         assert_eq!(socket_link_inode("pipe:[123]"), None);
         assert_eq!(socket_link_inode("socket:[12x]"), None);
+        assert_eq!(
+            parse_nspid("Name:\tcurl\nNSpid:\t4242\t7\nNSsid: 1\n"),
+            Some(7)
+        );
+        assert_eq!(parse_nspid("NSpid:\t4242\n"), Some(4242));
+        assert_eq!(parse_nspid("Pid:\t4242\n"), None);
     }
 
     fn address() -> impl Strategy<Value = SocketAddr> {
@@ -488,6 +530,7 @@ mod tests {
             let _ = parse_stat(&text);
             let _ = parse_cgroup(&text);
             let _ = socket_link_inode(&text);
+            let _ = parse_nspid(&text);
         }
     }
 
@@ -530,6 +573,15 @@ mod tests {
                 )
                 .unwrap();
             }
+        }
+
+        /// Give `pid` the pid `inner` in a PID namespace of its own.
+        fn nspid(&self, pid: i32, inner: i32) {
+            fs::write(
+                self.dir.path().join(pid.to_string()).join("status"),
+                format!("Name:\todd\nPid:\t{pid}\nNSpid:\t{pid}\t{inner}\n"),
+            )
+            .unwrap();
         }
 
         fn find(&self, local: &str, remote: &str, roots: &[ExecRoot]) -> Option<String> {
@@ -626,6 +678,41 @@ mod tests {
             fake.find("127.0.0.1:40000", PROXY, &moved).as_deref(),
             Some("x1")
         );
+    }
+
+    #[test]
+    fn execs_are_found_by_their_pids_in_the_agents_namespace() {
+        // The agent in a PID namespace of its own (3000 in /proc, 2 in its
+        // namespace), as under the host tests' fake driver: it knows its
+        // execs by their inner pids.
+        let fake = FakeProc::new(&[
+            (addr("127.0.0.1:40000"), addr(PROXY), 20),
+            (addr("127.0.0.1:40001"), addr(PROXY), 21),
+        ]);
+        fake.process(3000, 2999, 2999, "/", &[]);
+        fake.nspid(3000, 2);
+        fake.process(3010, 3000, 3010, "/", &[]);
+        fake.nspid(3010, 5);
+        fake.process(3011, 3010, 3010, "/", &[20]);
+        fake.nspid(3011, 6);
+        // Reparented to the namespace's init: found by its session.
+        fake.process(3012, 2999, 3010, "/", &[21]);
+        fake.nspid(3012, 7);
+        let roots = [root("x1", 5, None), root("x2", 3010, None)];
+        let find = |local| {
+            find_exec(
+                fake.dir.path(),
+                addr(local),
+                addr(PROXY),
+                &roots,
+                &Limits {
+                    skip_pid: 3000,
+                    ..limits()
+                },
+            )
+        };
+        assert_eq!(find("127.0.0.1:40000").as_deref(), Some("x1"));
+        assert_eq!(find("127.0.0.1:40001").as_deref(), Some("x1"));
     }
 
     #[test]
