@@ -13,6 +13,7 @@ use crate::cgroup::Cgroups;
 use crate::error::{GuestError, Result};
 use crate::exec::ExecRegistry;
 use crate::isolation::Isolation;
+use crate::owner::ExecOwners;
 use crate::reaper::{ReapScope, Reaper};
 use crate::{memguard, sys, usage};
 
@@ -71,6 +72,9 @@ pub struct AgentState {
     pub cgroups: Option<Cgroups>,
     /// Running execs.
     pub execs: ExecRegistry,
+    /// How running execs are recognised in `/proc`, to name the exec that
+    /// opened a network connection (shared with the egress proxy).
+    pub owners: Arc<ExecOwners>,
     /// Requests being served, by kind.
     pub capacity: Capacity,
     /// Memory limit applied to the workload by the last hello, bytes (0
@@ -137,6 +141,7 @@ impl Agent {
             reaper,
             cgroups,
             execs: ExecRegistry::default(),
+            owners: Arc::default(),
             capacity,
             workload_memory_limit: AtomicU64::new(0),
             boot_ms: OnceLock::new(),

@@ -47,12 +47,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OnceCell, Semaphore};
 
 use crate::agent::AgentState;
 use crate::body::{self, BodySender, ResponseBody};
 use crate::capacity::Slot;
 use crate::error::{GuestError, Result};
+use crate::owner::ExecOwners;
 
 /// How long a program's connection waits for the host's verdict.
 pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,6 +87,8 @@ pub struct Egress {
     /// The control stream toward the host; `None` once egress has ended.
     up: Mutex<Option<BodySender>>,
     ended: watch::Sender<bool>,
+    /// The running execs, to name the one that opened a connection.
+    owners: Arc<ExecOwners>,
 }
 
 impl std::fmt::Debug for Egress {
@@ -142,10 +145,23 @@ impl Egress {
         }
     }
 
+    /// The exec whose program holds the TCP socket from `local` to
+    /// `remote` (the program's side of a connection), if it can be told
+    /// within [`crate::owner::LOOKUP_BUDGET`].
+    pub(crate) async fn owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<String> {
+        self.owners.lookup(local, remote).await
+    }
+
     /// Ask the host for a TCP connection to `host:port` (a name or an
-    /// address) and wait for its verdict. Both ways in use it: the proxy
-    /// and the transparent path (`via`).
-    pub(crate) async fn ask(&self, host: &str, port: u16, via: EgressVia) -> Verdict {
+    /// address) opened by `exec` (when known) and wait for its verdict.
+    /// Both ways in use it: the proxy and the transparent path (`via`).
+    pub(crate) async fn ask(
+        &self,
+        host: &str,
+        port: u16,
+        via: EgressVia,
+        exec: Option<String>,
+    ) -> Verdict {
         if host.is_empty() || host.len() > MAX_EGRESS_HOST {
             return Verdict::Refused(format!(
                 "a destination host name must have 1 to {MAX_EGRESS_HOST} bytes"
@@ -171,7 +187,7 @@ impl Egress {
                 port,
                 via,
                 transport: EgressTransport::Tcp,
-                exec: None,
+                exec,
             },
         )
         .encode();
@@ -261,6 +277,7 @@ pub async fn open(
         waiting: Arc::new(Semaphore::new(MAX_EGRESS_PENDING)),
         up: Mutex::new(Some(tx.clone())),
         ended: watch::channel(false).0,
+        owners: state.owners.clone(),
     });
     // The transparent path changes the machine's routes: only as the VM's
     // PID 1, never in host mode (tests), where the machine is the host.
@@ -366,8 +383,8 @@ async fn read_refusals(mut body: Incoming, mut decoder: FrameDecoder, egress: &E
 async fn accept(listener: TcpListener, egress: Arc<Egress>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_local(stream, egress.clone()));
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_local(stream, peer, egress.clone()));
             }
             Err(e) => {
                 crate::debug!("egress proxy {}: accept failed: {e}", egress.address);
@@ -377,12 +394,23 @@ async fn accept(listener: TcpListener, egress: Arc<Egress>) {
     }
 }
 
-/// Serve proxy requests on one program connection.
-async fn serve_local(stream: TcpStream, egress: Arc<Egress>) {
+/// Serve proxy requests on one program connection from `peer`.
+async fn serve_local(stream: TcpStream, peer: SocketAddr, egress: Arc<Egress>) {
     let mut ended = egress.ended.subscribe();
+    // The program's socket goes from `peer` to the proxy; its exec is
+    // looked up once, at the first request, for all on this connection.
+    let local = stream.local_addr().unwrap_or(egress.address);
+    let owner = Arc::new(OnceCell::new());
     let service = service_fn(move |request| {
         let egress = egress.clone();
-        async move { Ok::<_, Infallible>(proxy(egress, request).await) }
+        let owner = owner.clone();
+        async move {
+            let exec = owner
+                .get_or_init(|| egress.owner(peer, local))
+                .await
+                .clone();
+            Ok::<_, Infallible>(proxy(egress, request, exec).await)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -412,12 +440,16 @@ fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
 
 /// One proxy request: a `CONNECT` tunnel, or an absolute-form request sent
 /// on over a connection of its own.
-async fn proxy(egress: Arc<Egress>, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn proxy(
+    egress: Arc<Egress>,
+    request: Request<Incoming>,
+    exec: Option<String>,
+) -> Response<ProxyBody> {
     if request.method() == Method::CONNECT {
         let Some((host, port)) = authority(request.uri(), None) else {
             return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port".into());
         };
-        return match egress.ask(&host, port, EgressVia::Proxy).await {
+        return match egress.ask(&host, port, EgressVia::Proxy, exec).await {
             Verdict::Refused(reason) => text(
                 StatusCode::FORBIDDEN,
                 format!("hearth: connection to {host}:{port} refused: {reason}"),
@@ -446,7 +478,7 @@ async fn proxy(egress: Arc<Egress>, request: Request<Incoming>) -> Response<Prox
     let Some((host, port)) = authority(request.uri(), Some(80)) else {
         return text(StatusCode::BAD_REQUEST, "the URL has no host".into());
     };
-    match egress.ask(&host, port, EgressVia::Proxy).await {
+    match egress.ask(&host, port, EgressVia::Proxy, exec).await {
         Verdict::Refused(reason) => text(
             StatusCode::FORBIDDEN,
             format!("hearth: connection to {host}:{port} refused: {reason}"),

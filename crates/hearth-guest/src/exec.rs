@@ -35,6 +35,7 @@ use crate::body::{self, BodySender, ResponseBody};
 use crate::capacity::Slot;
 use crate::cgroup::ExecCgroup;
 use crate::error::{GuestError, Result};
+use crate::owner::ExecRoot;
 use crate::spawn::{self, Spawned};
 use crate::sys;
 
@@ -213,6 +214,7 @@ async fn run(state: Arc<AgentState>, mut request_body: Incoming, tx: BodySender)
     )
     .await;
     state.execs.remove(&id);
+    state.owners.remove(&id);
     if let (Some(cgroups), Some(leaf)) = (state.cgroups.as_ref(), leaf) {
         cgroups.release(leaf);
     }
@@ -253,6 +255,11 @@ async fn supervise(
             return;
         }
     };
+    state.owners.add(ExecRoot {
+        id: request.id.clone(),
+        pid,
+        cgroup: leaf.and_then(|leaf| exec_cgroup(state, leaf)),
+    });
     crate::debug!(
         "exec {} started as pid {pid}: {:?}",
         request.id,
@@ -376,6 +383,14 @@ async fn start(
     })
     .await
     .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// The exec's leaf as `/proc/<pid>/cgroup` names it: its path under the
+/// cgroup root (the agent's cgroup namespace is the root's).
+fn exec_cgroup(state: &AgentState, leaf: &ExecCgroup) -> Option<String> {
+    let root = state.cgroups.as_ref()?.root();
+    let relative = leaf.path().strip_prefix(root).ok()?;
+    Some(format!("/{}", relative.to_str()?))
 }
 
 /// Marker for "the working directory does not exist", so it is not

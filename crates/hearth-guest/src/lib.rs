@@ -29,6 +29,7 @@ pub mod init;
 pub mod isolation;
 pub mod memguard;
 pub mod netstack;
+pub mod owner;
 pub mod reaper;
 pub mod server;
 pub mod spawn;

@@ -48,8 +48,8 @@
 //! connections (a reset past it), [`IDLE_TIMEOUT`] of silence per
 //! connection, a DNS pool of [`dns::DEFAULT_POOL_SIZE`] names.
 //!
-//! Not done: `exec` in `EgressOpen` is left empty (mapping a socket to an
-//! exec through `/proc` is future work).
+//! `exec` in `EgressOpen` names the exec whose program sent the SYN
+//! ([`crate::owner`]), when it can be told within its time budget.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -373,7 +373,14 @@ async fn decide(shared: Arc<Shared>, from: SocketAddrV4, to: SocketAddrV4, seq: 
                 )),
                 Some(host) => match shared
                     .egress
-                    .ask(&host, to.port(), EgressVia::Transparent)
+                    .ask(
+                        &host,
+                        to.port(),
+                        EgressVia::Transparent,
+                        // The program's socket, in the guest kernel, goes
+                        // from the SYN's source to its destination.
+                        shared.egress.owner(key.0, key.1).await,
+                    )
                     .await
                 {
                     Verdict::Open { from_host, to_host } => Ok((host, from_host, to_host, permit)),

@@ -102,14 +102,25 @@ async fn setup_with(policy: &str, limits: NetworkLimits) -> Setup {
 }
 
 async fn sh(sandbox: &Sandbox, script: &str) -> (i32, String, String) {
+    let (_, code, out, err) = sh_exec(sandbox, script).await;
+    (code, out, err)
+}
+
+/// [`sh`], with the id of the exec that ran the script.
+async fn sh_exec(sandbox: &Sandbox, script: &str) -> (String, i32, String, String) {
+    let execution = sandbox
+        .exec(ExecOptions::new(["sh", "-c", script]))
+        .await
+        .unwrap();
+    let id = execution.id().to_owned();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        sandbox.run(ExecOptions::new(["sh", "-c", script]), None),
+        execution.collect(hearth_sandbox::exec::DEFAULT_COLLECT_LIMIT),
     )
     .await
     .expect("the exec ends")
     .unwrap();
-    (out.report.code, out.stdout_text(), out.stderr_text())
+    (id, out.report.code, out.stdout_text(), out.stderr_text())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,20 +134,23 @@ async fn allowed_names_are_reached_through_the_proxy_and_others_are_refused() {
     assert!(env.contains("localhost"), "{env}");
 
     // An absolute-form request, and a CONNECT tunnel (-p), both allowed.
-    let (code, out, err) = sh(&s.sandbox, &format!("curl -sS http://svc.test:{port}/a")).await;
+    let (plain, code, out, err) =
+        sh_exec(&s.sandbox, &format!("curl -sS http://svc.test:{port}/a")).await;
     assert_eq!((code, out.as_str()), (0, "hello from the test\n"), "{err}");
-    let (code, out, err) = sh(&s.sandbox, &format!("curl -sS -p http://svc.test:{port}/b")).await;
+    let (tunnel, code, out, err) =
+        sh_exec(&s.sandbox, &format!("curl -sS -p http://svc.test:{port}/b")).await;
     assert_eq!((code, out.as_str()), (0, "hello from the test\n"), "{err}");
 
     // Not on the list: refused through both, with the reason.
-    let (code, _, err) = sh(
+    let (refused_tunnel, code, _, err) = sh_exec(
         &s.sandbox,
         &format!("curl -sS -p http://blocked.test:{port}/"),
     )
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("403"), "{err}");
-    let (code, out, _) = sh(&s.sandbox, &format!("curl -s http://blocked.test:{port}/")).await;
+    let (refused_plain, code, out, _) =
+        sh_exec(&s.sandbox, &format!("curl -s http://blocked.test:{port}/")).await;
     assert_eq!(code, 0);
     assert!(out.contains("not on the allowlist"), "{out}");
 
@@ -162,6 +176,16 @@ async fn allowed_names_are_reached_through_the_proxy_and_others_are_refused() {
         );
         assert_eq!(a.bytes_up + a.bytes_down, 0);
     }
+    // Each attempt names the exec whose curl (a child of its shell) made it.
+    let mut named: Vec<_> = audit.iter().map(|a| a.exec.clone()).collect();
+    named.sort();
+    let mut ran = vec![plain, tunnel, refused_tunnel, refused_plain];
+    ran.sort();
+    assert_eq!(
+        named,
+        ran.into_iter().map(Some).collect::<Vec<_>>(),
+        "{audit:#?}"
+    );
     s.sandbox.destroy().await;
 }
 

@@ -50,10 +50,12 @@ fn log_egress(record: hearth_sandbox::EgressAudit) {
         hearth_proto::EgressVia::Proxy => "proxy",
         hearth_proto::EgressVia::Transparent => "transparent",
     };
+    let exec = record.exec.as_deref().unwrap_or_default();
     if record.allowed {
         tracing::info!(
             %destination,
             via,
+            exec,
             ended_by = record.ended_by.as_deref().unwrap_or_default(),
             addr = ?record.addr,
             rule = record.rule.as_deref().unwrap_or_default(),
@@ -66,6 +68,7 @@ fn log_egress(record: hearth_sandbox::EgressAudit) {
         tracing::warn!(
             %destination,
             via,
+            exec,
             reason = record.reason.as_deref().unwrap_or_default(),
             "egress refused"
         );

@@ -222,7 +222,39 @@ fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
         stderr.contains("UDP other than DNS is not carried"),
         "{stderr}"
     );
+    // Each names the exec whose program opened it: the command's, the
+    // sandbox's first exec.
+    let log = without_colors(&stderr);
+    for via in ["proxy", "transparent"] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("egress refused")
+                    && l.contains("blocked.test")
+                    && l.contains(&format!("via=\"{via}\""))
+            })
+            .unwrap_or_else(|| panic!("no {via} refusal of blocked.test in\n{log}"));
+        assert!(line.contains("exec=\"x1\""), "{line}");
+    }
     assert!(common::live_vmms(home.path()).is_empty());
+}
+
+/// The log without its terminal colour codes (`ESC [ ... m`).
+fn without_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]
