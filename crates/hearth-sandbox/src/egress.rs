@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request};
@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,9 @@ use hearth_proto::{
     FrameDecoder, FrameKind,
 };
 
+use crate::channel::ClientSlot;
 use crate::client::{check_status, frame_body, uri, with_timeout, GuestClient, CALL_TIMEOUT};
+use crate::end::SandboxEnd;
 use crate::error::{Result, SandboxError};
 use crate::lifecycle::Sandbox;
 
@@ -137,7 +139,9 @@ impl Sandbox {
     /// Give this sandbox the network `connector` allows, served as
     /// `config` says: execs get the proxy variables, and, with the
     /// transparent path, other programs are routed the same way. Every
-    /// connection attempt goes to `audit`.
+    /// connection attempt goes to `audit`. When the host channel breaks
+    /// and reconnects, the network is started again on the new channel,
+    /// with the same limits and what was already used counted.
     pub async fn start_egress(
         &self,
         config: EgressConfig,
@@ -145,11 +149,115 @@ impl Sandbox {
         audit: AuditSink,
     ) -> Result<Egress> {
         let client = self.client().await;
-        match client.open_egress(config, connector, audit).await {
-            Ok(egress) => Ok(egress),
-            Err(error) => Err(self.explain(error).await),
-        }
+        let stream = match client.open_egress_stream(&config).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(self.explain(error).await),
+        };
+        let again = Reopen {
+            slot: self.client_slot(),
+            end: self.end_watch(),
+        };
+        Ok(serve(stream, config, connector, audit, Some(again)))
     }
+}
+
+/// How long the network is tried again after the channel reconnected.
+const REOPEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// Pause between two attempts to start the network again.
+const REOPEN_PAUSE: Duration = Duration::from_millis(200);
+
+/// What starting the network again after a channel break needs: the
+/// channel the keeper reconnects, and the sandbox's end.
+struct Reopen {
+    slot: Arc<ClientSlot>,
+    end: watch::Receiver<Option<SandboxEnd>>,
+}
+
+impl Reopen {
+    /// The network started again on the reconnected channel; `None` once
+    /// the sandbox ended, or when it cannot be started within
+    /// [`REOPEN_WITHIN`].
+    async fn stream(&mut self, config: &EgressConfig) -> Option<EgressStream> {
+        let deadline = Instant::now() + REOPEN_WITHIN;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if self.end.borrow().is_some() {
+                return None;
+            }
+            let client = tokio::select! {
+                client = self.slot.live() => client,
+                _ = self.end.changed() => return None,
+            };
+            match client.open_egress_stream(config).await {
+                Ok(stream) => return Some(stream),
+                // The guest may not have seen the old stream end yet.
+                Err(error) => last = error.to_string(),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REOPEN_PAUSE) => {}
+                _ = self.end.changed() => return None,
+            }
+        }
+        tracing::warn!(error = %last, "the sandbox's network could not be started again after its channel reconnected; it has none now");
+        None
+    }
+}
+
+/// Serve `stream`, and when `again` is given, the streams that replace it
+/// after channel breaks.
+fn serve(
+    stream: EgressStream,
+    config: EgressConfig,
+    connector: Connector,
+    audit: AuditSink,
+    again: Option<Reopen>,
+) -> Egress {
+    let address = stream.address;
+    let transparent = config.transparent && stream.transparent;
+    let budget = Arc::new(Budget::new(config.limits));
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        let mut again = again;
+        loop {
+            let shared = Shared {
+                client: stream.client,
+                connector: connector.clone(),
+                down: stream.down,
+                audit: audit.clone(),
+                budget: budget.clone(),
+            };
+            let reason = read_opens(stream.body, stream.decoder, &shared).await;
+            drop(shared);
+            tracing::debug!(%address, %reason, "egress stream ended");
+            let Some(reopen) = again.as_mut() else {
+                return;
+            };
+            match reopen.stream(&config).await {
+                Some(next) => {
+                    tracing::info!(address = %next.address, "the sandbox's network started again after its channel reconnected");
+                    stream = next;
+                }
+                None => return,
+            }
+        }
+    });
+    tracing::debug!(%address, "egress proxy open");
+    Egress {
+        address,
+        transparent,
+        reader,
+    }
+}
+
+/// An open egress control stream.
+struct EgressStream {
+    client: GuestClient,
+    body: Incoming,
+    decoder: FrameDecoder,
+    down: mpsc::Sender<Bytes>,
+    address: SocketAddr,
+    transparent: bool,
 }
 
 /// What one sandbox's connections share: their limits and what they used.
@@ -216,13 +324,21 @@ impl Budget {
 }
 
 impl GuestClient {
-    /// See [`Sandbox::start_egress`].
+    /// See [`Sandbox::start_egress`]; on this connection only, so the
+    /// network ends if it breaks.
     pub async fn open_egress(
         &self,
         config: EgressConfig,
         connector: Connector,
         audit: AuditSink,
     ) -> Result<Egress> {
+        let stream = self.open_egress_stream(&config).await?;
+        Ok(serve(stream, config, connector, audit, None))
+    }
+
+    /// Ask the guest to serve its network; the control stream once it
+    /// does.
+    async fn open_egress_stream(&self, config: &EgressConfig) -> Result<EgressStream> {
         let (down, rx) = mpsc::channel::<Bytes>(16);
         let start = EgressStart {
             listen: config.listen.clone(),
@@ -235,7 +351,7 @@ impl GuestClient {
             .uri(uri(routes::EGRESS))
             .body(frame_body(rx, false))
             .expect("static request parts are valid");
-        let (body, decoder, address, transparent) = with_timeout("egress start", CALL_TIMEOUT, async {
+        with_timeout("egress start", CALL_TIMEOUT, async {
             let response = check_status(self.send(request).await?).await.map_err(|e| {
                 match e {
                     SandboxError::Guest { code: hearth_proto::ErrorCode::NotFound, .. } => SandboxError::Protocol(
@@ -259,28 +375,16 @@ impl GuestClient {
                     ready.address
                 ))
             })?;
-            Ok((body, decoder, address, ready.transparent))
-        })
-        .await?;
-        let client = self.clone();
-        let budget = Arc::new(Budget::new(config.limits));
-        let reader = tokio::spawn(async move {
-            let shared = Shared {
-                client,
-                connector,
+            Ok(EgressStream {
+                client: self.clone(),
+                body,
+                decoder,
                 down,
-                audit,
-                budget,
-            };
-            let reason = read_opens(body, decoder, &shared).await;
-            tracing::debug!(%address, %reason, "egress closed");
-        });
-        tracing::debug!(%address, "egress proxy open");
-        Ok(Egress {
-            address,
-            transparent: config.transparent && transparent,
-            reader,
+                address,
+                transparent: ready.transparent,
+            })
         })
+        .await
     }
 }
 

@@ -396,11 +396,19 @@ async fn the_network_comes_back_after_the_channel_reconnects() {
     // new channel soon after.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, out, err) = sh(&s.sandbox, &fetch).await;
-        if code == 0 {
-            assert_eq!(out, "hello from the test\n");
-            break;
-        }
+        // A call sent just as the channel broke fails; the next waits.
+        let outcome = s
+            .sandbox
+            .run(ExecOptions::new(["sh", "-c", &fetch]), None)
+            .await;
+        let err = match outcome {
+            Ok(out) if out.report.code == 0 => {
+                assert_eq!(out.stdout_text(), "hello from the test\n");
+                break;
+            }
+            Ok(out) => out.stderr_text(),
+            Err(error) => error.to_string(),
+        };
         assert!(
             std::time::Instant::now() < deadline,
             "the network did not come back: {err}"
