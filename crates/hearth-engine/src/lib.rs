@@ -40,7 +40,7 @@ pub use protocol::{parse_call, Call, EndpointError, OnFailure, ValueKind};
 pub use retry::RetryPolicy;
 pub use run::RunState;
 pub use session::{LaunchInfo, Session};
-pub use spec::{Program, ProgramError, RunSpec, WorkspaceMode, PROGRAM_DIR};
+pub use spec::{Program, ProgramError, RunNetwork, RunSpec, WorkspaceMode, PROGRAM_DIR};
 pub use step::{
     Attempt, AttemptOutcome, Effect, StepCall, StepError, StepRecord, StepState,
     WorkspaceCheckpoint,

@@ -199,6 +199,31 @@ pub struct RunSpec {
     pub env: BTreeMap<String, String>,
     /// Whether the VM's files survive it.
     pub workspace: WorkspaceMode,
+    /// What each launch's programs may reach on the network; none when
+    /// absent. Checked when the run starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<RunNetwork>,
+}
+
+/// A run's network, as its start asked for it (limits apply to each
+/// launch's VM, unset ones take the node's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunNetwork {
+    /// `none`, `allowlist` or `open`.
+    pub mode: String,
+    /// The allowlist's entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Most bytes per second, both ways together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Most bytes over a launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Most connections open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 /// What becomes of the files a run's program writes in its VM.
@@ -241,6 +266,7 @@ impl Default for RunSpec {
             max_restart_backoff_ms: 60_000,
             env: BTreeMap::new(),
             workspace: WorkspaceMode::Ephemeral,
+            network: None,
         }
     }
 }

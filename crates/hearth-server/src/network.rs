@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use hearth_engine::RunNetwork;
 use hearth_net::{EgressPolicy, NetworkLimits, NetworkPolicy, Resolver, SystemResolver};
 use hearth_sandbox::{AuditSink, EgressAudit};
 use hearth_store::event::{NetConnection, NetSuppressed, NetworkSettings};
@@ -88,6 +89,55 @@ impl NetworkSpec {
             max_connections: self.limits.max_connections as u64,
         })
     }
+}
+
+impl NetworkSpec {
+    /// What a run's start stores: the policy as given, and only the limits
+    /// it set, so that each launch's node applies its own defaults for the
+    /// rest.
+    pub fn for_run(&self, asked: &NetworkLimitsAsked) -> Option<RunNetwork> {
+        self.enabled().then(|| RunNetwork {
+            mode: self.policy.mode().as_str().into(),
+            allow: self.policy.entries(),
+            rate: asked.rate.then_some(self.limits.rate).flatten(),
+            max_bytes: asked.max_bytes.then_some(self.limits.max_bytes).flatten(),
+            max_connections: asked
+                .max_connections
+                .then_some(self.limits.max_connections as u32),
+        })
+    }
+
+    /// A launch's network from what its run stored, under this node's
+    /// `defaults`.
+    pub fn of_run(network: Option<&RunNetwork>, defaults: NetworkLimits) -> Result<Self, String> {
+        let Some(network) = network else {
+            return Ok(Self::none());
+        };
+        let policy = NetworkPolicy::from_parts(&network.mode, &network.allow)
+            .map_err(|e| format!("the run's network: {e}"))?;
+        let mut limits = defaults;
+        if network.rate.is_some() {
+            limits.rate = network.rate;
+        }
+        if network.max_bytes.is_some() {
+            limits.max_bytes = network.max_bytes;
+        }
+        if let Some(max) = network.max_connections {
+            limits.max_connections = max as usize;
+        }
+        Ok(Self { policy, limits })
+    }
+}
+
+/// Which limits a request set itself (the rest are the node's defaults).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetworkLimitsAsked {
+    /// `rate` was given.
+    pub rate: bool,
+    /// `max_bytes` was given.
+    pub max_bytes: bool,
+    /// `max_connections` was given.
+    pub max_connections: bool,
 }
 
 /// The `net.connection` event of an audit record.
@@ -244,6 +294,36 @@ mod tests {
             })
         );
         assert_eq!(suppressed.take(), None);
+    }
+
+    #[test]
+    fn a_runs_network_keeps_only_the_limits_it_asked_for() {
+        let spec = NetworkSpec {
+            policy: "allow:svc.test".parse().unwrap(),
+            limits: NetworkLimits {
+                rate: Some(1000),
+                max_bytes: Some(5),
+                max_connections: 7,
+            },
+        };
+        let asked = NetworkLimitsAsked {
+            rate: true,
+            ..NetworkLimitsAsked::default()
+        };
+        let stored = spec.for_run(&asked).unwrap();
+        assert_eq!(stored.rate, Some(1000));
+        assert_eq!((stored.max_bytes, stored.max_connections), (None, None));
+        let defaults = NetworkLimits {
+            max_connections: 9,
+            ..NetworkLimits::default()
+        };
+        let launch = NetworkSpec::of_run(Some(&stored), defaults).unwrap();
+        assert_eq!(launch.policy, spec.policy);
+        assert_eq!(launch.limits.rate, Some(1000));
+        assert_eq!(launch.limits.max_connections, 9);
+        assert_eq!(launch.limits.max_bytes, None);
+        assert!(!NetworkSpec::of_run(None, defaults).unwrap().enabled());
+        assert!(NetworkSpec::none().for_run(&asked).is_none());
     }
 
     #[test]

@@ -1467,3 +1467,102 @@ ctx.complete("{greeting}")
     assert_eq!(error["error"]["code"], "run_ended");
     h.stop().await;
 }
+
+/// A run with a network: each launch's programs reach its allowlist
+/// through the proxy (and nothing else), every attempt is in the events
+/// of the launch's sandbox, and a bad entry is refused when the run
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_launches_reach_its_allowlist_and_nothing_else() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")
+                .await;
+        }
+    });
+    let hosts = hearth_net::HostsOverride::parse(
+        "127.0.0.1 svc.test blocked.test\n",
+        Arc::new(hearth_net::SystemResolver),
+    )
+    .unwrap();
+    let h = Harness::with(|options| {
+        options.network.egress = Arc::new(hearth_net::EgressPolicy::new(vec!["127.0.0.1/32"
+            .parse()
+            .unwrap()]));
+        options.network.resolver = Arc::new(hosts);
+    })
+    .await;
+
+    let mut body = h.start_body("print(1)", json!(null));
+    body["network"] = json!({"mode": "allowlist", "allow": ["*bad"]});
+    let (status, error) = h.call(reqwest::Method::POST, "/v1/runs", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["field"], "network.allow", "{error}");
+
+    let program = r#"
+import sys, urllib.request, hearth_run
+ctx = hearth_run.context()
+def fetch(name):
+    try:
+        return urllib.request.urlopen(f"http://{name}:{ctx.input}/", timeout=20).read().decode().strip()
+    except Exception as e:
+        return f"refused {getattr(e, 'code', type(e).__name__)}"
+ctx.complete([ctx.step("svc", fetch, "svc.test"), ctx.step("blocked", fetch, "blocked.test")])
+"#;
+    let mut body = h.start_body(program, json!(port));
+    body["network"] =
+        json!({"mode": "allowlist", "allow": [format!("svc.test:{port}")], "max_connections": 4});
+    let id = h.start_with(body).await;
+    let run = h.wait_state(&id, "completed").await;
+    assert_eq!(run["output"], json!(["hi", "refused 403"]), "{run}");
+
+    // The launch's sandbox recorded its network and both attempts.
+    let (_, sandboxes) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes?label=hearth.run={id}"),
+            None,
+        )
+        .await;
+    let sandbox = sandboxes["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, events) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/sandboxes/{sandbox}/events"),
+            None,
+        )
+        .await;
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(
+        events[0]["data"]["network"]["max_connections"], 4,
+        "{events:?}"
+    );
+    let verdicts: Vec<(String, bool)> = events
+        .iter()
+        .filter(|e| e["kind"] == "net.connection")
+        .map(|e| {
+            (
+                e["data"]["host"].as_str().unwrap().to_string(),
+                e["data"]["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        verdicts.contains(&("svc.test".into(), true)),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&("blocked.test".into(), false)),
+        "{verdicts:?}"
+    );
+    h.stop().await;
+}

@@ -268,6 +268,14 @@ pub struct RunStartArgs {
     /// Environment variable of the program (KEY=VALUE, repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Network of each launch: none (the default), open, or
+    /// allow:ENTRY,... (names, *.wildcards, CIDRs, each with an optional
+    /// :PORT); the server's operator decides which private ranges, if
+    /// any, are reachable.
+    #[arg(long, default_value = "none", value_name = "MODE", value_parser = parse_net)]
+    pub net: hearth_net::NetworkPolicy,
+    #[command(flatten)]
+    pub net_limits: NetLimitArgs,
     /// Wait for the run to end and print its result.
     #[arg(long)]
     pub wait: bool,

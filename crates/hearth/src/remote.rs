@@ -126,20 +126,7 @@ async fn create(home: &HearthHome, args: CreateArgs) -> Result<i32> {
         // refuses it instead of creating a confined sandbox.
         body["privileged"] = json!(true);
     }
-    if args.net.mode() != hearth_net::NetworkMode::None {
-        let mut network = json!({
-            "mode": args.net.mode().as_str(),
-            "allow": args.net.entries(),
-        });
-        if let Some(rate) = args.net_limits.egress_rate {
-            network["rate"] = json!(rate.bytes());
-        }
-        if let Some(max) = args.net_limits.egress_max_bytes {
-            network["max_bytes"] = json!(max.bytes());
-        }
-        if let Some(max) = args.net_limits.egress_max_connections {
-            network["max_connections"] = json!(max);
-        }
+    if let Some(network) = network_body(&args.net, &args.net_limits) {
         body["network"] = network;
     }
     let sandbox = api
@@ -499,4 +486,28 @@ mod tests {
         let first = std::pin::pin!(sse_events(body)).next().await.unwrap();
         assert!(first.is_err(), "{first:?}");
     }
+}
+
+/// The `network` object of a create or a run's start; none for no network.
+pub(crate) fn network_body(
+    net: &hearth_net::NetworkPolicy,
+    limits: &crate::cli::NetLimitArgs,
+) -> Option<Value> {
+    if net.mode() == hearth_net::NetworkMode::None {
+        return None;
+    }
+    let mut network = json!({
+        "mode": net.mode().as_str(),
+        "allow": net.entries(),
+    });
+    if let Some(rate) = limits.egress_rate {
+        network["rate"] = json!(rate.bytes());
+    }
+    if let Some(max) = limits.egress_max_bytes {
+        network["max_bytes"] = json!(max.bytes());
+    }
+    if let Some(max) = limits.egress_max_connections {
+        network["max_connections"] = json!(max);
+    }
+    Some(network)
 }

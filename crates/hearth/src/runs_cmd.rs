@@ -148,6 +148,9 @@ async fn start(home: &HearthHome, args: RunStartArgs) -> Result<i32> {
     if let Some(workspace) = args.workspace {
         body["workspace"] = json!(workspace);
     }
+    if let Some(network) = crate::remote::network_body(&args.net, &args.net_limits) {
+        body["network"] = network;
+    }
     if let Some(cmd) = args.cmd {
         let argv: Vec<&str> = cmd.split_whitespace().collect();
         if argv.is_empty() {

@@ -303,11 +303,35 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
         ("allow:10.0.0.0/33", "not an address or CIDR"),
         ("wide", "none, open or allowlist"),
     ] {
-        let out = hearth(home.path(), &["sandbox", "run", "--net", net, "--", "true"]);
-        assert_eq!(out.status.code(), Some(2), "{net}");
+        // The same for a run, a sandbox run and a created sandbox: refused
+        // before anything is asked of a server.
+        for command in [
+            &["sandbox", "run", "--net", net, "--", "true"][..],
+            &["sandbox", "create", "--net", net][..],
+            &["run", "start", "--net", net, "prog.py"][..],
+        ] {
+            let out = hearth(home.path(), command);
+            assert_eq!(out.status.code(), Some(2), "{command:?}");
+            assert!(
+                text(&out.stderr).contains(needle),
+                "{command:?}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+    for (flag, value, needle) in [
+        ("--egress-rate", "0", "would carry nothing"),
+        ("--egress-max-connections", "0", "0 is not in 1..=4096"),
+        ("--egress-max-bytes", "lots", "lots"),
+    ] {
+        let out = hearth(
+            home.path(),
+            &["sandbox", "run", "--net", "open", flag, value, "--", "true"],
+        );
+        assert_ne!(out.status.code(), Some(0), "{flag} {value}");
         assert!(
             text(&out.stderr).contains(needle),
-            "{net}: {}",
+            "{flag} {value}: {}",
             text(&out.stderr)
         );
     }

@@ -99,3 +99,10 @@ def test_an_allowlisted_sandbox_reaches_only_its_names_and_each_attempt_is_an_ev
         creating = next(e for e in sb.events() if e.kind == "sandbox.creating")
         assert creating.data["network"]["mode"] == "allowlist"
         assert creating.data["network"]["max_connections"] == 8
+
+
+def test_a_bad_network_refuses_a_run_at_its_start(client: Hearth) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        client.runs.start({"main.py": "print(1)"}, entry="main.py", network="allow:*bad")
+    assert error.value.field == "network.allow"
+    assert "*bad" in str(error.value)

@@ -80,6 +80,10 @@ pub struct StartRunRequest {
     /// step's end, and a relaunch or a fork boots on them).
     #[serde(default)]
     pub workspace: Option<String>,
+    /// What each launch's programs may reach on the network (default:
+    /// nothing); limits apply to each launch's VM.
+    #[serde(default)]
+    pub network: Option<super::model::NetworkRequest>,
 }
 
 /// A run.
@@ -372,6 +376,24 @@ fn start_request(request: StartRunRequest, now_ms: u64) -> Result<StartRun, ApiE
                 .map_err(|e: String| ApiError::invalid("workspace", e))?,
         },
         ..defaults
+    };
+    let spec = match &request.network {
+        None => spec,
+        Some(network) => {
+            // Only the limits it sets are kept: each launch's node fills
+            // in its own defaults.
+            let checked =
+                super::validate::network_spec(network, hearth_net::NetworkLimits::default())?;
+            let asked = crate::network::NetworkLimitsAsked {
+                rate: network.rate.is_some(),
+                max_bytes: network.max_bytes.is_some(),
+                max_connections: network.max_connections.is_some(),
+            };
+            RunSpec {
+                network: checked.for_run(&asked),
+                ..spec
+            }
+        }
     };
     if spec.max_restarts > 1000 {
         return Err(ApiError::invalid(

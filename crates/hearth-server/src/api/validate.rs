@@ -62,8 +62,8 @@ pub fn create_spec(
     })
 }
 
-/// What `network` in a create asks for, checked.
-fn network_spec(
+/// What `network` in a create (or a run's start) asks for, checked.
+pub(crate) fn network_spec(
     request: &NetworkRequest,
     default_limits: NetworkLimits,
 ) -> Result<NetworkSpec, ApiError> {

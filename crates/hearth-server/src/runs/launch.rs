@@ -208,10 +208,21 @@ async fn try_launch(
             }
         }
     }
+    let network = match crate::network::NetworkSpec::of_run(
+        spec.network.as_ref(),
+        inner.manager.options().network.limits,
+    ) {
+        Ok(network) => network,
+        Err(message) => {
+            let (change, payload) = failed("network", &message);
+            record(inner, run, lease, change, payload).await?;
+            return Ok(());
+        }
+    };
     let created = inner
         .manager
         .create(CreateSpec {
-            network: crate::network::NetworkSpec::none(),
+            network,
             options,
             env: BTreeMap::new(),
         })
@@ -584,10 +595,15 @@ pub(crate) async fn verify(
         options.scratch = scratch;
         _workspace = Some(prepared);
     }
+    // The check's programs reach what the run's would.
+    let network = crate::network::NetworkSpec::of_run(
+        spec.network.as_ref(),
+        inner.manager.options().network.limits,
+    )?;
     let record = inner
         .manager
         .create(CreateSpec {
-            network: crate::network::NetworkSpec::none(),
+            network,
             options,
             env: BTreeMap::new(),
         })

@@ -31,7 +31,7 @@ import httpx
 
 from ._http import Http, segment
 from .errors import RunCancelled, RunFailed
-from .models import RunError, RunInfo, RunResult, Step
+from .models import Network, RunError, RunInfo, RunResult, Step
 
 __all__ = ["Program", "Run", "Runs"]
 
@@ -166,6 +166,7 @@ class Runs:
         command: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
         workspace: str | None = None,
+        network: Network | str | None = None,
     ) -> Run:
         """Start a durable run and return it (``pending``: a VM is being
         launched for it).
@@ -195,6 +196,9 @@ class Runs:
                 step's end, so a relaunch (or a fork at step N) boots on the
                 files as they stood at the last recorded step (at step N);
                 ``"ephemeral"`` (the default) keeps only persisted files.
+            network: What each launch's programs may reach (default:
+                nothing): a :class:`Network` or its text form, as for
+                sandboxes; its limits apply to each launch's VM.
 
         The program is read here: a path that does not exist, a directory
         without its entry, or a dict without ``entry`` raise ``ValueError``
@@ -232,6 +236,11 @@ class Runs:
                 body[key] = value
         if env:
             body["env"] = dict(env)
+        if network is not None:
+            if isinstance(network, str):
+                network = Network.parse(network)
+            if network.mode != "none" or network.allow:
+                body["network"] = network.to_json()
         data = self._http.json("POST", "/v1/runs", json_body=body)
         return Run(self, RunInfo.from_json(data))
 
