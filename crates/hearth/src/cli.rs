@@ -166,7 +166,7 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
     /// Start a run of a program (a file, or a directory with --entry).
-    Start(RunStartArgs),
+    Start(Box<RunStartArgs>),
     /// List runs.
     Ls(RunLsArgs),
     /// Show a run's timeline: steps, attempts, tool calls and their

@@ -28,7 +28,7 @@ pub const RUN_NOT_ENDED: i32 = 3;
 /// Run a `hearth run` command; the result is the exit code.
 pub async fn run(home: &HearthHome, command: RunCommand) -> Result<i32> {
     match command {
-        RunCommand::Start(args) => start(home, args).await,
+        RunCommand::Start(args) => start(home, *args).await,
         RunCommand::Ls(args) => ls(home, args).await,
         RunCommand::Show(args) => show(home, args).await,
         RunCommand::Logs(args) => logs(home, args).await,
