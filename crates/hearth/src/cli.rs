@@ -40,7 +40,7 @@ pub enum Command {
     /// Kill VMs and remove files left behind by Hearth processes that died.
     Gc,
     /// Run the sandbox API server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show or rotate the API token.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -698,7 +698,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let home = home(&cli.home);
     if let Command::Serve(args) = cli.command {
         // The server reaps (and records) what its predecessor left itself.
-        return crate::serve::run(home, args).await;
+        return crate::serve::run(home, *args).await;
     }
     if let Command::Token(command) = cli.command {
         return crate::serve::token(&home, command);

@@ -431,6 +431,30 @@ async fn logs(home: &HearthHome, args: LogsArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The `network` object of a create or a run's start; none for no network.
+pub(crate) fn network_body(
+    net: &hearth_net::NetworkPolicy,
+    limits: &crate::cli::NetLimitArgs,
+) -> Option<Value> {
+    if net.mode() == hearth_net::NetworkMode::None {
+        return None;
+    }
+    let mut network = json!({
+        "mode": net.mode().as_str(),
+        "allow": net.entries(),
+    });
+    if let Some(rate) = limits.egress_rate {
+        network["rate"] = json!(rate.bytes());
+    }
+    if let Some(max) = limits.egress_max_bytes {
+        network["max_bytes"] = json!(max.bytes());
+    }
+    if let Some(max) = limits.egress_max_connections {
+        network["max_connections"] = json!(max);
+    }
+    Some(network)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,28 +510,4 @@ mod tests {
         let first = std::pin::pin!(sse_events(body)).next().await.unwrap();
         assert!(first.is_err(), "{first:?}");
     }
-}
-
-/// The `network` object of a create or a run's start; none for no network.
-pub(crate) fn network_body(
-    net: &hearth_net::NetworkPolicy,
-    limits: &crate::cli::NetLimitArgs,
-) -> Option<Value> {
-    if net.mode() == hearth_net::NetworkMode::None {
-        return None;
-    }
-    let mut network = json!({
-        "mode": net.mode().as_str(),
-        "allow": net.entries(),
-    });
-    if let Some(rate) = limits.egress_rate {
-        network["rate"] = json!(rate.bytes());
-    }
-    if let Some(max) = limits.egress_max_bytes {
-        network["max_bytes"] = json!(max.bytes());
-    }
-    if let Some(max) = limits.egress_max_connections {
-        network["max_connections"] = json!(max);
-    }
-    Some(network)
 }
