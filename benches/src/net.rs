@@ -179,13 +179,12 @@ fn own_rss() -> f64 {
 
 /// A server on 127.0.0.1 that answers `GET /N` with an N-byte body, then
 /// closes.
-async fn bulk_server(accepted: Arc<AtomicU64>) -> Result<u16> {
+async fn bulk_server() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let chunk = bytes::Bytes::from(vec![0u8; 1 << 20]);
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::Relaxed);
             let chunk = chunk.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
@@ -226,22 +225,29 @@ async fn bulk_server(accepted: Arc<AtomicU64>) -> Result<u16> {
     Ok(port)
 }
 
+/// Connections a server accepted, and how many it still has open.
+#[derive(Debug, Default)]
+struct Served {
+    accepted: AtomicU64,
+    open: AtomicU64,
+}
+
 /// A server on 127.0.0.1 that sends one byte at once and holds the
-/// connection until its client closes it.
-async fn tiny_server(accepted: Arc<AtomicU64>) -> Result<u16> {
+/// connection until its client closes it (sees its end).
+async fn tiny_server(served: Arc<Served>) -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::Relaxed);
+            served.accepted.fetch_add(1, Ordering::Relaxed);
+            served.open.fetch_add(1, Ordering::Relaxed);
+            let served = served.clone();
             tokio::spawn(async move {
-                if socket.write_all(b"x").await.is_err() {
-                    return;
+                if socket.write_all(b"x").await.is_ok() {
+                    let mut buf = [0u8; 64];
+                    while let Ok(1..) = socket.read(&mut buf).await {}
                 }
-                let mut buf = [0u8; 64];
-                while let Ok(n @ 1..) = socket.read(&mut buf).await {
-                    let _ = n;
-                }
+                served.open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     });
@@ -271,7 +277,7 @@ async fn guest(
     let mut options = ExecOptions::new(argv);
     options.timeout = Some(limit);
     if let Some(proxy) = proxy {
-        options.env.insert("BENCH_PROXY".into(), proxy.into());
+        options.env.insert("BENCH_PROXY_ADDR".into(), proxy.into());
     }
     let what = format!("guest probe {}", args.join(" "));
     let out = tokio::time::timeout(limit + Duration::from_secs(30), sandbox.run(options, None))
@@ -298,7 +304,7 @@ async fn host(python: &str, args: &[String], limit: Duration) -> Result<Value> {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     for key in [
-        "BENCH_PROXY",
+        "BENCH_PROXY_ADDR",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "http_proxy",
@@ -380,7 +386,8 @@ impl AuditBook {
             *entry += count;
             *entry
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(15);
         let (allowed, refused) = loop {
             let (allowed, refused) = self.count(via, port);
             if allowed + refused >= total || Instant::now() > deadline {
@@ -389,9 +396,9 @@ impl AuditBook {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let verdict = if allowed == total && refused == 0 {
-            "match"
+            "match".to_string()
         } else {
-            "MISMATCH"
+            format!("MISMATCH after waiting {:.1} s", t0.elapsed().as_secs_f64())
         };
         println!(
             "  audit: {allowed} allowed + {refused} refused {via} records to port {port}, {total} connections made so far: {verdict}"
@@ -438,7 +445,7 @@ struct Bench<'a> {
     proxy: String,
     bulk: u16,
     tiny: u16,
-    tiny_accepted: Arc<AtomicU64>,
+    tiny_served: Arc<Served>,
     audit: AuditBook,
 }
 
@@ -451,6 +458,16 @@ fn ratio(value: f64, base: f64) -> String {
 }
 
 impl Bench<'_> {
+    /// Connections the one-byte server still has open: each should have
+    /// ended when the guest's program closed its end.
+    fn destination_open(&self) {
+        println!(
+            "  the destination still has {} of its {} connections open",
+            self.tiny_served.open.load(Ordering::Relaxed),
+            self.tiny_served.accepted.load(Ordering::Relaxed)
+        );
+    }
+
     fn s<T: ToString>(items: &[T]) -> Vec<String> {
         items.iter().map(ToString::to_string).collect()
     }
@@ -501,7 +518,7 @@ impl Bench<'_> {
             ),
             ("transparent:", "transparent", None, "connect()"),
         ] {
-            let before = self.tiny_accepted.load(Ordering::Relaxed);
+            let before = self.tiny_served.accepted.load(Ordering::Relaxed);
             // A few first connections, not timed (the agent's and host's
             // first connection pays for lazily made state).
             guest(
@@ -528,9 +545,10 @@ impl Bench<'_> {
                 "  first byte p50 vs host loopback {}, vs guest loopback {}; the server accepted {}",
                 ratio(first.p50, host_first.p50),
                 ratio(first.p50, local_first.p50),
-                self.tiny_accepted.load(Ordering::Relaxed) - before
+                self.tiny_served.accepted.load(Ordering::Relaxed) - before
             );
             self.audit.expect(via, self.tiny, n as u64 + 3).await;
+            self.destination_open();
         }
         Ok(())
     }
@@ -547,7 +565,7 @@ impl Bench<'_> {
             tokio::time::sleep(settle).await;
             let host_before = own_rss();
             let guest_before = guest_agent_rss(self.sandbox).await;
-            let accepted_before = self.tiny_accepted.load(Ordering::Relaxed);
+            let accepted_before = self.tiny_served.accepted.load(Ordering::Relaxed);
             let mut options = ExecOptions::new([
                 "python3".to_string(),
                 "-c".into(),
@@ -560,7 +578,7 @@ impl Bench<'_> {
             options.stdin = true;
             options.timeout = Some(Duration::from_secs(600));
             if let Some(proxy) = proxy {
-                options.env.insert("BENCH_PROXY".into(), proxy.into());
+                options.env.insert("BENCH_PROXY_ADDR".into(), proxy.into());
             }
             let mut execution = self.sandbox.exec(options).await?;
             let stdin = execution.take_stdin().context("the hold exec's stdin")?;
@@ -591,7 +609,7 @@ impl Bench<'_> {
             tokio::time::sleep(settle).await;
             let host_held = own_rss();
             let guest_held = guest_agent_rss(self.sandbox).await;
-            let accepted = self.tiny_accepted.load(Ordering::Relaxed) - accepted_before;
+            let accepted = self.tiny_served.accepted.load(Ordering::Relaxed) - accepted_before;
             stdin.close();
             let exit = tokio::time::timeout(Duration::from_secs(120), async {
                 while let Some(event) = execution.next_event().await? {
@@ -623,6 +641,7 @@ impl Bench<'_> {
                 _ => println!("  guest agent (PID 1): VmRSS not readable from an exec"),
             }
             self.audit.expect(via, self.tiny, m as u64).await;
+            self.destination_open();
             tokio::time::sleep(settle).await;
             println!(
                 "  after closing: host VmRSS {:.2} MiB, guest agent {}",
@@ -700,9 +719,9 @@ impl Bench<'_> {
 
 /// Boot, measure, and destroy the VM whatever happened.
 async fn run(args: &Args) -> Result<()> {
-    let tiny_accepted = Arc::new(AtomicU64::new(0));
-    let bulk = bulk_server(Arc::new(AtomicU64::new(0))).await?;
-    let tiny = tiny_server(tiny_accepted.clone()).await?;
+    let tiny_served = Arc::new(Served::default());
+    let bulk = bulk_server().await?;
+    let tiny = tiny_server(tiny_served.clone()).await?;
 
     let scratch = tempfile::Builder::new().prefix("hbn").tempdir_in("/tmp")?;
     let images = HearthHome::from_env().images_dir().to_path_buf();
@@ -723,7 +742,7 @@ async fn run(args: &Args) -> Result<()> {
     };
     let boot = started.elapsed();
     let outcome = tokio::select! {
-        outcome = measure(args, &sandbox, bulk, tiny, tiny_accepted, &images, &driver, boot) => outcome,
+        outcome = measure(args, &sandbox, bulk, tiny, tiny_served, &images, &driver, boot) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let end = sandbox.destroy().await;
@@ -738,7 +757,7 @@ async fn measure(
     sandbox: &Sandbox,
     bulk: u16,
     tiny: u16,
-    tiny_accepted: Arc<AtomicU64>,
+    tiny_served: Arc<Served>,
     images: &std::path::Path,
     driver: &QemuDriver,
     boot: Duration,
@@ -777,6 +796,18 @@ async fn measure(
         args.memory,
         images.display(),
         boot.as_secs_f64()
+    );
+    let clock = guest(sandbox, &["clock".into()], None, Duration::from_secs(60)).await?;
+    println!(
+        "guest clock: clocksource {} (available: {}); perf_counter steps by {:.3} ms{}",
+        clock["current_clocksource"].as_str().unwrap_or("?"),
+        clock["available_clocksource"].as_str().unwrap_or("?"),
+        clock["step_ms"].as_f64().unwrap_or(0.0),
+        if clock["step_ms"].as_f64().unwrap_or(0.0) > 0.1 {
+            ": guest times are quantized to that step (means stay unbiased; percentiles are multiples of it)"
+        } else {
+            ""
+        }
     );
     println!(
         "command: HEARTH_IMAGES={} {}",
@@ -819,13 +850,14 @@ async fn measure(
         proxy: egress.address().to_string(),
         bulk,
         tiny,
-        tiny_accepted,
+        tiny_served,
         audit,
     };
     bench.latency().await?;
     bench.memory().await?;
     bench.throughput().await?;
     println!("\naudit: {}", bench.audit.summary());
+    bench.destination_open();
     drop(egress);
     Ok(())
 }

@@ -160,9 +160,31 @@ def local(size, count):
         os.waitpid(child, 0)
 
 
+def clock_info():
+    """The kernel's clocksource and the smallest step perf_counter takes."""
+    base = "/sys/devices/system/clocksource/clocksource0/"
+    info = {}
+    for name in ("current_clocksource", "available_clocksource"):
+        try:
+            with open(base + name) as f:
+                info[name] = f.read().strip()
+        except OSError:
+            info[name] = "?"
+    steps = []
+    for _ in range(5):
+        a = clock()
+        while (b := clock()) == a:
+            pass
+        while (c := clock()) == b:
+            pass
+        steps.append(c - b)
+    info["step_ms"] = min(steps) * 1000
+    return info
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
-    proxy = os.environ.get("BENCH_PROXY") or None
+    proxy = os.environ.get("BENCH_PROXY_ADDR") or None
     if mode == "get":
         out = [get(args[0], int(args[1]), int(args[2]), proxy) for _ in range(int(args[3]))]
     elif mode == "lat":
@@ -173,6 +195,8 @@ def main():
         return hold(args[0], int(args[1]), int(args[2]), proxy)
     elif mode == "local":
         out = [local(int(args[0]), int(args[1])) for _ in range(int(args[2]))]
+    elif mode == "clock":
+        out = clock_info()
     elif mode == "rss":
         with open("/proc/1/status") as f:
             out = {l.split(":")[0]: l.split(":")[1].strip() for l in f if l.startswith(("VmRSS", "Name"))}
