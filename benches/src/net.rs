@@ -232,9 +232,10 @@ struct Served {
     open: AtomicU64,
 }
 
-/// A server on 127.0.0.1 that sends one byte at once and holds the
-/// connection until its client closes it (sees its end).
-async fn tiny_server(served: Arc<Served>) -> Result<u16> {
+/// A server on 127.0.0.1 that sends one byte at once, then closes (`hold`
+/// false) or holds the connection until its client closes it (sees its
+/// end).
+async fn tiny_server(served: Arc<Served>, hold: bool) -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
@@ -243,7 +244,7 @@ async fn tiny_server(served: Arc<Served>) -> Result<u16> {
             served.open.fetch_add(1, Ordering::Relaxed);
             let served = served.clone();
             tokio::spawn(async move {
-                if socket.write_all(b"x").await.is_ok() {
+                if socket.write_all(b"x").await.is_ok() && hold {
                     let mut buf = [0u8; 64];
                     while let Ok(1..) = socket.read(&mut buf).await {}
                 }
@@ -337,6 +338,20 @@ async fn guest_agent_rss(sandbox: &Sandbox) -> Option<f64> {
         .ok()?
         .ok()?;
     status_rss_mib(&out.stdout_text())
+}
+
+/// Print how many connections of a probe's answer failed, and the first
+/// few reasons.
+fn errors(answer: &Value) {
+    let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        let first: Vec<&str> = errors.iter().take(3).filter_map(Value::as_str).collect();
+        println!(
+            "  FAILED: {} connections (set-up limit 10 s), e.g. {}",
+            errors.len(),
+            first.join("; ")
+        );
+    }
 }
 
 /// `value[key]` as a list of numbers.
@@ -444,6 +459,10 @@ struct Bench<'a> {
     sandbox: &'a Sandbox,
     proxy: String,
     bulk: u16,
+    /// Sends a byte and closes: the set-up figure.
+    one: u16,
+    one_served: Arc<Served>,
+    /// Sends a byte and holds: the memory figure.
     tiny: u16,
     tiny_served: Arc<Served>,
     audit: AuditBook,
@@ -484,7 +503,7 @@ impl Bench<'_> {
         );
         let host_lat = host(
             &self.args.python,
-            &Self::s(&["lat", "127.0.0.1", &self.tiny.to_string(), &n.to_string()]),
+            &Self::s(&["lat", "127.0.0.1", &self.one.to_string(), &n.to_string()]),
             limit,
         )
         .await?;
@@ -508,7 +527,7 @@ impl Bench<'_> {
             Summary::of(&numbers(local_lat, "setup_ms")),
             local_first
         );
-        let tiny = self.tiny.to_string();
+        let one = self.one.to_string();
         for (label, via, proxy, setup) in [
             (
                 "proxy:      ",
@@ -518,19 +537,19 @@ impl Bench<'_> {
             ),
             ("transparent:", "transparent", None, "connect()"),
         ] {
-            let before = self.tiny_served.accepted.load(Ordering::Relaxed);
+            let before = self.one_served.accepted.load(Ordering::Relaxed);
             // A few first connections, not timed (the agent's and host's
             // first connection pays for lazily made state).
             guest(
                 self.sandbox,
-                &Self::s(&["lat", NAME, &tiny, "3"]),
+                &Self::s(&["lat", NAME, &one, "3"]),
                 proxy,
                 limit,
             )
             .await?;
             let lat = guest(
                 self.sandbox,
-                &Self::s(&["lat", NAME, &tiny, &n.to_string()]),
+                &Self::s(&["lat", NAME, &one, &n.to_string()]),
                 proxy,
                 limit,
             )
@@ -541,14 +560,14 @@ impl Bench<'_> {
                 Summary::of(&numbers(&lat, "setup_ms")),
                 first
             );
+            errors(&lat);
             println!(
                 "  first byte p50 vs host loopback {}, vs guest loopback {}; the server accepted {}",
                 ratio(first.p50, host_first.p50),
                 ratio(first.p50, local_first.p50),
-                self.tiny_served.accepted.load(Ordering::Relaxed) - before
+                self.one_served.accepted.load(Ordering::Relaxed) - before
             );
-            self.audit.expect(via, self.tiny, n as u64 + 3).await;
-            self.destination_open();
+            self.audit.expect(via, self.one, n as u64 + 3).await;
         }
         Ok(())
     }
@@ -629,6 +648,7 @@ impl Bench<'_> {
                 opened["held"],
                 opened["seconds"].as_f64().unwrap_or(0.0)
             );
+            errors(&opened);
             println!(
                 "  host (this process, the egress): VmRSS {host_before:.2} → {host_held:.2} MiB: {:.0} bytes per connection",
                 bytes_per_connection(host_before, host_held, m)
@@ -719,9 +739,11 @@ impl Bench<'_> {
 
 /// Boot, measure, and destroy the VM whatever happened.
 async fn run(args: &Args) -> Result<()> {
+    let one_served = Arc::new(Served::default());
     let tiny_served = Arc::new(Served::default());
     let bulk = bulk_server().await?;
-    let tiny = tiny_server(tiny_served.clone()).await?;
+    let one = tiny_server(one_served.clone(), false).await?;
+    let tiny = tiny_server(tiny_served.clone(), true).await?;
 
     let scratch = tempfile::Builder::new().prefix("hbn").tempdir_in("/tmp")?;
     let images = HearthHome::from_env().images_dir().to_path_buf();
@@ -742,7 +764,7 @@ async fn run(args: &Args) -> Result<()> {
     };
     let boot = started.elapsed();
     let outcome = tokio::select! {
-        outcome = measure(args, &sandbox, bulk, tiny, tiny_served, &images, &driver, boot) => outcome,
+        outcome = measure(args, &sandbox, [bulk, one, tiny], [one_served, tiny_served], &images, &driver, boot) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     let end = sandbox.destroy().await;
@@ -755,9 +777,8 @@ async fn run(args: &Args) -> Result<()> {
 async fn measure(
     args: &Args,
     sandbox: &Sandbox,
-    bulk: u16,
-    tiny: u16,
-    tiny_served: Arc<Served>,
+    [bulk, one, tiny]: [u16; 3],
+    [one_served, tiny_served]: [Arc<Served>; 2],
     images: &std::path::Path,
     driver: &QemuDriver,
     boot: Duration,
@@ -817,7 +838,11 @@ async fn measure(
 
     let hosts = HostsOverride::parse(&format!("127.0.0.1 {NAME}\n"), Arc::new(SystemResolver))
         .map_err(|e| anyhow::anyhow!(e))?;
-    let policy = NetworkPolicy::allowlist([format!("{NAME}:{bulk}"), format!("{NAME}:{tiny}")])?;
+    let policy = NetworkPolicy::allowlist([
+        format!("{NAME}:{bulk}"),
+        format!("{NAME}:{one}"),
+        format!("{NAME}:{tiny}"),
+    ])?;
     // Only this host's 127.0.0.1 is opened, as `--egress-allow-cidr` would.
     let connector = Connector::new(
         policy,
@@ -841,7 +866,7 @@ async fn measure(
         bail!("this image's guest agent has no transparent path");
     }
     println!(
-        "network: allow {NAME}:{bulk} (bulk), {NAME}:{tiny} (one byte, then held) -> 127.0.0.1; proxy at {} in the guest, transparent path on",
+        "network: allow {NAME}:{bulk} (bulk), {NAME}:{one} (one byte, then closed), {NAME}:{tiny} (one byte, then held) -> 127.0.0.1; proxy at {} in the guest, transparent path on",
         egress.address()
     );
     let bench = Bench {
@@ -849,6 +874,8 @@ async fn measure(
         sandbox,
         proxy: egress.address().to_string(),
         bulk,
+        one,
+        one_served,
         tiny,
         tiny_served,
         audit,

@@ -6,15 +6,18 @@ for key in list(os.environ):
     if key.lower().endswith("_proxy"):
         del os.environ[key]
 TIMEOUT = 60.0
+# A connection's set-up (and first byte) may take this long before it
+# counts as failed (the figures then say how many did).
+SETUP_TIMEOUT = 10.0
 clock = time.perf_counter
 
 
-def open_conn(host, port, proxy):
+def open_conn(host, port, proxy, timeout=TIMEOUT):
     """A connected socket to host:port (through the proxy's CONNECT when
     proxy is "addr:port"), and any bytes read past the proxy's answer."""
     if proxy:
         phost, pport = proxy.rsplit(":", 1)
-        s = socket.create_connection((phost, int(pport)), timeout=TIMEOUT)
+        s = socket.create_connection((phost, int(pport)), timeout=timeout)
         s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -26,7 +29,7 @@ def open_conn(host, port, proxy):
         if b" 200" not in status.split(b"\r\n", 1)[0]:
             raise OSError(f"proxy said {status[:200]!r}")
         return s, rest
-    s = socket.create_connection((host, port), timeout=TIMEOUT)
+    s = socket.create_connection((host, port), timeout=timeout)
     return s, b""
 
 
@@ -61,19 +64,29 @@ def lat(host, port, count, proxy):
         # Resolve once: the figure is the connection's set-up, not the
         # DNS stub's (the `dns` mode times that).
         host = socket.gethostbyname(host)
+    errors, in_a_row = [], 0
     for _ in range(count):
         start = clock()
-        s, rest = open_conn(host, port, proxy)
-        ready = clock()
-        if not rest:
-            rest = s.recv(1)
-        done = clock()
-        if not rest:
-            raise OSError("closed before the first byte")
-        s.close()
+        try:
+            s, rest = open_conn(host, port, proxy, SETUP_TIMEOUT)
+            ready = clock()
+            if not rest:
+                rest = s.recv(1)
+            done = clock()
+            s.close()
+            if not rest:
+                raise OSError("closed before the first byte")
+        except OSError as e:
+            errors.append(f"{type(e).__name__}: {e} after {clock() - start:.1f} s")
+            in_a_row += 1
+            if in_a_row == 5:
+                errors.append("gave up after 5 failures in a row")
+                break
+            continue
+        in_a_row = 0
         setup.append((ready - start) * 1000)
         first.append((done - start) * 1000)
-    return {"setup_ms": setup, "first_ms": first}
+    return {"setup_ms": setup, "first_ms": first, "errors": errors}
 
 
 def dns(name, count):
@@ -88,14 +101,17 @@ def dns(name, count):
 def hold(host, port, count, proxy):
     """Open count connections, each until its first byte; say so; hold
     them until stdin closes."""
-    held = []
+    held, errors = [], []
     start = clock()
     for _ in range(count):
-        s, rest = open_conn(host, port, proxy)
-        if not rest and not s.recv(1):
-            raise OSError("closed before the first byte")
-        held.append(s)
-    print(json.dumps({"held": len(held), "seconds": clock() - start}), flush=True)
+        try:
+            s, rest = open_conn(host, port, proxy, SETUP_TIMEOUT)
+            if not rest and not s.recv(1):
+                raise OSError("closed before the first byte")
+            held.append(s)
+        except OSError as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    print(json.dumps({"held": len(held), "seconds": clock() - start, "errors": errors}), flush=True)
     sys.stdin.read()
     for s in held:
         s.close()
