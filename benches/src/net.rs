@@ -89,6 +89,9 @@ struct Args {
     /// Smoke run: 8 MiB, one download, 20 connections, 20 held.
     #[arg(long)]
     quick: bool,
+    /// Egress rate limit measured in the last phase, MiB/s (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    rate_mib: u64,
 }
 
 /// Order statistics of a set of times, milliseconds.
@@ -858,7 +861,7 @@ async fn measure(
     let egress = sandbox
         .start_egress(
             EgressConfig::new(GUEST_PROXY, limits),
-            connector,
+            connector.clone(),
             Arc::new(move |record| sink.lock().unwrap().push(record)),
         )
         .await?;
@@ -886,6 +889,79 @@ async fn measure(
     println!("\naudit: {}", bench.audit.summary());
     bench.destination_open();
     drop(egress);
+    if args.rate_mib > 0 {
+        rate_limit(args, sandbox, connector, bulk).await?;
+    }
+    Ok(())
+}
+
+/// The rate limit: the network started again with `--rate-mib`, and a
+/// download of four seconds' worth through each path timed against what
+/// the limit allows (the bucket lets one second's worth through at once,
+/// so the rest takes three seconds).
+async fn rate_limit(args: &Args, sandbox: &Sandbox, connector: Connector, bulk: u16) -> Result<()> {
+    let rate = args.rate_mib << 20;
+    let size = 4 * rate;
+    println!(
+        "\n== rate limit: {} MiB/s, {} MiB downloads (one second's burst, then the rate) ==",
+        args.rate_mib,
+        size >> 20
+    );
+    let limits = NetworkLimits {
+        rate: Some(rate),
+        max_connections: 4096,
+        ..NetworkLimits::default()
+    };
+    // The guest ends the previous network once it sees its stream close.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let egress = loop {
+        match sandbox
+            .start_egress(
+                EgressConfig::new(GUEST_PROXY, limits),
+                connector.clone(),
+                Arc::new(|_| {}),
+            )
+            .await
+        {
+            Ok(egress) => break egress,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let expected = (size - rate) as f64 / rate as f64;
+    let proxy = egress.address().to_string();
+    for (label, via_proxy) in [
+        ("proxy:      ", Some(proxy.as_str())),
+        ("transparent:", None),
+    ] {
+        let answer = guest(
+            sandbox,
+            &[
+                "get".to_string(),
+                NAME.to_string(),
+                bulk.to_string(),
+                size.to_string(),
+                "1".to_string(),
+            ],
+            via_proxy,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let seconds = answer[0]["seconds"].as_f64().unwrap_or(0.0);
+        let bytes = answer[0]["bytes"].as_u64().unwrap_or(0);
+        if bytes != size {
+            bail!("the rate-limited download got {bytes} bytes of {size}");
+        }
+        let after_burst = (size - rate) as f64 / (1u64 << 20) as f64 / seconds;
+        println!(
+            "{label} {seconds:.2} s (the limit allows {expected:.2} s): {:+.1} %; {after_burst:.2} MiB/s after the burst against {} MiB/s",
+            (seconds - expected) / expected * 100.0,
+            args.rate_mib
+        );
+    }
+    drop(egress);
     Ok(())
 }
 
@@ -898,6 +974,7 @@ async fn main() -> Result<()> {
         args.connections = args.connections.min(20);
         args.held = args.held.min(20);
         args.settle = args.settle.min(1.0);
+        args.rate_mib = args.rate_mib.min(2);
     }
     run(&args).await
 }

@@ -55,8 +55,9 @@ pub struct EgressAudit {
     /// or check ended it.
     pub reason: Option<String>,
     /// What ended an opened connection early: `max_bytes` (the byte cap),
-    /// `sni` (a TLS server name other than the destination's), or none
-    /// when either side closed it.
+    /// `sni` (a TLS server name other than the destination's), `stopped`
+    /// (the sandbox's network was dropped), or none when either side
+    /// closed it.
     pub ended_by: Option<String>,
     /// Bytes from the program to the destination.
     pub bytes_up: u64,
@@ -105,6 +106,9 @@ pub struct Egress {
     address: SocketAddr,
     transparent: bool,
     reader: JoinHandle<()>,
+    /// Ends every connection when the network is dropped, so the guest
+    /// sees its control stream close (connections hold its sender).
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Egress {
@@ -131,6 +135,7 @@ impl Egress {
 
 impl Drop for Egress {
     fn drop(&mut self) {
+        self.stop.cancel();
         self.reader.abort();
     }
 }
@@ -216,6 +221,8 @@ fn serve(
     let address = stream.address;
     let transparent = config.transparent && stream.transparent;
     let budget = Arc::new(Budget::new(config.limits));
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let reader = tokio::spawn(async move {
         let mut stream = stream;
         let mut again = again;
@@ -226,6 +233,7 @@ fn serve(
                 down: stream.down,
                 audit: audit.clone(),
                 budget: budget.clone(),
+                stop: stopped.clone(),
             };
             let reason = read_opens(stream.body, stream.decoder, &shared).await;
             drop(shared);
@@ -247,6 +255,7 @@ fn serve(
         address,
         transparent,
         reader,
+        stop,
     }
 }
 
@@ -396,6 +405,8 @@ struct Shared {
     down: mpsc::Sender<Bytes>,
     audit: AuditSink,
     budget: Arc<Budget>,
+    /// Cancelled when the network is dropped.
+    stop: CancellationToken,
 }
 
 /// Serve the guest's connection requests until the control stream ends.
@@ -473,7 +484,11 @@ async fn serve_open(open: EgressOpen, shared: Shared) {
         record.ended_by = Some("max_bytes".into());
         return refuse(&shared, open.id, record, started, reason).await;
     }
-    let opened = match shared.connector.open(&open.host, open.port).await {
+    let opened = tokio::select! {
+        opened = shared.connector.open(&open.host, open.port) => opened,
+        _ = shared.stop.cancelled() => return,
+    };
+    let opened = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let reason = match &error {
@@ -492,7 +507,11 @@ async fn serve_open(open: EgressOpen, shared: Shared) {
         .uri(uri(&format!("{}?id={}", routes::EGRESS_CONN, open.id)))
         .body(frame_body(rx, false))
         .expect("static request parts are valid");
-    let response = match shared.client.send(request).await {
+    let sent = tokio::select! {
+        sent = shared.client.send(request) => sent,
+        _ = shared.stop.cancelled() => return,
+    };
+    let response = match sent {
         Ok(response) => check_status(response).await,
         Err(error) => Err(error),
     };
@@ -508,7 +527,7 @@ async fn serve_open(open: EgressOpen, shared: Shared) {
     // Whichever direction ends first for a limit or a check says why, and
     // ends the other too.
     let ended: Mutex<Option<(&'static str, String)>> = Mutex::new(None);
-    let stop = CancellationToken::new();
+    let stop = shared.stop.child_token();
     let end = |by: &'static str, why: String| {
         ended
             .lock()
@@ -526,6 +545,9 @@ async fn serve_open(open: EgressOpen, shared: Shared) {
         }
         record.ended_by = Some(by.into());
         record.reason = Some(why);
+    } else if shared.stop.is_cancelled() {
+        record.ended_by = Some("stopped".into());
+        record.reason = Some("the sandbox's network was stopped".into());
     }
     record.bytes_down = down_total;
     record.bytes_up = up_total;
@@ -549,7 +571,10 @@ async fn refuse(
         },
     )
     .encode();
-    let _ = shared.down.send(frame).await;
+    tokio::select! {
+        _ = shared.down.send(frame) => {}
+        _ = shared.stop.cancelled() => {}
+    }
     record.reason = Some(reason);
     record.duration_ms = started.elapsed().as_millis() as u64;
     (shared.audit)(record);

@@ -418,3 +418,81 @@ async fn the_network_comes_back_after_the_channel_reconnects() {
     assert!(s.sandbox.channel_reconnects() >= 1);
     s.sandbox.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_network_ends_its_open_connections_and_it_can_start_again() {
+    let (port, received) = recording_server().await;
+    let Setup {
+        _dir,
+        driver: _driver,
+        sandbox,
+        audit,
+        _egress: egress,
+    } = setup(&format!("allow:svc.test:{port}")).await;
+    // A connection both sides hold open while the network is dropped.
+    let held = sandbox
+        .exec(ExecOptions::new([
+            "sh",
+            "-c",
+            &format!("curl -s -p -m 60 http://svc.test:{port}/; echo ended $?"),
+        ]))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while received.lock().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "curl never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = std::time::Instant::now();
+    drop(egress);
+    let out = held.collect(1 << 20).await.unwrap();
+    // curl saw its connection end, long before its own 60 s limit.
+    assert!(out.stdout_text().starts_with("ended "), "{out:?}");
+    assert!(dropped.elapsed() < Duration::from_secs(30));
+    let record = wait_for_audit_in(&audit, 1).await.remove(0);
+    assert_eq!(record.ended_by.as_deref(), Some("stopped"), "{record:?}");
+    assert!(record.allowed && record.bytes_up > 0, "{record:?}");
+
+    // The guest ended its network too: a new one starts (once the guest
+    // has seen the old stream close).
+    let connector = Connector::new(
+        format!("allow:svc.test:{port}")
+            .parse::<NetworkPolicy>()
+            .unwrap(),
+        Arc::new(EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])),
+        Arc::new(HostsOverride::parse("127.0.0.1 svc.test\n", Arc::new(SystemResolver)).unwrap()),
+    );
+    let config = EgressConfig {
+        transparent: false,
+        ..EgressConfig::new("127.0.0.1:0", NetworkLimits::default())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let _again = loop {
+        match sandbox
+            .start_egress(config.clone(), connector.clone(), Arc::new(|_| {}))
+            .await
+        {
+            Ok(egress) => break egress,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the network did not start again: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    sandbox.destroy().await;
+}
+
+/// The records in `audit` once `n` have arrived.
+async fn wait_for_audit_in(audit: &Arc<Mutex<Vec<EgressAudit>>>, n: usize) -> Vec<EgressAudit> {
+    for _ in 0..100 {
+        let records = audit.lock().clone();
+        if records.len() >= n {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} audit records: {:#?}", audit.lock());
+}
