@@ -211,8 +211,8 @@ async fn a_root_workload_cannot_reach_the_agent_or_its_cgroups() {
 
 /// A tiny package built in the guest: `dpkg -i` and `apt-get install` of a
 /// local `.deb` work as root in a confined exec (apt drops to its `_apt`
-/// user, which needs CAP_SETUID/CAP_SETGID). The image has no pip (nor
-/// network), so Python package installs are not tried here.
+/// user, which needs CAP_SETUID/CAP_SETGID). Python packages: see
+/// [`PIP_INSTALL`].
 const PACKAGE_INSTALL: &str = r#"
 set -e
 build() {
@@ -230,6 +230,30 @@ dpkg-query -W -f='${Package} ${Status}\n' hearth-probe-a hearth-probe-b
 cat /usr/share/hearth-probe-a/marker /usr/share/hearth-probe-b/marker
 "#;
 
+/// Builds a one-module wheel in the guest and pip-installs it system-wide,
+/// then imports it from elsewhere.
+const PIP_INSTALL: &str = r#"
+set -e
+python3 - <<'PY'
+import base64, hashlib, zipfile
+files = {
+    "hearthprobe/__init__.py": b"GREETING = 'hello from a wheel'\n",
+    "hearthprobe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: hearthprobe\nVersion: 1.0\n",
+    "hearthprobe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = "".join(
+    f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
+    for n, d in files.items()
+) + "hearthprobe-1.0.dist-info/RECORD,,\n"
+files["hearthprobe-1.0.dist-info/RECORD"] = record.encode()
+with zipfile.ZipFile("/tmp/hearthprobe-1.0-py3-none-any.whl", "w") as z:
+    for n, d in files.items():
+        z.writestr(n, d)
+PY
+python3 -m pip install -q --no-index --disable-pip-version-check --root-user-action=ignore /tmp/hearthprobe-1.0-py3-none-any.whl
+cd / && python3 -c 'import hearthprobe; print(hearthprobe.GREETING)'
+"#;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn package_installs_work_as_root_in_a_confined_exec() {
     let t = TestHome::new();
@@ -242,15 +266,14 @@ async fn package_installs_work_as_root_in_a_confined_exec() {
         "stderr: {}",
         out.stderr_text()
     );
-    let pip = sh(
-        &sandbox,
-        "python3 -m pip --version >/dev/null 2>&1 && echo pip || echo no-pip",
-    )
-    .await;
+    // pip installs system-wide too (the image ships pip and no PEP 668
+    // marker): a wheel made here, since the sandbox has no network.
+    let pip = sh(&sandbox, PIP_INSTALL).await;
     assert_eq!(
         pip.stdout_text(),
-        "no-pip\n",
-        "the image gained pip: test pip installs too"
+        "hello from a wheel\n",
+        "stderr: {}",
+        pip.stderr_text()
     );
     sandbox.destroy().await;
     t.assert_clean().await;
