@@ -655,22 +655,29 @@ pub(crate) async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
     };
     let up = async move {
         let mut buf = vec![0u8; READ_CHUNK];
-        let mut closing = false;
+        // Since when the program's FIN was seen (transparent streams).
+        let mut closing: Option<tokio::time::Instant> = None;
         loop {
             let next = read.read(&mut buf);
-            let result = match &fin {
-                Some(_) if closing => match tokio::time::timeout(LINGER_CHECK, next).await {
-                    Ok(result) => result,
-                    Err(_) => continue,
-                },
-                Some(fin) => tokio::select! {
+            let result = match (&fin, closing) {
+                (Some(_), Some(since)) => {
+                    match tokio::time::timeout(LINGER_CHECK, next).await {
+                        Ok(result) => result,
+                        // A FIN the stack did not act on (it ignores one
+                        // that carries data): the program's side is over
+                        // all the same, within a bound.
+                        Err(_) if since.elapsed() >= LINGER_AFTER_CLOSE => break,
+                        Err(_) => continue,
+                    }
+                }
+                (Some(fin), None) => tokio::select! {
                     result = next => result,
                     () = fin.notified() => {
-                        closing = true;
+                        closing = Some(tokio::time::Instant::now());
                         continue;
                     }
                 },
-                None => next.await,
+                (None, _) => next.await,
             };
             match result {
                 Ok(0) | Err(_) => break,
