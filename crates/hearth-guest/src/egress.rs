@@ -457,7 +457,9 @@ async fn proxy(
             Verdict::Open { from_host, to_host } => {
                 tokio::spawn(async move {
                     match hyper::upgrade::on(request).await {
-                        Ok(upgraded) => pipe(TokioIo::new(upgraded), from_host, to_host).await,
+                        Ok(upgraded) => {
+                            pipe(TokioIo::new(upgraded), from_host, to_host, None).await
+                        }
                         Err(e) => crate::debug!("egress: CONNECT upgrade failed: {e}"),
                     }
                 });
@@ -495,7 +497,7 @@ async fn forward(
     to_host: BodySender,
 ) -> Response<ProxyBody> {
     let (ours, theirs) = tokio::io::duplex(READ_CHUNK);
-    tokio::spawn(pipe(theirs, from_host, to_host));
+    tokio::spawn(pipe(theirs, from_host, to_host, None));
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(ours)).await {
             Ok(pair) => pair,
@@ -566,28 +568,118 @@ async fn half_close<W: AsyncWrite + Unpin>(write: &mut W) {
     }
 }
 
+/// How long the destination's bytes are still carried to the program after
+/// the program's side ended (its FIN). Half-close clients (`nc -N`, a
+/// `shutdown(SHUT_WR)` before reading the answer) expect the answer after
+/// their FIN, so the destination is given this long to send it and close;
+/// but a destination that never closes must not hold the connection (and,
+/// on the transparent path, one of its slots) until the idle timeout: past
+/// this, both directions end. A program that closed its socket outright
+/// (`close()`, not `shutdown(SHUT_WR)`) reads nothing more, so when the
+/// program's socket is known its connection ends as soon as no process
+/// holds that socket any more (checked every [`LINGER_CHECK`]).
+pub(crate) const LINGER_AFTER_CLOSE: Duration = Duration::from_secs(30);
+
+/// How often a lingering connection checks whether its program still holds
+/// its socket, and a transparent stream whose program sent its FIN is read
+/// again (see [`ProgramSocket::fin`]).
+const LINGER_CHECK: Duration = Duration::from_millis(250);
+
+/// The program's socket behind a transparent stream.
+pub(crate) struct ProgramSocket {
+    /// Its local and remote address, as the program sees them.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Told when the program sent a FIN or a reset. The transparent path's
+    /// TCP stack (`ipstack` 1.0) closes the stream then without waking its
+    /// reader, so after this the stream is read again every
+    /// [`LINGER_CHECK`] until it ends. (Re-reading all along would defeat
+    /// the stack's idle timeout, which each read restarts.)
+    pub fin: Arc<tokio::sync::Notify>,
+}
+
 /// Copy between a program's connection (a proxy tunnel or a transparent
-/// TCP stream) and the host's stream until both directions end.
+/// TCP stream) and the host's stream until both directions end, or for at
+/// most [`LINGER_AFTER_CLOSE`] after the program's side ended, or until the
+/// program no longer holds its socket (`program`: its local and remote
+/// address, when known). A write to the program that fails (it reset the
+/// connection) ends the downward direction at once.
 pub(crate) async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     mut from_host: Incoming,
     to_host: BodySender,
+    program: Option<ProgramSocket>,
 ) {
+    let fin = program.as_ref().map(|p| p.fin.clone());
+    let socket = program.map(|p| (p.local, p.remote));
     let (mut read, mut write) = tokio::io::split(stream);
+    let (up_ended, up_ended_rx) = oneshot::channel::<()>();
     let down = async move {
-        while let Some(Ok(frame)) = from_host.frame().await {
-            if let Ok(data) = frame.into_data() {
-                if write.write_all(&data).await.is_err() {
-                    return;
+        let carry = async {
+            while let Some(Ok(frame)) = from_host.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    if write.write_all(&data).await.is_err() {
+                        return;
+                    }
                 }
             }
+            half_close(&mut write).await;
+        };
+        let linger = async {
+            if up_ended_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let deadline = tokio::time::Instant::now() + LINGER_AFTER_CLOSE;
+            loop {
+                if let Some((local, remote)) = socket {
+                    let held = tokio::task::spawn_blocking(move || {
+                        crate::owner::is_held(std::path::Path::new("/proc"), local, remote)
+                    })
+                    .await
+                    .unwrap_or(true);
+                    if !held {
+                        return;
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return;
+                }
+                tokio::time::sleep(LINGER_CHECK.min(deadline - now)).await;
+            }
+        };
+        tokio::select! {
+            () = carry => {}
+            () = linger => {}
         }
-        half_close(&mut write).await;
     };
     let up = async move {
         let mut buf = vec![0u8; READ_CHUNK];
+        // Since when the program's FIN was seen (transparent streams).
+        let mut closing: Option<tokio::time::Instant> = None;
         loop {
-            match read.read(&mut buf).await {
+            let next = read.read(&mut buf);
+            let result = match (&fin, closing) {
+                (Some(_), Some(since)) => {
+                    match tokio::time::timeout(LINGER_CHECK, next).await {
+                        Ok(result) => result,
+                        // A FIN the stack did not act on (it ignores one
+                        // that carries data): the program's side is over
+                        // all the same, within a bound.
+                        Err(_) if since.elapsed() >= LINGER_AFTER_CLOSE => break,
+                        Err(_) => continue,
+                    }
+                }
+                (Some(fin), None) => tokio::select! {
+                    result = next => result,
+                    () = fin.notified() => {
+                        closing = Some(tokio::time::Instant::now());
+                        continue;
+                    }
+                },
+                (None, _) => next.await,
+            };
+            match result {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if to_host
@@ -602,6 +694,8 @@ pub(crate) async fn pipe<S: AsyncRead + AsyncWrite + Send + 'static>(
         }
         // Dropping the sender ends the response body: the host half-closes
         // toward the destination.
+        drop(to_host);
+        let _ = up_ended.send(());
     };
     tokio::join!(down, up);
 }

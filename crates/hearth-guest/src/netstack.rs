@@ -66,7 +66,7 @@ use hearth_proto::{EgressTransport, EgressVia};
 use hyper::body::Incoming;
 use ipstack::{IpStack, IpStackConfig, IpStackStream, TcpConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::BodySender;
 use crate::dns::{self, FakePool};
@@ -108,6 +108,8 @@ struct Accepted {
     from_host: Incoming,
     to_host: BodySender,
     permit: OwnedSemaphorePermit,
+    /// Told when the program acknowledged the stack's SYN-ACK.
+    established: oneshot::Receiver<()>,
 }
 
 /// State shared by the packet gate, the deciding tasks and the accept loop.
@@ -119,6 +121,11 @@ struct Shared {
     deciding: Mutex<HashSet<FourTuple>>,
     /// Allowed connections not yet accepted from the stack.
     accepted: Mutex<HashMap<FourTuple, Accepted>>,
+    /// Allowed connections whose handshake the program has not finished
+    /// yet (no segment with an ACK seen from it): told when it does.
+    handshaking: Mutex<HashMap<FourTuple, (u64, oneshot::Sender<()>)>>,
+    /// Piped connections: told when the program sends a FIN or a reset.
+    piped: Mutex<HashMap<FourTuple, Arc<Notify>>>,
     serial: AtomicU64,
     /// Allowed SYNs to hand to the stack.
     inject: mpsc::Sender<Vec<u8>>,
@@ -171,6 +178,8 @@ pub fn start(egress: Arc<Egress>) -> io::Result<Transparent> {
         pool: Mutex::new(FakePool::default()),
         deciding: Mutex::new(HashSet::new()),
         accepted: Mutex::new(HashMap::new()),
+        handshaking: Mutex::new(HashMap::new()),
+        piped: Mutex::new(HashMap::new()),
         serial: AtomicU64::new(1),
         inject,
         connections: Arc::new(Semaphore::new(MAX_TRANSPARENT_CONNECTIONS)),
@@ -212,8 +221,27 @@ async fn accept(mut stack: IpStack, shared: Arc<Shared>) {
             tokio::spawn(async move { drop(tcp) });
             continue;
         };
+        let shared = shared.clone();
         tokio::spawn(async move {
-            crate::egress::pipe(tcp, accepted.from_host, accepted.to_host).await;
+            // `ipstack` hands the stream out before its task has sent the
+            // SYN-ACK (and moved its sequence number past the SYN): bytes
+            // written before then go out with the wrong sequence numbers
+            // and the program never sees them. Its ACK of the SYN-ACK
+            // (which the gate sees) proves the SYN-ACK was sent.
+            if tokio::time::timeout(ACCEPT_GRACE, accepted.established)
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                let fin = Arc::new(Notify::new());
+                lock(&shared.piped).insert(key, fin.clone());
+                let program = crate::egress::ProgramSocket {
+                    local: key.0,
+                    remote: key.1,
+                    fin,
+                };
+                crate::egress::pipe(tcp, accepted.from_host, accepted.to_host, Some(program)).await;
+                lock(&shared.piped).remove(&key);
+            }
             drop(accepted.permit);
         });
     }
@@ -316,10 +344,17 @@ fn sort(shared: &Arc<Shared>, packet: &[u8]) -> Sorted {
             let from = SocketAddrV4::new(source, tcp.source_port());
             let to = SocketAddrV4::new(destination, tcp.destination_port());
             let key = (SocketAddr::V4(from), SocketAddr::V4(to));
-            if lock(&shared.accepted).contains_key(&key) {
+            // `deciding` first: `decide` moves a key from it to `accepted`
+            // and `handshaking` while holding it, so a retransmitted SYN
+            // never falls between the two and starts a second decision.
+            let mut deciding = lock(&shared.deciding);
+            if lock(&shared.accepted).contains_key(&key)
+                || lock(&shared.handshaking).contains_key(&key)
+            {
+                // A retransmission of an allowed SYN: the stack has (or
+                // will have) its connection.
                 return Sorted::ToStack;
             }
-            let mut deciding = lock(&shared.deciding);
             if deciding.contains(&key) {
                 // A retransmission while the host decides.
                 return Sorted::Handled;
@@ -340,7 +375,30 @@ fn sort(shared: &Arc<Shared>, packet: &[u8]) -> Sorted {
             ));
             Sorted::Handled
         }
-        Some(TransportSlice::Tcp(_)) => Sorted::ToStack,
+        Some(TransportSlice::Tcp(tcp)) => {
+            if tcp.fin() || tcp.rst() {
+                let key = (
+                    SocketAddr::V4(SocketAddrV4::new(source, tcp.source_port())),
+                    SocketAddr::V4(SocketAddrV4::new(destination, tcp.destination_port())),
+                );
+                if let Some(fin) = lock(&shared.piped).get(&key) {
+                    fin.notify_one();
+                }
+            }
+            if tcp.ack() {
+                let mut handshaking = lock(&shared.handshaking);
+                if !handshaking.is_empty() {
+                    let key = (
+                        SocketAddr::V4(SocketAddrV4::new(source, tcp.source_port())),
+                        SocketAddr::V4(SocketAddrV4::new(destination, tcp.destination_port())),
+                    );
+                    if let Some((_, established)) = handshaking.remove(&key) {
+                        let _ = established.send(());
+                    }
+                }
+            }
+            Sorted::ToStack
+        }
         _ => Sorted::Handled,
     }
 }
@@ -392,18 +450,25 @@ async fn decide(shared: Arc<Shared>, from: SocketAddrV4, to: SocketAddrV4, seq: 
     match verdict {
         Ok((host, from_host, to_host, permit)) => {
             let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
-            lock(&shared.accepted).insert(
-                key,
-                Accepted {
-                    serial,
-                    from_host,
-                    to_host,
-                    permit,
-                },
-            );
-            lock(&shared.deciding).remove(&key);
+            let (established, established_rx) = oneshot::channel();
+            {
+                let mut deciding = lock(&shared.deciding);
+                lock(&shared.accepted).insert(
+                    key,
+                    Accepted {
+                        serial,
+                        from_host,
+                        to_host,
+                        permit,
+                        established: established_rx,
+                    },
+                );
+                lock(&shared.handshaking).insert(key, (serial, established));
+                deciding.remove(&key);
+            }
             if shared.inject.try_send(syn).is_err() {
                 lock(&shared.accepted).remove(&key);
+                lock(&shared.handshaking).remove(&key);
                 reset(&shared, from, to, seq);
                 return;
             }
@@ -414,6 +479,11 @@ async fn decide(shared: Arc<Shared>, from: SocketAddrV4, to: SocketAddrV4, seq: 
             let mut accepted = lock(&shared.accepted);
             if accepted.get(&key).is_some_and(|a| a.serial == serial) {
                 accepted.remove(&key);
+            }
+            drop(accepted);
+            let mut handshaking = lock(&shared.handshaking);
+            if handshaking.get(&key).is_some_and(|(s, _)| *s == serial) {
+                handshaking.remove(&key);
             }
         }
         Err(reason) => {

@@ -177,6 +177,19 @@ pub fn find_exec(
     exec_of(proc, pid, roots, limits)
 }
 
+/// Whether a process still holds the TCP socket from `local` to `remote`
+/// in the `/proc` tree at `proc`: `false` once its program closed it (the
+/// socket is gone, or orphaned: inode 0 while the kernel finishes it), or
+/// when the tables cannot be read within [`LOOKUP_BUDGET`].
+pub fn is_held(proc: &Path, local: SocketAddr, remote: SocketAddr) -> bool {
+    let limits = Limits {
+        skip_pid: 0,
+        max_pids: 0,
+        deadline: Instant::now() + LOOKUP_BUDGET,
+    };
+    socket_inode(proc, local, remote, &limits).is_some()
+}
+
 /// One line of `/proc/net/tcp` or `/proc/net/tcp6`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSocket {

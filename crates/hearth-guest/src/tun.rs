@@ -31,8 +31,12 @@ pub const DEVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const DNS_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The device's netmask: the whole /15, so fake addresses are on-link.
 pub const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 254, 0, 0);
-/// The device's MTU, and the largest packet read from it.
-pub const MTU: u16 = 1500;
+/// The device's MTU, and the largest packet read from it. The largest an
+/// IPv4 packet can be: the device is virtual, and the TCP stack behind it
+/// (`ipstack`) pays per packet, so fewer, larger segments carry more (an
+/// 8 MiB transparent download: 12-15 MiB/s at 1500, 48 at 16384, 60 at
+/// 65535 in a TCG VM).
+pub const MTU: u16 = 65535;
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

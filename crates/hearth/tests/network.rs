@@ -356,3 +356,82 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     );
     assert!(common::live_vmms(home.path()).is_empty());
 }
+
+/// A server on 127.0.0.1 that speaks first: one byte at once on every
+/// connection, then holds it until the client closes.
+fn first_byte_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = socket.write_all(b"x");
+                let mut buf = [0u8; 64];
+                while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// Sequential transparent connections to a server that speaks first: how
+/// many did not get its byte within 5 s.
+const SEQUENTIAL_PROBE: &str = r#"
+import os, socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+stalls = 0
+start = time.time()
+for i in range(count):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(("svc.test", port))
+        if s.recv(1) != b"x":
+            stalls += 1
+    except Exception as e:
+        stalls += 1
+        print(f"attempt {i}: {type(e).__name__}", flush=True)
+    s.close()
+print(f"stalls: {stalls} of {count} in {time.time() - start:.1f}s")
+"#;
+
+#[test]
+fn sequential_transparent_connections_all_get_the_first_bytes() {
+    let port = first_byte_server();
+    let home = tempfile::Builder::new()
+        .prefix("hn")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let hosts = home.path().join("egress-hosts");
+    std::fs::write(&hosts, "127.0.0.1 svc.test\n").unwrap();
+    let port_text = port.to_string();
+    let allow = format!("allow:svc.test:{port}");
+    // The race this guards against (bytes from the destination written
+    // before the stack's SYN-ACK) struck about 1 connection in 100.
+    let out = hearth(
+        home.path(),
+        &[
+            "sandbox",
+            "run",
+            "--memory",
+            "256M",
+            "--net",
+            &allow,
+            "--egress-allow-cidr",
+            "127.0.0.0/8",
+            "--egress-hosts",
+            hosts.to_str().unwrap(),
+            "--",
+            "python3",
+            "-c",
+            SEQUENTIAL_PROBE,
+            &port_text,
+            "300",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("stalls: 0 of 300"), "{stdout}");
+    assert!(common::live_vmms(home.path()).is_empty());
+}
