@@ -221,7 +221,9 @@ async fn accept(mut stack: IpStack, shared: Arc<Shared>) {
             tokio::spawn(async move { drop(tcp) });
             continue;
         };
-        let shared = shared.clone();
+        // Weak: a connection must not keep the device open after the path
+        // ended (a new one could not create it again while it is).
+        let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             // `ipstack` hands the stream out before its task has sent the
             // SYN-ACK (and moved its sequence number past the SYN): bytes
@@ -233,14 +235,18 @@ async fn accept(mut stack: IpStack, shared: Arc<Shared>) {
                 .is_ok_and(|r| r.is_ok())
             {
                 let fin = Arc::new(Notify::new());
-                lock(&shared.piped).insert(key, fin.clone());
+                if let Some(shared) = weak.upgrade() {
+                    lock(&shared.piped).insert(key, fin.clone());
+                }
                 let program = crate::egress::ProgramSocket {
                     local: key.0,
                     remote: key.1,
                     fin,
                 };
                 crate::egress::pipe(tcp, accepted.from_host, accepted.to_host, Some(program)).await;
-                lock(&shared.piped).remove(&key);
+                if let Some(shared) = weak.upgrade() {
+                    lock(&shared.piped).remove(&key);
+                }
             }
             drop(accepted.permit);
         });
@@ -474,8 +480,14 @@ async fn decide(shared: Arc<Shared>, from: SocketAddrV4, to: SocketAddrV4, seq: 
             }
             crate::debug!("transparent egress: {from} -> {host}:{} allowed", to.port());
             // A SYN the stack never turned into a stream must not keep the
-            // host's connection open.
+            // host's connection open. Weak while waiting, so that the wait
+            // does not keep the device open after the path ended.
+            let weak = Arc::downgrade(&shared);
+            drop(shared);
             tokio::time::sleep(ACCEPT_GRACE).await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
             let mut accepted = lock(&shared.accepted);
             if accepted.get(&key).is_some_and(|a| a.serial == serial) {
                 accepted.remove(&key);
