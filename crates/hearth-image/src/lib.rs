@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `vmlinuz` | the kernel of the package `linux-image-cloud-amd64` depends on |
 //! | `initramfs.cpio.gz` | guest agent as `/init`, static busybox, virtio + overlay modules |
-//! | `rootfs.ext4` | debootstrap minbase + python3, pip (usable system-wide) and ca-certificates (+ extra packages) + `hearth_run.py` |
+//! | `rootfs.ext4` | debootstrap minbase + python3, pip (usable system-wide), ca-certificates, curl and iproute2 (+ extra packages) + `hearth_run.py` |
 //! | `manifest.json` | inputs and the SHA-256 + size of each file; written last |
 //!
 //! [`build`] rebuilds only what is stale: the rootfs when suite, mirror, packages or the

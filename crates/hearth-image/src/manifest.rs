@@ -18,7 +18,7 @@ use super::error::{IoContext, Result};
 pub const FORMAT_VERSION: u32 = 1;
 /// Version of the rootfs recipe (debootstrap flags, tidying, mkfs options). Bumping it
 /// rebuilds every rootfs on the next build.
-pub const ROOTFS_RECIPE: u32 = 2;
+pub const ROOTFS_RECIPE: u32 = 3;
 /// Version of the initramfs recipe (layout, module list). Bumping it rebuilds initramfs.
 pub const INITRAMFS_RECIPE: u32 = 1;
 

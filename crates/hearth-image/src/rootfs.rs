@@ -11,8 +11,15 @@ use super::command::run;
 use super::error::{IoContext, Result};
 
 /// Packages always installed on top of minbase: Python is the workload, TLS needs CAs,
-/// and agents install what they need with pip (through the sandbox's network policy).
-pub const BASE_PACKAGES: &[&str] = &["python3", "python3-pip", "ca-certificates"];
+/// agents install what they need with pip and fetch with curl (through the sandbox's
+/// network policy), and `ip` shows (and lets root try to change) the guest's network.
+pub const BASE_PACKAGES: &[&str] = &[
+    "python3",
+    "python3-pip",
+    "ca-certificates",
+    "curl",
+    "iproute2",
+];
 
 /// `hearth_run`, the Python client of the run endpoint that durable programs import. It is
 /// installed into every rootfs so `python3 -c 'import hearth_run'` works in every VM.

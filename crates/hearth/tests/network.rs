@@ -110,6 +110,18 @@ u.sendto(b"hello", ("10.0.0.1", 9999))
 print("udp: sent")
 "#;
 
+/// curl by name through the proxy variables, without them, for a name not
+/// on the list, and to a private address; prints what each did.
+const CURL_PROBE: &str = r#"
+port=$1
+get() { label=$1; shift; out=$(curl -sS -m 10 -w ' %{http_code}' "$@" 2>/dev/null) && echo "$label: ${out##* } ${out% *}" || echo "$label: failed"; }
+get curl-proxy "http://svc.test:$port/"
+get curl-direct --noproxy '*' "http://svc.test:$port/"
+code=$(curl -s -m 20 -o /dev/null -w '%{http_code}' "http://blocked.test:$port/")
+echo "curl-blocked: $code"
+get curl-address --noproxy '*' "http://10.0.0.1:$port/"
+"#;
+
 /// Without a network, as root: the VM's only interface is loopback, and
 /// after trying to route everything out (with `ip` when the image has it)
 /// a raw socket still reaches nothing.
@@ -119,13 +131,24 @@ port = int(sys.argv[1])
 print("uid:", os.getuid())
 print("interfaces:", ",".join(sorted(name for _, name in socket.if_nameindex())))
 ip = shutil.which("ip")
+print("ip:", ip)
 if ip:
-    for args in (["link", "set", "lo", "up"], ["route", "add", "default", "dev", "lo"]):
-        subprocess.run([ip] + args, capture_output=True)
+    # Every way root might route itself out: a default route on loopback,
+    # then a TUN device of its own with an address and the default route.
+    for args in (
+        ["link", "set", "lo", "up"],
+        ["route", "add", "default", "dev", "lo"],
+        ["tuntap", "add", "mode", "tun", "name", "evil0"],
+        ["addr", "add", "10.9.9.9/8", "dev", "evil0"],
+        ["link", "set", "evil0", "up"],
+        ["route", "replace", "default", "dev", "evil0"],
+    ):
+        done = subprocess.run([ip] + args, capture_output=True)
+        print("ip", " ".join(args), "->", done.returncode)
 print("tun:", os.path.exists("/sys/class/net/hearth0"))
 for host in ("10.0.0.1", "198.18.1.1", "169.254.169.254"):
     try:
-        socket.create_connection((host, port), timeout=5)
+        socket.create_connection((host, port), timeout=3)
         print(f"none-{host}: connected")
     except Exception as e:
         print(f"none-{host}: failed: {type(e).__name__}")
@@ -175,11 +198,12 @@ fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
             "--",
             "sh",
             "-c",
-            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\"",
+            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\" && sh -c \"$4\" sh \"$3\"",
             "sh",
             PROBE,
             TRANSPARENT_PROBE,
             &port_text,
+            CURL_PROBE,
         ],
     );
     let stdout = text(&out.stdout);
@@ -195,6 +219,17 @@ fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
     );
     // 127.0.0.1 in the VM is the VM's own loopback, where nothing listens.
     assert!(stdout.contains("raw: failed"), "{stdout}");
+    // curl through the proxy, and without it (transparently).
+    assert!(
+        stdout.contains("curl-proxy: 200 hello from the test"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("curl-direct: 200 hello from the test"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("curl-blocked: 403"), "{stdout}");
+    assert!(stdout.contains("curl-address: failed"), "{stdout}");
     // The refusal is in the log with its reason.
     assert!(stderr.contains("egress refused"), "{stderr}");
     assert!(stderr.contains("not on the allowlist"), "{stderr}");
@@ -276,11 +311,12 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
             "--",
             "sh",
             "-c",
-            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\"",
+            "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\" && sh -c \"$4\" sh \"$3\"",
             "sh",
             PROBE,
             NONE_PROBE,
             &port_text,
+            CURL_PROBE,
         ],
     );
     let stdout = text(&out.stdout);
@@ -294,6 +330,20 @@ fn without_a_network_nothing_is_reachable_and_bad_settings_are_named() {
     assert!(stdout.contains("tun: False"), "{stdout}");
     for host in ["10.0.0.1", "198.18.1.1", "169.254.169.254"] {
         assert!(stdout.contains(&format!("none-{host}: failed")), "{stdout}");
+    }
+    // The image has ip: root really routed everything into a device of
+    // its own, and still reached nothing.
+    assert!(stdout.contains("ip: /"), "{stdout}");
+    assert!(
+        stdout.contains("ip route replace default dev evil0 -> 0"),
+        "{stdout}"
+    );
+    // curl fails too, by name and by address, with or without the proxy.
+    for label in ["curl-proxy", "curl-direct", "curl-address"] {
+        assert!(
+            stdout.contains(&format!("{label}: failed")),
+            "{label}: {stdout}"
+        );
     }
 
     // Bad settings: one clear error naming the entry, and no VM.
