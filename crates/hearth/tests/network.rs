@@ -170,32 +170,45 @@ fn failed_within(stdout: &str, label: &str, error: &str, seconds: f64) {
     assert!(took < seconds, "{line}: should fail at once, not hang");
 }
 
-#[test]
-fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
-    let port = http_server();
+/// `hearth sandbox run` of `command` in a fresh home with `--net allow`
+/// for `svc.test:PORT`, loopback opened, and `hosts_file` (an
+/// `/etc/hosts`-style text) mapping the test names; the home (kept for the
+/// leftover check) and the output.
+fn run_allowed(port: u16, hosts_file: &str, command: &[&str]) -> (tempfile::TempDir, Output) {
     let home = tempfile::Builder::new()
         .prefix("hn")
         .tempdir_in("/tmp")
         .unwrap();
     let hosts = home.path().join("egress-hosts");
-    // Both names point at this test's server; only one is allowed.
-    std::fs::write(&hosts, "127.0.0.1 svc.test blocked.test\n").unwrap();
-    let port_text = port.to_string();
+    std::fs::write(&hosts, hosts_file).unwrap();
     let allow = format!("allow:svc.test:{port}");
-    let out = hearth(
-        home.path(),
+    let mut args = vec![
+        "sandbox",
+        "run",
+        "--memory",
+        "256M",
+        "--net",
+        &allow,
+        "--egress-allow-cidr",
+        "127.0.0.0/8",
+        "--egress-hosts",
+        hosts.to_str().unwrap(),
+        "--",
+    ];
+    args.extend_from_slice(command);
+    let out = hearth(home.path(), &args);
+    (home, out)
+}
+
+#[test]
+fn an_allowlist_lets_listed_names_through_the_proxy_and_nothing_else() {
+    let port = http_server();
+    let port_text = port.to_string();
+    // Both names point at this test's server; only one is allowed.
+    let (home, out) = run_allowed(
+        port,
+        "127.0.0.1 svc.test blocked.test\n",
         &[
-            "sandbox",
-            "run",
-            "--memory",
-            "256M",
-            "--net",
-            &allow,
-            "--egress-allow-cidr",
-            "127.0.0.0/8",
-            "--egress-hosts",
-            hosts.to_str().unwrap(),
-            "--",
             "sh",
             "-c",
             "python3 -c \"$1\" \"$3\" && python3 -c \"$2\" \"$3\" && sh -c \"$4\" sh \"$3\"",
@@ -448,36 +461,13 @@ print(f"stalls: {stalls} of {count} in {time.time() - start:.1f}s")
 #[test]
 fn sequential_transparent_connections_all_get_the_first_bytes() {
     let port = first_byte_server();
-    let home = tempfile::Builder::new()
-        .prefix("hn")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let hosts = home.path().join("egress-hosts");
-    std::fs::write(&hosts, "127.0.0.1 svc.test\n").unwrap();
     let port_text = port.to_string();
-    let allow = format!("allow:svc.test:{port}");
     // The race this guards against (bytes from the destination written
     // before the stack's SYN-ACK) struck about 1 connection in 100.
-    let out = hearth(
-        home.path(),
-        &[
-            "sandbox",
-            "run",
-            "--memory",
-            "256M",
-            "--net",
-            &allow,
-            "--egress-allow-cidr",
-            "127.0.0.0/8",
-            "--egress-hosts",
-            hosts.to_str().unwrap(),
-            "--",
-            "python3",
-            "-c",
-            SEQUENTIAL_PROBE,
-            &port_text,
-            "300",
-        ],
+    let (home, out) = run_allowed(
+        port,
+        "127.0.0.1 svc.test\n",
+        &["python3", "-c", SEQUENTIAL_PROBE, &port_text, "300"],
     );
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
